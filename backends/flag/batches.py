@@ -1,0 +1,44 @@
+"""Group texts into forward passes by a padded-token budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["length_sorted_batches", "pad"]
+
+
+def length_sorted_batches(
+    lengths: Sequence[int], max_tokens: int, max_items: int
+) -> list[list[int]]:
+    """Positions grouped longest first, each group's padded size within ``max_tokens``.
+
+    Sorting by length cuts padding; a text longer than the budget still gets a
+    batch of its own rather than being refused.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable").tolist()
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for position in order:
+        # Longest first, so the group's first item fixes its padded width.
+        width = lengths[current[0]] if current else lengths[position]
+        if current and ((len(current) + 1) * width > max_tokens or len(current) >= max_items):
+            batches.append(current)
+            current = []
+        current.append(position)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad(rows: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` tensors on ``device``."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)

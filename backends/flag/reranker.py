@@ -1,0 +1,73 @@
+"""Cross-encoder logits, computed the way ``FlagReranker.compute_score`` does.
+
+Same folder, same numbers (the tests assert it): the query is cut to 3/4 of
+the pair budget, each document to the budget, then the pair
+``<s> query </s></s> document </s>`` is cut on the document side only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from backends.flag.batches import length_sorted_batches, pad
+from backends.flag.limits import model_max_tokens
+from engine.types import ModelInfo, Scores
+
+__all__ = ["CrossEncoder"]
+
+
+class CrossEncoder:
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        max_pair_tokens: int,
+        max_batch_tokens: int,
+        max_batch_items: int,
+    ) -> None:
+        self._device = device
+        self._max_batch_tokens = max_batch_tokens
+        self._max_batch_items = max_batch_items
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype)
+            .to(device)
+            .eval()
+        )
+        self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_pair_tokens)
+        self.info = ModelInfo(name=name, max_tokens=self.max_tokens, vocab_size=len(self.tokenizer))
+        self._pad_id = int(self.tokenizer.pad_token_id or 0)
+        self._pair_specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+
+    def pairs(self, query: str, documents: Sequence[str]) -> list[list[int]]:
+        tokenizer = self.tokenizer
+        query_ids = tokenizer(
+            query, add_special_tokens=False, truncation=True, max_length=self.max_tokens * 3 // 4
+        )["input_ids"]
+        document_room = max(self.max_tokens - len(query_ids) - self._pair_specials, 0)
+        documents_ids = tokenizer(
+            list(documents), add_special_tokens=False, truncation=True, max_length=self.max_tokens
+        )["input_ids"]
+        return [
+            list(tokenizer.build_inputs_with_special_tokens(query_ids, doc[:document_room]))
+            for doc in documents_ids
+        ]
+
+    @torch.inference_mode()
+    def score(self, query: str, documents: Sequence[str]) -> Scores:
+        rows = self.pairs(query, documents)
+        lengths = [len(row) for row in rows]
+        logits = np.empty(len(rows), dtype=np.float32)
+        for batch in length_sorted_batches(lengths, self._max_batch_tokens, self._max_batch_items):
+            ids, mask = pad([rows[i] for i in batch], self._pad_id, self._device)
+            out = self.model(input_ids=ids, attention_mask=mask, return_dict=True).logits
+            logits[batch] = out.view(-1).float().cpu().numpy()
+        return Scores(logits=logits, token_counts=tuple(lengths))

@@ -1,0 +1,62 @@
+"""The one contract every backend implements.
+
+A backend computes; it never maps sparse indices, sorts rerank results or
+applies top_n. It returns raw token-id weights and raw logits, and the engine
+does the rest once, the same way for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+
+__all__ = ["Backend", "BackendHealth", "Capabilities"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """Declared up front, before any model loads."""
+
+    operations: frozenset[Operation]
+    outputs: frozenset[Output]  # heads one encode() pass can return
+    embedding_model: str | None
+    reranker_model: str | None
+    max_batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHealth:
+    loaded: bool
+    healthy: bool
+    device: str
+    detail: str = ""
+
+
+class Backend(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def load(self) -> None:
+        """Load every model the declared operations need; blocking, run off the event loop."""
+
+    def close(self) -> None: ...
+
+    def health(self) -> BackendHealth: ...
+
+    def model_info(self, operation: Operation) -> ModelInfo:
+        """The loaded model behind ``operation``; only valid after load()."""
+
+    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+        """Any subset of bge-m3 heads for ``texts`` from one forward pass."""
+
+    async def score(self, query: str, documents: Sequence[str]) -> Scores:
+        """Raw cross-encoder logits of (query, document) pairs."""
+
+    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+        """Token ids (with special tokens, after truncation) of each text."""

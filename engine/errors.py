@@ -1,0 +1,83 @@
+"""Errors the engine raises. The API maps each kind to one HTTP status.
+
+    EngineError                 any failure the service reports to a client
+    ├── InvalidInput            a request value is wrong: empty text, bad dimensions
+    ├── InputTooLarge           more items, characters or tokens than allowed
+    ├── ModelNotFound           the request names a model this service does not serve
+    ├── Overloaded              no room for more work now; retry after ``retry_after`` s
+    ├── Unavailable             the models are loading, or the operation is not served
+    └── BackendFailure          a backend failed on a valid request
+
+    StartupError                the service cannot start (bad settings, model not found);
+                                never reaches a client
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "BackendFailure",
+    "EngineError",
+    "ErrorKind",
+    "InputTooLarge",
+    "InvalidInput",
+    "ModelNotFound",
+    "Overloaded",
+    "StartupError",
+    "Unavailable",
+]
+
+
+class ErrorKind(StrEnum):
+    INVALID_INPUT = "invalid_input"
+    TOO_LARGE = "too_large"
+    MODEL_NOT_FOUND = "model_not_found"
+    OVERLOADED = "overloaded"
+    UNAVAILABLE = "unavailable"
+    BACKEND = "backend"
+
+
+class EngineError(Exception):
+    kind: ErrorKind = ErrorKind.BACKEND
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidInput(EngineError):
+    kind = ErrorKind.INVALID_INPUT
+
+
+class InputTooLarge(EngineError):
+    kind = ErrorKind.TOO_LARGE
+
+
+class ModelNotFound(EngineError):
+    kind = ErrorKind.MODEL_NOT_FOUND
+
+
+class Overloaded(EngineError):
+    kind = ErrorKind.OVERLOADED
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(EngineError):
+    kind = ErrorKind.UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendFailure(EngineError):
+    kind = ErrorKind.BACKEND
+
+
+class StartupError(Exception):
+    """The service cannot start; the message says what to change."""

@@ -1,0 +1,322 @@
+"""The engine's public operations: validate, route to a backend, finish the answer.
+
+Everything a client could get wrong is checked here, once, before any backend
+sees it; everything a backend leaves raw (sparse index mapping, dimension
+truncation, rerank sorting and top_n) is finished here, the same way for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from engine.backend import Backend, BackendHealth
+from engine.errors import (
+    BackendFailure,
+    EngineError,
+    InputTooLarge,
+    InvalidInput,
+    ModelNotFound,
+    StartupError,
+    Unavailable,
+)
+from engine.settings import Settings
+from engine.sparse_mapping import SparseMapper
+from engine.types import (
+    ColbertMatrix,
+    DenseMatrix,
+    HybridEmbeddings,
+    ModelInfo,
+    Operation,
+    Output,
+    RankedDocument,
+    Ranking,
+    SparseVector,
+)
+
+__all__ = ["EngineHealth", "InferenceEngine"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+HealthStatus = Literal["ok", "loading", "degraded"]
+# Seconds a client is told to wait while models load.
+_LOADING_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    status: HealthStatus
+    routes: dict[Operation, str]
+    backends: dict[str, BackendHealth]
+    loaded: dict[Operation, bool]
+    error: str | None = None
+
+
+class InferenceEngine:
+    def __init__(self, settings: Settings, routes: Mapping[Operation, Backend]) -> None:
+        if not routes:
+            raise StartupError("no operation is served: configure at least one backend")
+        self._settings = settings
+        self._routes = dict(routes)
+        self._backends = list({id(b): b for b in self._routes.values()}.values())
+        self._started = False
+        self._start_error: str | None = None
+        self._mapper: SparseMapper | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every backend's models off the event loop, then check them against settings."""
+        try:
+            for backend in self._backends:
+                await asyncio.to_thread(backend.load)
+            self._check_models()
+        except BaseException as exc:
+            self._start_error = str(exc) or type(exc).__name__
+            raise
+        self._started = True
+
+    def _check_models(self) -> None:
+        settings = self._settings
+        if Operation.EMBED in self._routes or Operation.SPARSE in self._routes:
+            op = Operation.EMBED if Operation.EMBED in self._routes else Operation.SPARSE
+            info = self._routes[op].model_info(op)
+            if settings.embedding_size is not None and info.dimension != settings.embedding_size:
+                raise StartupError(
+                    f"EMBEDDING_SIZE={settings.embedding_size} but {info.name} "
+                    f"produces {info.dimension}-dimensional vectors"
+                )
+        if Operation.SPARSE in self._routes:
+            info = self._routes[Operation.SPARSE].model_info(Operation.SPARSE)
+            space = (
+                info.vocab_size
+                if settings.sparse_token_mapping == "tokenizer"
+                else settings.sparse_index_space
+            )
+            self._mapper = SparseMapper(settings.sparse_token_mapping, space)
+
+    def close(self) -> None:
+        for backend in self._backends:
+            backend.close()
+
+    def health(self) -> EngineHealth:
+        backends = {b.name: b.health() for b in self._backends}
+        if self._start_error is not None or not all(h.healthy for h in backends.values()):
+            status: HealthStatus = "degraded"
+        elif not self._started:
+            status = "loading"
+        else:
+            status = "ok"
+        return EngineHealth(
+            status=status,
+            routes={op: b.name for op, b in self._routes.items()},
+            backends=backends,
+            loaded={op: self._started and backends[b.name].loaded for op, b in self._routes.items()},
+            error=self._start_error,
+        )
+
+    # -- models ----------------------------------------------------------------------
+
+    @property
+    def operations(self) -> frozenset[Operation]:
+        return frozenset(self._routes)
+
+    @property
+    def sparse_index_space(self) -> int:
+        return self._require_mapper().index_space
+
+    def model_info(self, operation: Operation) -> ModelInfo:
+        return self._route(operation).model_info(operation)
+
+    def served_model(self, operation: Operation, requested: str | None) -> str:
+        """The served model's name; raises ModelNotFound when ``requested`` names another."""
+        name = self.model_name(operation)
+        if requested is None or requested in {"", name, name.rstrip("/").rsplit("/", 1)[-1]}:
+            return name
+        raise ModelNotFound(
+            f"model `{requested}` is not served here; {operation} uses `{name}`", param="model"
+        )
+
+    def model_name(self, operation: Operation) -> str:
+        if operation not in self._routes:
+            raise Unavailable(f"{operation} is not served by this deployment")
+        if operation is Operation.RERANK:
+            return self._settings.reranker_model_name
+        return self._settings.embedding_model_name
+
+    # -- operations ------------------------------------------------------------------
+
+    async def embed_dense(
+        self, texts: Sequence[str], *, dimensions: int | None = None, field: str = "input"
+    ) -> tuple[DenseMatrix, int]:
+        result = await self.embed_hybrid(
+            texts, frozenset({Output.DENSE}), dimensions=dimensions, field=field
+        )
+        assert result.dense is not None
+        return result.dense, result.prompt_tokens
+
+    async def embed_sparse(
+        self, texts: Sequence[str], *, field: str = "input"
+    ) -> tuple[tuple[SparseVector, ...], int]:
+        result = await self.embed_hybrid(texts, frozenset({Output.SPARSE}), field=field)
+        assert result.sparse is not None
+        return result.sparse, result.prompt_tokens
+
+    async def embed_colbert(
+        self, texts: Sequence[str], *, field: str = "input"
+    ) -> tuple[tuple[ColbertMatrix, ...], int]:
+        result = await self.embed_hybrid(texts, frozenset({Output.COLBERT}), field=field)
+        assert result.colbert is not None
+        return result.colbert, result.prompt_tokens
+
+    async def embed_hybrid(
+        self,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        *,
+        dimensions: int | None = None,
+        field: str = "input",
+    ) -> HybridEmbeddings:
+        """Any subset of dense / sparse / ColBERT for ``texts`` from one forward pass."""
+        if not outputs:
+            raise InvalidInput("ask for at least one of dense, sparse, colbert")
+        operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.SPARSE
+        backend = self._route(operation)
+        self._check_texts(texts, field)
+        if dimensions is not None:
+            self._check_dimensions(operation, dimensions)
+        if not self._settings.truncate:
+            await self._check_token_counts(backend, operation, texts, field)
+        encoding = await self._call(backend, backend.encode(texts, outputs))
+        dense = encoding.dense
+        if dense is not None and dimensions is not None and dimensions < dense.shape[1]:
+            dense = _normalize(dense[:, :dimensions])
+        sparse = None
+        if encoding.lexical is not None:
+            mapper = self._require_mapper()
+            sparse = tuple(mapper.map(weights) for weights in encoding.lexical)
+        return HybridEmbeddings(
+            prompt_tokens=sum(encoding.token_counts),
+            dense=dense if Output.DENSE in outputs else None,
+            sparse=sparse if Output.SPARSE in outputs else None,
+            colbert=encoding.colbert if Output.COLBERT in outputs else None,
+        )
+
+    async def rerank(
+        self, query: str, documents: Sequence[str], *, top_n: int | None = None
+    ) -> Ranking:
+        """Documents scored against ``query``, best first, cut to ``top_n``."""
+        backend = self._route(Operation.RERANK)
+        if not query.strip():
+            raise InvalidInput("`query` is empty or whitespace", param="query")
+        if len(query) > self._settings.max_text_chars:
+            raise InputTooLarge(
+                f"`query` has {len(query)} characters; the limit is "
+                f"{self._settings.max_text_chars} (MAX_TEXT_CHARS)",
+                param="query",
+            )
+        self._check_texts(documents, "documents")
+        if top_n is not None and top_n < 1:
+            raise InvalidInput("`top_n` must be at least 1", param="top_n")
+        scores = await self._call(backend, backend.score(query, documents))
+        logits = scores.logits.astype(np.float64)
+        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        # Stable sort on the negated logit: ties keep input order.
+        order = np.argsort(-logits, kind="stable")[: top_n or len(documents)]
+        results = tuple(
+            RankedDocument(index=int(i), logit=float(logits[i]), score=float(probabilities[i]))
+            for i in order
+        )
+        return Ranking(results=results, prompt_tokens=sum(scores.token_counts))
+
+    async def tokenize(
+        self, texts: Sequence[str], *, field: str = "input"
+    ) -> tuple[list[int], ...]:
+        backend = self._route(Operation.EMBED if Operation.EMBED in self._routes else Operation.SPARSE)
+        self._check_texts(texts, field)
+        return await self._call(backend, backend.tokenize(texts))
+
+    # -- internals -------------------------------------------------------------------
+
+    def _route(self, operation: Operation) -> Backend:
+        backend = self._routes.get(operation)
+        if backend is None:
+            raise Unavailable(f"{operation} is not served by this deployment")
+        if not self._started:
+            if self._start_error is not None:
+                raise Unavailable(f"the models failed to load: {self._start_error}")
+            raise Unavailable("the models are still loading", retry_after=_LOADING_RETRY_AFTER)
+        return backend
+
+    def _require_mapper(self) -> SparseMapper:
+        if self._mapper is None:
+            raise Unavailable("sparse vectors are not served by this deployment")
+        return self._mapper
+
+    def _check_texts(self, texts: Sequence[str], field: str) -> None:
+        settings = self._settings
+        if len(texts) == 0:
+            raise InvalidInput(f"`{field}` must not be empty", param=field)
+        if len(texts) > settings.max_batch_size:
+            raise InputTooLarge(
+                f"`{field}` has {len(texts)} items; the limit is {settings.max_batch_size} "
+                "(MAX_BATCH_SIZE)",
+                param=field,
+            )
+        for position, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidInput(
+                    f"`{field}[{position}]` is empty or whitespace", param=f"{field}[{position}]"
+                )
+            if len(text) > settings.max_text_chars:
+                raise InputTooLarge(
+                    f"`{field}[{position}]` has {len(text)} characters; the limit is "
+                    f"{settings.max_text_chars} (MAX_TEXT_CHARS)",
+                    param=f"{field}[{position}]",
+                )
+
+    async def _check_token_counts(
+        self, backend: Backend, operation: Operation, texts: Sequence[str], field: str
+    ) -> None:
+        limit = backend.model_info(operation).max_tokens
+        rows = await self._call(backend, backend.tokenize(texts))
+        for position, row in enumerate(rows):
+            if len(row) > limit:
+                raise InputTooLarge(
+                    f"`{field}[{position}]` has {len(row)} tokens; the model takes at most "
+                    f"{limit} and TRUNCATE is off",
+                    param=f"{field}[{position}]",
+                )
+
+    def _check_dimensions(self, operation: Operation, dimensions: int) -> None:
+        native = self.model_info(operation).dimension
+        if dimensions < 1 or (native is not None and dimensions > native):
+            raise InvalidInput(
+                f"`dimensions` must be between 1 and {native}, got {dimensions}",
+                param="dimensions",
+            )
+
+    @staticmethod
+    async def _call(backend: Backend, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except EngineError:
+            raise
+        except Exception as exc:
+            # The client gets a stable message; the traceback goes to the log, not the wire.
+            log.exception("backend %s failed", backend.name)
+            raise BackendFailure(
+                f"the {backend.name} backend failed ({type(exc).__name__}); see the service log"
+            ) from exc
+
+
+def _normalize(matrix: DenseMatrix) -> DenseMatrix:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -1,0 +1,125 @@
+"""Settings: every option is an environment variable and a CLI flag.
+
+Built once at start-up by :func:`load_settings` and passed down; nothing reads
+the environment anywhere else. A CLI flag wins over its environment variable,
+which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = ["HELP", "Settings", "load_settings", "build_parser"]
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    """Typed service settings; field ``foo_bar`` is env ``FOO_BAR`` and ``--foo-bar``."""
+
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    embedding_model_name: str = "BAAI/bge-m3"
+    reranker_model_name: str = "BAAI/bge-reranker-v2-m3"
+    embedding_size: Positive | None = None
+    sparse_token_mapping: Literal["tokenizer", "hash"] = "hash"
+    sparse_index_space: Annotated[int, msgspec.Meta(ge=1, le=2**32)] = 1_048_576
+    use_fp16: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8011
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_batch_size: Positive = 2048
+    max_text_chars: Positive = 100_000
+    max_request_bytes: Positive = 64 * 1024 * 1024
+    max_input_tokens: Positive | None = None
+    reranker_max_tokens: Positive = 512
+    truncate: bool = True
+    max_batch_tokens: Positive = 16_384
+
+
+HELP: dict[str, str] = {
+    "device": "Where models run: auto (cuda when torch sees a GPU, NVIDIA or ROCm), cuda, cpu.",
+    "embedding_model_name": "bge-m3 model: a Hugging Face repo id or a local folder "
+    "(with colbert_linear.pt and sparse_linear.pt for sparse and ColBERT output).",
+    "reranker_model_name": "Cross-encoder reranker: a Hugging Face repo id or a local folder.",
+    "embedding_size": "Expected dense dimension; start-up fails if the model differs "
+    "(unset: not checked).",
+    "sparse_token_mapping": "How sparse indices are made from token ids: tokenizer "
+    "(index = token id) or hash (sha256 of the id modulo SPARSE_INDEX_SPACE, "
+    "compatible with bge_inference_service indexes).",
+    "sparse_index_space": "Size of the hashed sparse index space (hash mapping only).",
+    "use_fp16": "Run models in float16 on a GPU (ignored on CPU).",
+    "host": "Interface to listen on.",
+    "port": "Port to listen on (0 picks a free one).",
+    "log_level": "Log level.",
+    "max_batch_size": "Most texts (or documents) in one request; more is answered 413.",
+    "max_text_chars": "Most characters in one text; longer is answered 413.",
+    "max_request_bytes": "Largest request body in bytes; larger is answered 413.",
+    "max_input_tokens": "Tokens kept per text (unset: the model's maximum).",
+    "reranker_max_tokens": "Tokens per query+document pair for the reranker "
+    "(the query keeps at most 3/4; FlagReranker's default is 512).",
+    "truncate": "Truncate texts longer than the token limit; when off they are answered 413.",
+    "max_batch_tokens": "Padded tokens in one forward pass; bounds activation memory.",
+}
+
+
+def _env_name(field: str) -> str:
+    return field.upper()
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bge-serve",
+        description="BGE Inference Service: bge-m3 dense, sparse and ColBERT vectors and "
+        "bge-reranker scores behind OpenAI- and Cohere-compatible routes.",
+    )
+    defaults = Settings()
+    for field in msgspec.structs.fields(Settings):
+        env = _env_name(field.name)
+        default = getattr(defaults, field.name)
+        text = f"{HELP[field.name]} [env {env}; default {default}]"
+        if field.type is bool:
+            parser.add_argument(
+                _flag(field.name),
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
+            )
+        else:
+            parser.add_argument(_flag(field.name), dest=field.name, metavar=env, help=text)
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from defaults, then ``environ``, then ``argv``; exits 2 on a bad value."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for field in msgspec.structs.fields(Settings):
+        name = _env_name(field.name)
+        if args[field.name] is not None:
+            raw[name] = args[field.name]
+        elif env.get(name, "") != "":
+            raw[name] = env[name]
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        parser.error(f"invalid setting: {_settings_error(exc)}")
+
+
+def _settings_error(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int` >= 1 - at `$.PORT`"; lead with the variable name.
+    message, _, path = str(exc).rpartition(" - at ")
+    return f"{path.strip('`').removeprefix('$.')}: {message}" if message else str(exc)

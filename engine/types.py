@@ -1,0 +1,112 @@
+"""Values that cross the engine's boundary: numpy arrays and small frozen structs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "ColbertMatrix",
+    "DenseMatrix",
+    "Encoding",
+    "HybridEmbeddings",
+    "ModelInfo",
+    "Operation",
+    "Output",
+    "RankedDocument",
+    "Ranking",
+    "Scores",
+    "SparseVector",
+    "TokenWeights",
+]
+
+DenseMatrix = NDArray[np.float32]
+"""(texts, dimension), each row L2-normalised."""
+ColbertMatrix = NDArray[np.float32]
+"""(tokens after CLS, dimension), each row L2-normalised."""
+
+
+class Operation(StrEnum):
+    """What a backend can be asked for; each has its own backend chain."""
+
+    EMBED = "embed"  # dense vectors
+    SPARSE = "sparse"  # lexical weights, ColBERT vectors, and hybrid passes
+    RERANK = "rerank"
+
+
+class Output(StrEnum):
+    """The heads one bge-m3 forward pass can return."""
+
+    DENSE = "dense"
+    SPARSE = "sparse"
+    COLBERT = "colbert"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    max_tokens: int
+    vocab_size: int
+    dimension: int | None = None  # None for a cross-encoder
+
+
+@dataclass(frozen=True, slots=True)
+class TokenWeights:
+    """bge-m3 lexical weights of one text: unique token ids, max weight of each, > 0."""
+
+    token_ids: NDArray[np.int64]
+    weights: NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """A backend's answer for a batch of texts, in input order; unasked heads are None."""
+
+    token_counts: tuple[int, ...]
+    dense: DenseMatrix | None = None
+    lexical: tuple[TokenWeights, ...] | None = None
+    colbert: tuple[ColbertMatrix, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """A backend's raw cross-encoder logits, one per document, in input order."""
+
+    logits: NDArray[np.float32]
+    token_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SparseVector:
+    """Qdrant-ready sparse vector: unique ascending indices, float32 values > 0."""
+
+    indices: NDArray[np.int64]
+    values: NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class HybridEmbeddings:
+    """What the engine returns for any embedding call; unasked outputs are None."""
+
+    prompt_tokens: int
+    dense: DenseMatrix | None = None
+    sparse: tuple[SparseVector, ...] | None = None
+    colbert: tuple[ColbertMatrix, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RankedDocument:
+    index: int
+    logit: float
+    score: float  # sigmoid(logit), in [0, 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """Documents by descending score, cut to top_n."""
+
+    results: tuple[RankedDocument, ...]
+    prompt_tokens: int

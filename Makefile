@@ -1,0 +1,36 @@
+# Set-up is part of every target: the first `make serve` or `make test` on a fresh
+# machine creates .venv with torch installed first, pinned, then the rest from
+# constraints.txt (one tested set of versions).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+# e.g. TORCH_INDEX=https://download.pytorch.org/whl/rocm6.4 for an AMD GPU
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+ARGS ?=
+
+.PHONY: install serve test check clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(BIN)/bge-serve $(ARGS)
+
+check: install
+	$(BIN)/ruff check engine backends api tests
+	$(BIN)/ruff format --check engine backends api tests
+	$(BIN)/mypy
+	$(BIN)/codespell engine backends api tests README.md
+
+test: check
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

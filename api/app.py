@@ -1,0 +1,91 @@
+"""The Litestar application: routes of every dialect over one engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+
+from api.cohere import CohereController
+from api.docs import docs_assets, openapi_config
+from api.errors import engine_error, http_error, unexpected_error
+from api.health import health
+from api.native import NativeController
+from api.openai import OpenAIController
+from engine.errors import EngineError
+from engine.inference import InferenceEngine
+from engine.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return version("bge-inference-service")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(
+    settings: Settings,
+    engine: InferenceEngine,
+    on_start_failure: Callable[[BaseException], None] | None = None,
+) -> Litestar:
+    """An app whose lifespan loads ``engine`` in the background.
+
+    The port answers at once (``/health`` says "loading", model routes 503 with
+    Retry-After) so orchestrators can tell a slow start from a dead one; a load
+    that fails calls ``on_start_failure``, which the CLI uses to exit non-zero.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        task = asyncio.create_task(engine.start(), name="load-models")
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if finished.cancelled():
+                return
+            exc = finished.exception()
+            if exc is None:
+                log.info("models loaded; ready on http://%s:%s", settings.host, settings.port)
+            else:
+                log.error("start-up failed: %s", exc)
+                if on_start_failure is not None:
+                    on_start_failure(exc)
+
+        task.add_done_callback(done)
+        try:
+            yield
+        finally:
+            task.cancel()
+            engine.close()
+
+    return Litestar(
+        route_handlers=[
+            OpenAIController,
+            NativeController,
+            CohereController,
+            health,
+            docs_assets(),
+        ],
+        dependencies={
+            "engine": Provide(lambda: engine, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False),
+        },
+        exception_handlers={
+            EngineError: engine_error,
+            HTTPException: http_error,
+            Exception: unexpected_error,
+        },
+        lifespan=[lifespan],
+        openapi_config=openapi_config(_version()),
+        request_max_body_size=settings.max_request_bytes,
+    )

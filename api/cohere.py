@@ -1,0 +1,81 @@
+"""Cohere dialect: ``POST /v1/rerank`` (and ``/v2/rerank``, ``/rerank``).
+
+Scores are the sigmoid of the cross-encoder logit, in [0, 1]; ``raw_scores``
+returns the logit itself, as bge_inference_service did.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, post
+
+from api.errors import ERROR_RESPONSES
+from api.usage import Usage
+from engine.inference import InferenceEngine
+from engine.types import Operation
+
+__all__ = ["CohereController"]
+
+
+class Document(msgspec.Struct, kw_only=True, omit_defaults=True):
+    text: str
+    id: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+class RerankRequest(msgspec.Struct, kw_only=True):
+    query: str
+    documents: list[str | Document]
+    top_n: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    return_documents: bool = False
+    model: str | None = None
+    raw_scores: bool = False  # ours: the logit instead of its sigmoid
+
+    def document(self, index: int) -> Document:
+        doc = self.documents[index]
+        return Document(text=doc) if isinstance(doc, str) else doc
+
+
+class RerankResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    index: int
+    relevance_score: float
+    document: Document | None = None
+
+
+class RerankResponse(msgspec.Struct, kw_only=True):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: Usage
+
+
+class CohereController(Controller):
+    tags = ["Cohere"]
+
+    @post(
+        ["/v1/rerank", "/v2/rerank", "/rerank"],
+        status_code=200,
+        responses=ERROR_RESPONSES,
+        raises=[],
+        summary="Rerank documents against a query (Cohere-compatible)",
+    )
+    async def rerank(self, data: RerankRequest, engine: InferenceEngine) -> RerankResponse:
+        model = engine.served_model(Operation.RERANK, data.model)
+        texts = [doc if isinstance(doc, str) else doc.text for doc in data.documents]
+        ranking = await engine.rerank(data.query, texts, top_n=data.top_n)
+        return RerankResponse(
+            id=str(uuid.uuid4()),
+            model=model,
+            results=[
+                RerankResult(
+                    index=ranked.index,
+                    relevance_score=ranked.logit if data.raw_scores else ranked.score,
+                    document=data.document(ranked.index) if data.return_documents else None,
+                )
+                for ranked in ranking.results
+            ],
+            usage=Usage(prompt_tokens=ranking.prompt_tokens, total_tokens=ranking.prompt_tokens),
+        )

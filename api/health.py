@@ -1,0 +1,57 @@
+"""``GET /health``: 200 when every model is loaded and every backend healthy, else 503."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from litestar import Response, get
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from engine.inference import InferenceEngine
+from engine.settings import Settings
+from engine.types import Operation
+
+__all__ = ["health"]
+
+
+class BackendStatus(msgspec.Struct, kw_only=True):
+    loaded: bool
+    healthy: bool
+    device: str
+    detail: str
+
+
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: Literal["ok", "loading", "degraded"]
+    embedder_loaded: bool
+    reranker_loaded: bool
+    device: str
+    embedding_model: str
+    reranker_model: str
+    routes: dict[str, str]
+    backends: dict[str, BackendStatus]
+    error: str | None = None
+
+
+@get("/health", tags=["Service"], summary="Readiness and what serves what", cache=False)
+async def health(engine: InferenceEngine, settings: Settings) -> Response[Health]:
+    state = engine.health()
+    devices = sorted({b.device for b in state.backends.values()})
+    body = Health(
+        status=state.status,
+        embedder_loaded=state.loaded.get(Operation.EMBED, False)
+        or state.loaded.get(Operation.SPARSE, False),
+        reranker_loaded=state.loaded.get(Operation.RERANK, False),
+        device=",".join(devices),
+        embedding_model=settings.embedding_model_name,
+        reranker_model=settings.reranker_model_name,
+        routes={str(op): name for op, name in state.routes.items()},
+        backends={
+            name: BackendStatus(loaded=b.loaded, healthy=b.healthy, device=b.device, detail=b.detail)
+            for name, b in state.backends.items()
+        },
+        error=state.error,
+    )
+    status = HTTP_200_OK if state.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE
+    return Response(body, status_code=status)

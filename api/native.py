@@ -1,0 +1,126 @@
+"""The service's own routes: bge-m3 sparse vectors and hybrid (one-pass) embeddings.
+
+Sparse vectors come ready for Qdrant's ``SparseVector(indices, values)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+from litestar import Controller, post
+
+from api.errors import ERROR_RESPONSES
+from api.usage import Usage
+from engine.inference import InferenceEngine
+from engine.settings import Settings
+from engine.types import Operation, Output, SparseVector
+
+__all__ = ["NativeController"]
+
+
+class SparseRequest(msgspec.Struct, kw_only=True):
+    input: str | list[str]
+    model: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input
+
+
+class HybridRequest(SparseRequest, kw_only=True):
+    return_colbert: bool = False
+
+
+class Sparse(msgspec.Struct, kw_only=True):
+    indices: list[int]
+    values: list[float]
+    mapping: Literal["tokenizer", "hash"]
+    index_space: int
+
+
+class SparseEmbedding(msgspec.Struct, kw_only=True):
+    index: int
+    sparse: Sparse
+
+
+class SparseResponse(msgspec.Struct, kw_only=True):
+    model: str
+    data: list[SparseEmbedding]
+    usage: Usage
+
+
+class HybridEmbedding(msgspec.Struct, kw_only=True, omit_defaults=True):
+    index: int
+    dense: list[float]
+    sparse: Sparse
+    colbert: list[list[float]] | None = None
+
+
+class HybridResponse(msgspec.Struct, kw_only=True):
+    model: str
+    data: list[HybridEmbedding]
+    usage: Usage
+
+
+class NativeController(Controller):
+    path = "/v1"
+    tags = ["bge-m3"]
+
+    @post("/sparse-embeddings", status_code=200,
+        responses=ERROR_RESPONSES,
+        raises=[], summary="bge-m3 sparse (lexical) vectors")
+    async def sparse_embeddings(
+        self, data: SparseRequest, engine: InferenceEngine, settings: Settings
+    ) -> SparseResponse:
+        model = engine.served_model(Operation.SPARSE, data.model)
+        vectors, tokens = await engine.embed_sparse(data.texts())
+        space = engine.sparse_index_space
+        return SparseResponse(
+            model=model,
+            data=[
+                SparseEmbedding(index=i, sparse=_sparse(v, settings, space))
+                for i, v in enumerate(vectors)
+            ],
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    @post(
+        "/hybrid-embeddings",
+        status_code=200,
+        responses=ERROR_RESPONSES,
+        raises=[],
+        summary="bge-m3 dense + sparse (+ ColBERT) vectors from one forward pass",
+    )
+    async def hybrid_embeddings(
+        self, data: HybridRequest, engine: InferenceEngine, settings: Settings
+    ) -> HybridResponse:
+        model = engine.served_model(Operation.SPARSE, data.model)
+        outputs = {Output.DENSE, Output.SPARSE}
+        if data.return_colbert:
+            outputs.add(Output.COLBERT)
+        result = await engine.embed_hybrid(data.texts(), frozenset(outputs))
+        assert result.dense is not None and result.sparse is not None
+        space = engine.sparse_index_space
+        colbert = result.colbert
+        return HybridResponse(
+            model=model,
+            data=[
+                HybridEmbedding(
+                    index=i,
+                    dense=dense.tolist(),
+                    sparse=_sparse(sparse, settings, space),
+                    colbert=colbert[i].tolist() if colbert is not None else None,
+                )
+                for i, (dense, sparse) in enumerate(zip(result.dense, result.sparse, strict=True))
+            ],
+            usage=Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        )
+
+
+def _sparse(vector: SparseVector, settings: Settings, index_space: int) -> Sparse:
+    return Sparse(
+        indices=vector.indices.tolist(),
+        values=vector.values.tolist(),
+        mapping=settings.sparse_token_mapping,
+        index_space=index_space,
+    )

@@ -1,0 +1,109 @@
+"""OpenAI dialect: ``POST /v1/embeddings`` and ``GET /v1/models``.
+
+Works with the official ``openai`` SDK, which asks for base64 by default and
+decodes it as little-endian float32.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, get, post
+
+from api.errors import ERROR_RESPONSES
+from api.usage import Usage
+from engine.errors import InvalidInput
+from engine.inference import InferenceEngine
+from engine.types import DenseMatrix, Operation
+
+__all__ = ["OpenAIController"]
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    # Token-id arrays are part of OpenAI's schema (LangChain sends them by default);
+    # they are accepted by the decoder so the error can say what to do instead.
+    input: str | list[str | int | list[int]]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        if isinstance(self.input, str):
+            return [self.input]
+        texts: list[str] = []
+        for position, item in enumerate(self.input):
+            if not isinstance(item, str):
+                raise InvalidInput(
+                    f"`input[{position}]` is a token array; send text: this model's tokenizer is "
+                    "not OpenAI's (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))",
+                    param=f"input[{position}]",
+                )
+            texts.append(item)
+        return texts
+
+
+class Embedding(msgspec.Struct, kw_only=True):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "BAAI"
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+def _base64_rows(matrix: DenseMatrix) -> list[str]:
+    little_endian = matrix.astype("<f4", copy=False)
+    return [base64.b64encode(row.tobytes()).decode("ascii") for row in little_endian]
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["OpenAI"]
+
+    @post(
+        "/embeddings",
+        status_code=200,
+        responses=ERROR_RESPONSES,
+        raises=[],
+        summary="Dense embeddings (OpenAI-compatible)",
+    )
+    async def embeddings(
+        self, data: EmbeddingRequest, engine: InferenceEngine
+    ) -> EmbeddingResponse:
+        model = engine.served_model(Operation.EMBED, data.model)
+        dense, tokens = await engine.embed_dense(data.texts(), dimensions=data.dimensions)
+        rows: list[list[float]] | list[str] = (
+            _base64_rows(dense) if data.encoding_format == "base64" else dense.tolist()
+        )
+        return EmbeddingResponse(
+            data=[Embedding(index=i, embedding=row) for i, row in enumerate(rows)],
+            model=model,
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    @get("/models", summary="Models this service serves (OpenAI-compatible)")
+    async def models(self, engine: InferenceEngine) -> ModelList:
+        created = int(time.time())
+        names = dict.fromkeys(engine.model_name(op) for op in sorted(engine.operations))
+        return ModelList(data=[Model(id=name, created=created) for name in names])
+

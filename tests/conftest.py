@@ -1,0 +1,112 @@
+"""Shared fixtures: tiny models built offline, and live ``bge-serve`` processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.tiny_models import build_m3, build_reranker
+
+# Tests never reach a hub: a model name that is not a folder must fail, not download.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+SERVER_ENV = {
+    "MAX_BATCH_SIZE": "64",
+    "MAX_TEXT_CHARS": "20000",
+    "MAX_REQUEST_BYTES": "2000000",
+    "LOG_LEVEL": "warning",
+}
+
+
+@dataclass(frozen=True)
+class ModelDirs:
+    m3: Path
+    reranker: Path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> ModelDirs:
+    root = tmp_path_factory.mktemp("models")
+    return ModelDirs(m3=build_m3(root / "tiny-bge-m3"), reranker=build_reranker(root / "tiny-rr"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[str]
+
+
+def serve_command() -> list[str]:
+    return [str(Path(sys.executable).with_name("bge-serve"))]
+
+
+def server_env(models: ModelDirs, extra: Mapping[str, str]) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "EMBEDDING_MODEL_NAME": str(models.m3),
+        "RERANKER_MODEL_NAME": str(models.reranker),
+        "HOST": "127.0.0.1",
+        "DEVICE": "cpu",
+        **SERVER_ENV,
+    }
+    env.update(extra)
+    return env
+
+
+def start_server(models: ModelDirs, extra: Mapping[str, str] | None = None) -> Server:
+    port = free_port()
+    env = server_env(models, {"PORT": str(port), **(extra or {})})
+    process = subprocess.Popen(
+        serve_command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"bge-serve exited with {process.returncode}:\n{output}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return Server(url=url, process=process)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("bge-serve did not become healthy in 120 s")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(models: ModelDirs) -> Iterator[Server]:
+    live = start_server(models)
+    yield live
+    stop_server(live)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import subprocess
+
+import msgspec
+import pytest
+
+from engine.settings import HELP, Settings, load_settings
+from tests.conftest import serve_command
+
+
+def test_defaults_are_the_seed_services() -> None:
+    settings = load_settings([], {})
+    assert settings.embedding_model_name == "BAAI/bge-m3"
+    assert settings.reranker_model_name == "BAAI/bge-reranker-v2-m3"
+    assert settings.port == 8011
+    assert settings.device == "auto"
+    assert settings.sparse_index_space == 1_048_576
+
+
+def test_env_then_flag_precedence() -> None:
+    env = {"PORT": "9000", "USE_FP16": "false", "SPARSE_TOKEN_MAPPING": "tokenizer"}
+    assert load_settings([], env).port == 9000
+    assert load_settings([], env).use_fp16 is False
+    settings = load_settings(["--port", "9100", "--use-fp16"], env)
+    assert settings.port == 9100
+    assert settings.use_fp16 is True
+    assert settings.sparse_token_mapping == "tokenizer"
+
+
+def test_empty_env_value_means_default() -> None:
+    assert load_settings([], {"EMBEDDING_SIZE": ""}).embedding_size is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PORT": "70000"}, "PORT"),
+        ({"DEVICE": "tpu"}, "DEVICE"),
+        ({"SPARSE_TOKEN_MAPPING": "md5"}, "SPARSE_TOKEN_MAPPING"),
+        ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"),
+    ],
+)
+def test_bad_value_exits_2_naming_the_variable(
+    env: dict[str, str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings([], env)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_every_setting_has_help_and_a_flag() -> None:
+    names = {f.name for f in msgspec.structs.fields(Settings)}
+    assert names == set(HELP)
+    result = subprocess.run([*serve_command(), "--help"], capture_output=True, text=True, check=True)
+    for name in names:
+        assert "--" + name.replace("_", "-") in result.stdout
+        assert name.upper() in result.stdout

@@ -1,0 +1,79 @@
+"""Start-up: fails fast with a message that says what to change; other mappings and limits."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import (
+    ModelDirs,
+    Server,
+    free_port,
+    serve_command,
+    server_env,
+    start_server,
+    stop_server,
+)
+from tests.reference import m3_reference
+from tests.texts import LONG_TEXT
+
+
+def run_to_exit(models: ModelDirs, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = server_env(models, {"PORT": str(free_port()), **extra})
+    return subprocess.run(serve_command(), env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_hub_model_without_hub_fails_fast_with_instructions(models: ModelDirs) -> None:
+    result = run_to_exit(models, {"EMBEDDING_MODEL_NAME": "BAAI/bge-m3", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert "EMBEDDING_MODEL_NAME=BAAI/bge-m3" in result.stderr
+    assert "point EMBEDDING_MODEL_NAME at" in result.stderr
+
+
+def test_missing_folder_fails_fast(models: ModelDirs) -> None:
+    result = run_to_exit(models, {"RERANKER_MODEL_NAME": "/nonexistent/reranker"})
+    assert result.returncode != 0
+    assert "RERANKER_MODEL_NAME=/nonexistent/reranker: no such folder" in result.stderr
+
+
+def test_embedding_size_is_checked_against_the_model(models: ModelDirs) -> None:
+    result = run_to_exit(models, {"EMBEDDING_SIZE": "1024"})
+    assert result.returncode != 0
+    assert "EMBEDDING_SIZE=1024" in result.stderr
+    assert "32-dimensional" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tokenizer_server(models: ModelDirs) -> Iterator[Server]:
+    live = start_server(
+        models, {"SPARSE_TOKEN_MAPPING": "tokenizer", "TRUNCATE": "false", "EMBEDDING_SIZE": "32"}
+    )
+    yield live
+    stop_server(live)
+
+
+def test_tokenizer_mapping_indices_are_token_ids(
+    tokenizer_server: Server, models: ModelDirs
+) -> None:
+    texts = ["hello world", "the quick brown fox"]
+    reference = m3_reference(models.m3, texts)
+    vocabulary = len(AutoTokenizer.from_pretrained(models.m3))
+    body = httpx.post(f"{tokenizer_server.url}/v1/sparse-embeddings", json={"input": texts}).json()
+    for item, lexical in zip(body["data"], reference.lexical, strict=True):
+        assert item["sparse"]["mapping"] == "tokenizer"
+        assert item["sparse"]["index_space"] == vocabulary
+        assert item["sparse"]["indices"] == sorted(int(k) for k in lexical)
+
+
+def test_truncate_off_refuses_long_text(tokenizer_server: Server) -> None:
+    response = httpx.post(
+        f"{tokenizer_server.url}/v1/embeddings", json={"input": ["short", LONG_TEXT]}
+    )
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["param"] == "input[1]"
+    assert "tokens" in error["message"]

@@ -53,7 +53,7 @@ class RerankResponse(msgspec.Struct, kw_only=True):
 
 
 class CohereController(Controller):
-    tags = ["Cohere"]
+    tags = ("Cohere",)
 
     @post(
         ["/v1/rerank", "/v2/rerank", "/rerank"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
@@ -30,7 +31,13 @@ from engine.errors import EngineError, ErrorKind, Overloaded, Unavailable
 
 __all__ = [
     "ERROR_RESPONSES",
-    "STATUS", "ErrorBody", "ErrorEnvelope", "engine_error", "http_error", "unexpected_error"]
+    "STATUS",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "engine_error",
+    "http_error",
+    "unexpected_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +93,16 @@ def _respond(
     )
 
 
-def engine_error(_: Request[object, object, object], exc: EngineError) -> Response[ErrorEnvelope]:
+def engine_error(_: Request[Any, Any, Any], exc: EngineError) -> Response[ErrorEnvelope]:
     status, type_ = STATUS[exc.kind]
     retry_after = exc.retry_after if isinstance(exc, Overloaded | Unavailable) else None
     return _respond(
-        status, exc.message, type_=type_, code=str(exc.kind), param=exc.param, retry_after=retry_after
+        status,
+        exc.message,
+        type_=type_,
+        code=str(exc.kind),
+        param=exc.param,
+        retry_after=retry_after,
     )
 
 
@@ -98,7 +110,7 @@ def engine_error(_: Request[object, object, object], exc: EngineError) -> Respon
 _PATH = re.compile(r" - at `\$\.data\.?(?P<path>[^`]*)`$")
 
 
-def http_error(_: Request[object, object, object], exc: HTTPException) -> Response[ErrorEnvelope]:
+def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
     if isinstance(exc, ValidationException):
         return _validation_error(exc)
     status = exc.status_code
@@ -144,9 +156,7 @@ def _validation_error(exc: ValidationException) -> Response[ErrorEnvelope]:
     )
 
 
-def unexpected_error(
-    request: Request[object, object, object], exc: Exception
-) -> Response[ErrorEnvelope]:
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:
     # A bug, not a client error: keep the details in the log, off the wire.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _respond(

@@ -48,7 +48,9 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
         reranker_model=settings.reranker_model_name,
         routes={str(op): name for op, name in state.routes.items()},
         backends={
-            name: BackendStatus(loaded=b.loaded, healthy=b.healthy, device=b.device, detail=b.detail)
+            name: BackendStatus(
+                loaded=b.loaded, healthy=b.healthy, device=b.device, detail=b.detail
+            )
             for name, b in state.backends.items()
         },
         error=state.error,

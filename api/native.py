@@ -64,11 +64,15 @@ class HybridResponse(msgspec.Struct, kw_only=True):
 
 class NativeController(Controller):
     path = "/v1"
-    tags = ["bge-m3"]
+    tags = ("bge-m3",)
 
-    @post("/sparse-embeddings", status_code=200,
+    @post(
+        "/sparse-embeddings",
+        status_code=200,
         responses=ERROR_RESPONSES,
-        raises=[], summary="bge-m3 sparse (lexical) vectors")
+        raises=[],
+        summary="bge-m3 sparse (lexical) vectors",
+    )
     async def sparse_embeddings(
         self, data: SparseRequest, engine: InferenceEngine, settings: Settings
     ) -> SparseResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import msgspec
@@ -71,6 +72,11 @@ class ModelList(msgspec.Struct, kw_only=True):
     data: list[Model]
 
 
+def _float_rows(matrix: DenseMatrix) -> list[list[float]]:
+    rows: list[list[float]] = matrix.tolist()
+    return rows
+
+
 def _base64_rows(matrix: DenseMatrix) -> list[str]:
     little_endian = matrix.astype("<f4", copy=False)
     return [base64.b64encode(row.tobytes()).decode("ascii") for row in little_endian]
@@ -78,7 +84,7 @@ def _base64_rows(matrix: DenseMatrix) -> list[str]:
 
 class OpenAIController(Controller):
     path = "/v1"
-    tags = ["OpenAI"]
+    tags = ("OpenAI",)
 
     @post(
         "/embeddings",
@@ -92,8 +98,8 @@ class OpenAIController(Controller):
     ) -> EmbeddingResponse:
         model = engine.served_model(Operation.EMBED, data.model)
         dense, tokens = await engine.embed_dense(data.texts(), dimensions=data.dimensions)
-        rows: list[list[float]] | list[str] = (
-            _base64_rows(dense) if data.encoding_format == "base64" else dense.tolist()
+        rows: Sequence[list[float] | str] = (
+            _base64_rows(dense) if data.encoding_format == "base64" else _float_rows(dense)
         )
         return EmbeddingResponse(
             data=[Embedding(index=i, embedding=row) for i, row in enumerate(rows)],
@@ -106,4 +112,3 @@ class OpenAIController(Controller):
         created = int(time.time())
         names = dict.fromkeys(engine.model_name(op) for op in sorted(engine.operations))
         return ModelList(data=[Model(id=name, created=created) for name in names])
-

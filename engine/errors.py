@@ -1,15 +1,15 @@
 """Errors the engine raises. The API maps each kind to one HTTP status.
 
-    EngineError                 any failure the service reports to a client
-    ├── InvalidInput            a request value is wrong: empty text, bad dimensions
-    ├── InputTooLarge           more items, characters or tokens than allowed
-    ├── ModelNotFound           the request names a model this service does not serve
-    ├── Overloaded              no room for more work now; retry after ``retry_after`` s
-    ├── Unavailable             the models are loading, or the operation is not served
-    └── BackendFailure          a backend failed on a valid request
+EngineError                 any failure the service reports to a client
+├── InvalidInput            a request value is wrong: empty text, bad dimensions
+├── InputTooLarge           more items, characters or tokens than allowed
+├── ModelNotFound           the request names a model this service does not serve
+├── Overloaded              no room for more work now; retry after ``retry_after`` s
+├── Unavailable             the models are loading, or the operation is not served
+└── BackendFailure          a backend failed on a valid request
 
-    StartupError                the service cannot start (bad settings, model not found);
-                                never reaches a client
+StartupError                the service cannot start (bad settings, model not found);
+                            never reaches a client
 """
 
 from __future__ import annotations

@@ -118,7 +118,9 @@ class InferenceEngine:
             status=status,
             routes={op: b.name for op, b in self._routes.items()},
             backends=backends,
-            loaded={op: self._started and backends[b.name].loaded for op, b in self._routes.items()},
+            loaded={
+                op: self._started and backends[b.name].loaded for op, b in self._routes.items()
+            },
             error=self._start_error,
         )
 
@@ -239,7 +241,9 @@ class InferenceEngine:
     async def tokenize(
         self, texts: Sequence[str], *, field: str = "input"
     ) -> tuple[list[int], ...]:
-        backend = self._route(Operation.EMBED if Operation.EMBED in self._routes else Operation.SPARSE)
+        backend = self._route(
+            Operation.EMBED if Operation.EMBED in self._routes else Operation.SPARSE
+        )
         self._check_texts(texts, field)
         return await self._call(backend, backend.tokenize(texts))
 
@@ -319,4 +323,5 @@ class InferenceEngine:
 
 def _normalize(matrix: DenseMatrix) -> DenseMatrix:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+    normalized: DenseMatrix = (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalized

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-__all__ = ["HELP", "Settings", "load_settings", "build_parser"]
+__all__ = ["HELP", "Settings", "build_parser", "load_settings"]
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 

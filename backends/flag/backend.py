@@ -42,7 +42,9 @@ class FlagBackend:
         embeds = bool(operations & {Operation.EMBED, Operation.SPARSE})
         self._capabilities = Capabilities(
             operations=operations,
-            outputs=frozenset(Output) if Operation.SPARSE in operations else frozenset({Output.DENSE}),
+            outputs=frozenset(Output)
+            if Operation.SPARSE in operations
+            else frozenset({Output.DENSE}),
             embedding_model=settings.embedding_model_name if embeds else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
             max_batch_size=settings.max_batch_size,
@@ -65,7 +67,9 @@ class FlagBackend:
         caps = self._capabilities
         if caps.embedding_model is not None:
             folder = resolve_model_dir(caps.embedding_model, "EMBEDDING_MODEL_NAME")
-            log.info("loading %s from %s on %s (%s)", caps.embedding_model, folder, self._device, dtype)
+            log.info(
+                "loading %s from %s on %s (%s)", caps.embedding_model, folder, self._device, dtype
+            )
             self._m3 = M3Encoder(
                 caps.embedding_model,
                 folder,
@@ -78,7 +82,9 @@ class FlagBackend:
             )
         if caps.reranker_model is not None:
             folder = resolve_model_dir(caps.reranker_model, "RERANKER_MODEL_NAME")
-            log.info("loading %s from %s on %s (%s)", caps.reranker_model, folder, self._device, dtype)
+            log.info(
+                "loading %s from %s on %s (%s)", caps.reranker_model, folder, self._device, dtype
+            )
             self._reranker = CrossEncoder(
                 caps.reranker_model,
                 folder,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from backends.flag.batches import length_sorted_batches, pad
@@ -44,7 +45,7 @@ class M3Encoder:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
         self.model = AutoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
         hidden = int(self.model.config.hidden_size)
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_input_tokens)
@@ -72,7 +73,10 @@ class M3Encoder:
         if need_sparse_heads:
             self.sparse_linear = _load_head(folder / "sparse_linear.pt", dtype, device)
             self.colbert_linear = _load_head(folder / "colbert_linear.pt", dtype, device)
-            if self.sparse_linear.in_features != hidden or self.colbert_linear.in_features != hidden:
+            if (
+                self.sparse_linear.in_features != hidden
+                or self.colbert_linear.in_features != hidden
+            ):
                 raise StartupError(f"{folder}: the sparse/ColBERT heads do not fit the encoder")
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[list[int]]:
@@ -91,7 +95,9 @@ class M3Encoder:
         lengths = [len(row) for row in rows]
         for batch in length_sorted_batches(lengths, self._max_batch_tokens, self._max_batch_items):
             ids, mask = pad([rows[i] for i in batch], self._pad_id, self._device)
-            hidden = self.model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+            hidden = self.model(
+                input_ids=ids, attention_mask=mask, return_dict=True
+            ).last_hidden_state
             if Output.DENSE in outputs:
                 dense[batch] = F.normalize(hidden[:, 0], dim=-1).float().cpu().numpy()
             if Output.SPARSE in outputs:
@@ -100,7 +106,9 @@ class M3Encoder:
                 ids_np = ids.cpu().numpy()
                 for row, position in enumerate(batch):
                     length = lengths[position]
-                    lexical[position] = self._token_weights(ids_np[row, :length], weights[row, :length])
+                    lexical[position] = self._token_weights(
+                        ids_np[row, :length], weights[row, :length]
+                    )
             if Output.COLBERT in outputs:
                 assert self.colbert_linear is not None
                 vectors = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
@@ -110,11 +118,15 @@ class M3Encoder:
         return Encoding(
             token_counts=tuple(lengths),
             dense=dense if Output.DENSE in outputs else None,
-            lexical=tuple(w for w in lexical if w is not None) if Output.SPARSE in outputs else None,
-            colbert=tuple(c for c in colbert if c is not None) if Output.COLBERT in outputs else None,
+            lexical=tuple(w for w in lexical if w is not None)
+            if Output.SPARSE in outputs
+            else None,
+            colbert=tuple(c for c in colbert if c is not None)
+            if Output.COLBERT in outputs
+            else None,
         )
 
-    def _token_weights(self, ids: np.ndarray, weights: np.ndarray) -> TokenWeights:
+    def _token_weights(self, ids: NDArray[np.int64], weights: NDArray[np.float32]) -> TokenWeights:
         keep = (weights > 0) & ~np.isin(ids, self._special_ids)
         unique, inverse = np.unique(ids[keep], return_inverse=True)
         best = np.zeros(unique.shape[0], dtype=np.float32)

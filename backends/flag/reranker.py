@@ -36,7 +36,7 @@ class CrossEncoder:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
         self.model = (
             AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype)
             .to(device)

@@ -42,7 +42,9 @@ def test_openai_sdk_embeddings(
     assert result.model == str(models.m3)
 
 
-def test_openai_sdk_dimensions(oai: openai.OpenAI, models: ModelDirs, reference: M3Reference) -> None:
+def test_openai_sdk_dimensions(
+    oai: openai.OpenAI, models: ModelDirs, reference: M3Reference
+) -> None:
     result = oai.embeddings.create(model="tiny-bge-m3", input=TEXTS[0], dimensions=16)
     vector = np.array(result.data[0].embedding)
     prefix = reference.dense[0, :16]

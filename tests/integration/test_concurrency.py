@@ -12,7 +12,9 @@ from tests.fixtures.tiny_models import corpus
 from tests.reference import m3_reference
 
 
-def test_64_concurrent_requests_each_get_their_own_vector(server: Server, models: ModelDirs) -> None:
+def test_64_concurrent_requests_each_get_their_own_vector(
+    server: Server, models: ModelDirs
+) -> None:
     texts = [f"{i} {sentence}" for i, sentence in enumerate(corpus(64, seed=11))]
     expected = m3_reference(models.m3, texts).dense
 

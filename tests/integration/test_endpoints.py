@@ -52,10 +52,12 @@ def test_embeddings_single_string_and_model_basename(client: httpx.Client) -> No
 
 
 def test_embeddings_dimensions_truncate_and_renormalize(client: httpx.Client) -> None:
-    full = client.post("/v1/embeddings", json={"input": "hello world"}).json()["data"][0]["embedding"]
-    short = client.post(
-        "/v1/embeddings", json={"input": "hello world", "dimensions": 8}
-    ).json()["data"][0]["embedding"]
+    full = client.post("/v1/embeddings", json={"input": "hello world"}).json()["data"][0][
+        "embedding"
+    ]
+    short = client.post("/v1/embeddings", json={"input": "hello world", "dimensions": 8}).json()[
+        "data"
+    ][0]["embedding"]
     prefix = np.array(full[:8])
     np.testing.assert_allclose(short, prefix / np.linalg.norm(prefix), atol=1e-6)
 
@@ -95,7 +97,9 @@ def test_hybrid_is_dense_plus_sparse_plus_optional_colbert(client: httpx.Client)
     tokenizer_lengths = [len(c["colbert"]) for c in with_colbert]
     assert all(n > 1 for n in tokenizer_lengths)
     for item in with_colbert:
-        np.testing.assert_allclose(np.linalg.norm(np.array(item["colbert"]), axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(
+            np.linalg.norm(np.array(item["colbert"]), axis=1), 1.0, atol=1e-5
+        )
 
 
 def test_rerank_sorted_top_n_and_documents(client: httpx.Client) -> None:

@@ -44,7 +44,9 @@ def backend(models: ModelDirs) -> Iterator[FlagBackend]:
 
 def assert_lexical_equal(ids: np.ndarray, weights: np.ndarray, expected: dict[str, float]) -> None:
     assert sorted(int(k) for k in expected) == ids.tolist()
-    np.testing.assert_allclose(weights, [expected[str(i)] for i in ids.tolist()], rtol=1e-5, atol=ATOL)
+    np.testing.assert_allclose(
+        weights, [expected[str(i)] for i in ids.tolist()], rtol=1e-5, atol=ATOL
+    )
 
 
 def test_backend_heads_equal_bgem3flagmodel(backend: FlagBackend, reference: M3Reference) -> None:
@@ -68,16 +70,16 @@ def test_backend_single_head_passes_equal_the_combined_pass(backend: FlagBackend
     np.testing.assert_allclose(dense_only.dense, both.dense, atol=1e-6)
 
 
-def test_backend_scores_equal_flagreranker(backend: FlagBackend, rerank_logits: list[float]) -> None:
+def test_backend_scores_equal_flagreranker(
+    backend: FlagBackend, rerank_logits: list[float]
+) -> None:
     scores = asyncio.run(backend.score(QUERY, DOCUMENTS))
     np.testing.assert_allclose(scores.logits, rerank_logits, atol=1e-4)
     assert len(set(np.round(rerank_logits, 3))) > len(DOCUMENTS) // 2  # not all alike
 
 
 def test_server_hybrid_equals_bgem3flagmodel(client: httpx.Client, reference: M3Reference) -> None:
-    response = client.post(
-        "/v1/hybrid-embeddings", json={"input": TEXTS, "return_colbert": True}
-    )
+    response = client.post("/v1/hybrid-embeddings", json={"input": TEXTS, "return_colbert": True})
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert [item["index"] for item in data] == list(range(len(TEXTS)))
@@ -96,19 +98,25 @@ def test_server_hybrid_equals_bgem3flagmodel(client: httpx.Client, reference: M3
         )
 
 
-def test_server_embeddings_equal_bgem3flagmodel(client: httpx.Client, reference: M3Reference) -> None:
+def test_server_embeddings_equal_bgem3flagmodel(
+    client: httpx.Client, reference: M3Reference
+) -> None:
     response = client.post("/v1/embeddings", json={"input": TEXTS})
     assert response.status_code == 200, response.text
     got = np.array([item["embedding"] for item in response.json()["data"]])
     np.testing.assert_allclose(got, reference.dense, atol=ATOL)
 
 
-def test_server_rerank_equals_flagreranker(client: httpx.Client, rerank_logits: list[float]) -> None:
+def test_server_rerank_equals_flagreranker(
+    client: httpx.Client, rerank_logits: list[float]
+) -> None:
     raw = client.post(
         "/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}
     ).json()["results"]
     by_index = {r["index"]: r["relevance_score"] for r in raw}
-    np.testing.assert_allclose([by_index[i] for i in range(len(DOCUMENTS))], rerank_logits, atol=1e-4)
+    np.testing.assert_allclose(
+        [by_index[i] for i in range(len(DOCUMENTS))], rerank_logits, atol=1e-4
+    )
     normalized = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}).json()
     expected = 1 / (1 + np.exp(-np.array(rerank_logits)))
     for result in normalized["results"]:

@@ -74,7 +74,9 @@ class FakeBackend:
             TokenWeights(np.array([len(t), 7], dtype=np.int64), np.array([1.0, 2.0], np.float32))
             for t in texts
         )
-        return Encoding(token_counts=tuple(len(t.split()) + 2 for t in texts), dense=dense, lexical=lexical)
+        return Encoding(
+            token_counts=tuple(len(t.split()) + 2 for t in texts), dense=dense, lexical=lexical
+        )
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
         logits = np.array([float(ord(d[0]) - ord("m")) for d in documents], dtype=np.float32)

@@ -53,7 +53,9 @@ def test_bad_value_exits_2_naming_the_variable(
 def test_every_setting_has_help_and_a_flag() -> None:
     names = {f.name for f in msgspec.structs.fields(Settings)}
     assert names == set(HELP)
-    result = subprocess.run([*serve_command(), "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [*serve_command(), "--help"], capture_output=True, text=True, check=True
+    )
     for name in names:
         assert "--" + name.replace("_", "-") in result.stdout
         assert name.upper() in result.stdout

@@ -24,10 +24,10 @@ serve: install
 	$(BIN)/bge-serve $(ARGS)
 
 check: install
-	$(BIN)/ruff check engine backends api tests
-	$(BIN)/ruff format --check engine backends api tests
+	$(BIN)/ruff check engine backends api tests bench
+	$(BIN)/ruff format --check engine backends api tests bench
 	$(BIN)/mypy
-	$(BIN)/codespell engine backends api tests README.md
+	$(BIN)/codespell engine backends api tests bench README.md
 
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/flag_vs_flagembedding.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench/results/flag_vs_flagembedding.json")
+    )
     args = parser.parse_args()
 
     from FlagEmbedding import BGEM3FlagModel, FlagReranker
@@ -84,7 +86,9 @@ def main() -> None:
                 "return_sparse": Output.SPARSE in outputs,
                 "return_colbert_vecs": Output.COLBERT in outputs,
             }
-            our_median, _ = best_rate(lambda o=outputs: ours.encode(texts, o), len(texts), args.repeats)
+            our_median, _ = best_rate(
+                lambda o=outputs: ours.encode(texts, o), len(texts), args.repeats
+            )
             their_median, _ = best_rate(
                 lambda f=flags: theirs.encode(texts, max_length=512, **f), len(texts), args.repeats
             )
@@ -101,14 +105,16 @@ def main() -> None:
         )
         reranker = FlagReranker(str(rr_dir), use_fp16=False, devices="cpu")
         pairs = [[query, doc] for doc in documents]
-        our_median, _ = best_rate(lambda: cross.score(query, documents), len(documents), args.repeats)
+        our_median, _ = best_rate(
+            lambda: cross.score(query, documents), len(documents), args.repeats
+        )
         their_median, _ = best_rate(
             lambda: reranker.compute_score(pairs), len(documents), args.repeats
         )
         rows.append((f"rerank 1 x {len(documents)}", our_median, their_median))
 
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "model": f"random XLM-R hidden {args.hidden}, {args.layers} layers, fp32, cpu",
         "texts": args.texts,

@@ -49,7 +49,8 @@ def free_port() -> int:
 @dataclass
 class Server:
     url: str
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
+    log: Path
 
 
 def serve_command() -> list[str]:
@@ -72,18 +73,18 @@ def server_env(models: ModelDirs, extra: Mapping[str, str]) -> dict[str, str]:
 def start_server(models: ModelDirs, extra: Mapping[str, str] | None = None) -> Server:
     port = free_port()
     env = server_env(models, {"PORT": str(port), **(extra or {})})
-    process = subprocess.Popen(
-        serve_command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # A file, not a pipe: a pipe nobody reads would block the server once it fills.
+    log = models.m3.parent / f"bge-serve-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(serve_command(), env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise RuntimeError(f"bge-serve exited with {process.returncode}:\n{output}")
+            raise RuntimeError(f"bge-serve exited with {process.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return Server(url=url, process=process)
+                return Server(url=url, process=process, log=log)
         except httpx.TransportError:
             pass
         time.sleep(0.2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from engine.errors import StartupError
 from engine.types import ColbertMatrix, Encoding, ModelInfo, Output, TokenWeights
 
 __all__ = ["M3Encoder"]
+
+T = TypeVar("T")
 
 
 class M3Encoder:
@@ -118,12 +121,8 @@ class M3Encoder:
         return Encoding(
             token_counts=tuple(lengths),
             dense=dense if Output.DENSE in outputs else None,
-            lexical=tuple(w for w in lexical if w is not None)
-            if Output.SPARSE in outputs
-            else None,
-            colbert=tuple(c for c in colbert if c is not None)
-            if Output.COLBERT in outputs
-            else None,
+            lexical=_complete(lexical) if Output.SPARSE in outputs else None,
+            colbert=_complete(colbert) if Output.COLBERT in outputs else None,
         )
 
     def _token_weights(self, ids: NDArray[np.int64], weights: NDArray[np.float32]) -> TokenWeights:
@@ -132,6 +131,13 @@ class M3Encoder:
         best = np.zeros(unique.shape[0], dtype=np.float32)
         np.maximum.at(best, inverse, weights[keep].astype(np.float32))
         return TokenWeights(token_ids=unique.astype(np.int64), weights=best)
+
+
+def _complete(items: list[T | None]) -> tuple[T, ...]:
+    """Every position filled: a partial answer is a bug, never something to return."""
+    if any(item is None for item in items):
+        raise RuntimeError("a text was left out of every forward pass")
+    return tuple(item for item in items if item is not None)
 
 
 def _load_head(path: Path, dtype: torch.dtype, device: str) -> torch.nn.Linear:

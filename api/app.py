@@ -66,7 +66,7 @@ def create_app(
             yield
         finally:
             task.cancel()
-            engine.close()
+            await engine.stop()
 
     return Litestar(
         route_handlers=[

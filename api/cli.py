@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from api.app import create_app
-from backends import build_routes
+from backends import build_chains
 from engine.errors import StartupError
 from engine.inference import InferenceEngine
 from engine.settings import load_settings
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Tokenizers' own thread pool fights torch's for the same cores under a server.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        engine = InferenceEngine(settings, build_routes(settings))
+        engine = InferenceEngine(settings, build_chains(settings))
     except StartupError as exc:
         print(f"bge-serve: {exc}", file=sys.stderr)
         return 2

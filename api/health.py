@@ -20,6 +20,7 @@ class BackendStatus(msgspec.Struct, kw_only=True):
     healthy: bool
     device: str
     detail: str
+    stats: dict[str, int]
 
 
 class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -29,7 +30,8 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     device: str
     embedding_model: str
     reranker_model: str
-    routes: dict[str, str]
+    routes: dict[str, str | None]
+    chains: dict[str, list[str]]
     backends: dict[str, BackendStatus]
     error: str | None = None
 
@@ -46,10 +48,15 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
         device=",".join(devices),
         embedding_model=settings.embedding_model_name,
         reranker_model=settings.reranker_model_name,
-        routes={str(op): name for op, name in state.routes.items()},
+        routes={str(op): name for op, name in state.serving.items()},
+        chains={str(op): names for op, names in state.chains.items()},
         backends={
             name: BackendStatus(
-                loaded=b.loaded, healthy=b.healthy, device=b.device, detail=b.detail
+                loaded=b.loaded,
+                healthy=b.healthy,
+                device=b.device,
+                detail=b.detail,
+                stats=dict(b.stats),
             )
             for name, b in state.backends.items()
         },

@@ -8,7 +8,7 @@ from engine.backend import Backend
 from engine.settings import Settings
 from engine.types import Operation
 
-__all__ = ["BACKENDS", "build_routes"]
+__all__ = ["BACKENDS", "build_chains"]
 
 
 def _flag(settings: Settings, operations: frozenset[Operation]) -> Backend:
@@ -18,16 +18,27 @@ def _flag(settings: Settings, operations: frozenset[Operation]) -> Backend:
     return FlagBackend(settings, operations)
 
 
+def _infinity(settings: Settings, operations: frozenset[Operation]) -> Backend:
+    from backends.infinity import InfinityBackend
+
+    return InfinityBackend(settings, operations)
+
+
 BackendFactory = Callable[[Settings, frozenset[Operation]], Backend]
 
-BACKENDS: dict[str, BackendFactory] = {"flag": _flag}
+BACKENDS: dict[str, BackendFactory] = {"flag": _flag, "infinity": _infinity}
 
 
-def build_routes(settings: Settings) -> dict[Operation, Backend]:
-    """One backend instance per name, serving every operation routed to it."""
-    chains: dict[Operation, str] = {op: "flag" for op in Operation}
+def build_chains(settings: Settings) -> dict[Operation, list[Backend]]:
+    """Each operation's chain from settings; one instance per backend name, which loads
+    only the models of the operations whose chains name it."""
+    names = {
+        Operation.EMBED: settings.embed_backends,
+        Operation.SPARSE: settings.sparse_backends,
+        Operation.RERANK: settings.rerank_backends,
+    }
     instances: dict[str, Backend] = {}
-    for name in dict.fromkeys(chains.values()):
-        served = frozenset(op for op, chosen in chains.items() if chosen == name)
+    for name in dict.fromkeys(n for chain in names.values() for n in chain):
+        served = frozenset(op for op, chain in names.items() if name in chain)
         instances[name] = BACKENDS[name](settings, served)
-    return {op: instances[name] for op, name in chains.items()}
+    return {op: [instances[name] for name in chain] for op, chain in names.items()}

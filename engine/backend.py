@@ -7,8 +7,8 @@ does the rest once, the same way for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.types import Encoding, ModelInfo, Operation, Output, Scores
@@ -33,6 +33,7 @@ class BackendHealth:
     healthy: bool
     device: str
     detail: str = ""
+    stats: Mapping[str, int] = field(default_factory=dict)  # counters, e.g. forward passes
 
 
 class Backend(Protocol):
@@ -42,10 +43,10 @@ class Backend(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
 
-    def load(self) -> None:
-        """Load every model the declared operations need; blocking, run off the event loop."""
+    async def start(self) -> None:
+        """Load every model the declared operations need, without blocking the event loop."""
 
-    def close(self) -> None: ...
+    async def stop(self) -> None: ...
 
     def health(self) -> BackendHealth: ...
 

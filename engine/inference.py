@@ -7,24 +7,22 @@ truncation, rerank sorting and top_n) is finished here, the same way for all.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 
 from engine.backend import Backend, BackendHealth
 from engine.errors import (
-    BackendFailure,
-    EngineError,
     InputTooLarge,
     InvalidInput,
     ModelNotFound,
     StartupError,
     Unavailable,
 )
+from engine.router import Router
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapper
 from engine.types import (
@@ -43,8 +41,6 @@ __all__ = ["EngineHealth", "InferenceEngine"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 HealthStatus = Literal["ok", "loading", "degraded"]
 # Seconds a client is told to wait while models load.
 _LOADING_RETRY_AFTER = 5
@@ -53,19 +49,17 @@ _LOADING_RETRY_AFTER = 5
 @dataclass(frozen=True, slots=True)
 class EngineHealth:
     status: HealthStatus
-    routes: dict[Operation, str]
+    chains: dict[Operation, list[str]]
+    serving: dict[Operation, str | None]
     backends: dict[str, BackendHealth]
     loaded: dict[Operation, bool]
     error: str | None = None
 
 
 class InferenceEngine:
-    def __init__(self, settings: Settings, routes: Mapping[Operation, Backend]) -> None:
-        if not routes:
-            raise StartupError("no operation is served: configure at least one backend")
+    def __init__(self, settings: Settings, chains: Mapping[Operation, Sequence[Backend]]) -> None:
         self._settings = settings
-        self._routes = dict(routes)
-        self._backends = list({id(b): b for b in self._routes.values()}.values())
+        self._router = Router(chains)
         self._started = False
         self._start_error: str | None = None
         self._mapper: SparseMapper | None = None
@@ -73,10 +67,10 @@ class InferenceEngine:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every backend's models off the event loop, then check them against settings."""
+        """Start every backend (each loads its models once), then check them against settings."""
         try:
-            for backend in self._backends:
-                await asyncio.to_thread(backend.load)
+            for backend in self._router.backends:
+                await backend.start()
             self._check_models()
         except BaseException as exc:
             self._start_error = str(exc) or type(exc).__name__
@@ -85,16 +79,19 @@ class InferenceEngine:
 
     def _check_models(self) -> None:
         settings = self._settings
-        if Operation.EMBED in self._routes or Operation.SPARSE in self._routes:
-            op = Operation.EMBED if Operation.EMBED in self._routes else Operation.SPARSE
-            info = self._routes[op].model_info(op)
-            if settings.embedding_size is not None and info.dimension != settings.embedding_size:
-                raise StartupError(
-                    f"EMBEDDING_SIZE={settings.embedding_size} but {info.name} "
-                    f"produces {info.dimension}-dimensional vectors"
-                )
-        if Operation.SPARSE in self._routes:
-            info = self._routes[Operation.SPARSE].model_info(Operation.SPARSE)
+        for op in (Operation.EMBED, Operation.SPARSE):
+            if op not in self._router.operations:
+                continue
+            for backend in self._router.chain(op):
+                info = backend.model_info(op)
+                expected = settings.embedding_size
+                if expected is not None and info.dimension != expected:
+                    raise StartupError(
+                        f"EMBEDDING_SIZE={settings.embedding_size} but {info.name} "
+                        f"produces {info.dimension}-dimensional vectors ({backend.name} backend)"
+                    )
+        if Operation.SPARSE in self._router.operations:
+            info = self._router.primary(Operation.SPARSE).model_info(Operation.SPARSE)
             space = (
                 info.vocab_size
                 if settings.sparse_token_mapping == "tokenizer"
@@ -102,24 +99,30 @@ class InferenceEngine:
             )
             self._mapper = SparseMapper(settings.sparse_token_mapping, space)
 
-    def close(self) -> None:
-        for backend in self._backends:
-            backend.close()
+    async def stop(self) -> None:
+        for backend in self._router.backends:
+            await backend.stop()
 
     def health(self) -> EngineHealth:
-        backends = {b.name: b.health() for b in self._backends}
+        router = self._router
+        backends = {
+            b.name: _with_breaker(b.health(), router.breaker_open(b.name)) for b in router.backends
+        }
         if self._start_error is not None or not all(h.healthy for h in backends.values()):
             status: HealthStatus = "degraded"
         elif not self._started:
             status = "loading"
         else:
             status = "ok"
+        operations = sorted(router.operations)
         return EngineHealth(
             status=status,
-            routes={op: b.name for op, b in self._routes.items()},
+            chains={op: [b.name for b in router.chain(op)] for op in operations},
+            serving={op: router.serving(op) for op in operations},
             backends=backends,
             loaded={
-                op: self._started and backends[b.name].loaded for op, b in self._routes.items()
+                op: self._started and all(backends[b.name].loaded for b in router.chain(op))
+                for op in operations
             },
             error=self._start_error,
         )
@@ -128,14 +131,15 @@ class InferenceEngine:
 
     @property
     def operations(self) -> frozenset[Operation]:
-        return frozenset(self._routes)
+        return self._router.operations
 
     @property
     def sparse_index_space(self) -> int:
         return self._require_mapper().index_space
 
     def model_info(self, operation: Operation) -> ModelInfo:
-        return self._route(operation).model_info(operation)
+        self._check_ready(operation)
+        return self._router.primary(operation).model_info(operation)
 
     def served_model(self, operation: Operation, requested: str | None) -> str:
         """The served model's name; raises ModelNotFound when ``requested`` names another."""
@@ -147,7 +151,7 @@ class InferenceEngine:
         )
 
     def model_name(self, operation: Operation) -> str:
-        if operation not in self._routes:
+        if operation not in self._router.operations:
             raise Unavailable(f"{operation} is not served by this deployment")
         if operation is Operation.RERANK:
             return self._settings.reranker_model_name
@@ -190,13 +194,13 @@ class InferenceEngine:
         if not outputs:
             raise InvalidInput("ask for at least one of dense, sparse, colbert")
         operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.SPARSE
-        backend = self._route(operation)
+        self._check_ready(operation)
         self._check_texts(texts, field)
         if dimensions is not None:
             self._check_dimensions(operation, dimensions)
         if not self._settings.truncate:
-            await self._check_token_counts(backend, operation, texts, field)
-        encoding = await self._call(backend, backend.encode(texts, outputs))
+            await self._check_token_counts(operation, texts, field)
+        encoding = await self._router.call(operation, lambda b: b.encode(texts, outputs))
         dense = encoding.dense
         if dense is not None and dimensions is not None and dimensions < dense.shape[1]:
             dense = _normalize(dense[:, :dimensions])
@@ -205,7 +209,7 @@ class InferenceEngine:
             mapper = self._require_mapper()
             sparse = tuple(mapper.map(weights) for weights in encoding.lexical)
         return HybridEmbeddings(
-            prompt_tokens=sum(encoding.token_counts),
+            prompt_tokens=encoding.token_count,
             dense=dense if Output.DENSE in outputs else None,
             sparse=sparse if Output.SPARSE in outputs else None,
             colbert=encoding.colbert if Output.COLBERT in outputs else None,
@@ -215,7 +219,7 @@ class InferenceEngine:
         self, query: str, documents: Sequence[str], *, top_n: int | None = None
     ) -> Ranking:
         """Documents scored against ``query``, best first, cut to ``top_n``."""
-        backend = self._route(Operation.RERANK)
+        self._check_ready(Operation.RERANK)
         if not query.strip():
             raise InvalidInput("`query` is empty or whitespace", param="query")
         if len(query) > self._settings.max_text_chars:
@@ -227,7 +231,7 @@ class InferenceEngine:
         self._check_texts(documents, "documents")
         if top_n is not None and top_n < 1:
             raise InvalidInput("`top_n` must be at least 1", param="top_n")
-        scores = await self._call(backend, backend.score(query, documents))
+        scores = await self._router.call(Operation.RERANK, lambda b: b.score(query, documents))
         logits = scores.logits.astype(np.float64)
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         # Stable sort on the negated logit: ties keep input order.
@@ -236,28 +240,27 @@ class InferenceEngine:
             RankedDocument(index=int(i), logit=float(logits[i]), score=float(probabilities[i]))
             for i in order
         )
-        return Ranking(results=results, prompt_tokens=sum(scores.token_counts))
+        return Ranking(results=results, prompt_tokens=scores.token_count)
 
     async def tokenize(
         self, texts: Sequence[str], *, field: str = "input"
     ) -> tuple[list[int], ...]:
-        backend = self._route(
-            Operation.EMBED if Operation.EMBED in self._routes else Operation.SPARSE
-        )
+        operation = self._embedding_operation()
+        self._check_ready(operation)
         self._check_texts(texts, field)
-        return await self._call(backend, backend.tokenize(texts))
+        return await self._router.call(operation, lambda b: b.tokenize(texts))
 
     # -- internals -------------------------------------------------------------------
 
-    def _route(self, operation: Operation) -> Backend:
-        backend = self._routes.get(operation)
-        if backend is None:
-            raise Unavailable(f"{operation} is not served by this deployment")
+    def _embedding_operation(self) -> Operation:
+        return Operation.EMBED if Operation.EMBED in self._router.operations else Operation.SPARSE
+
+    def _check_ready(self, operation: Operation) -> None:
+        self._router.chain(operation)  # raises Unavailable when the operation is not served
         if not self._started:
             if self._start_error is not None:
                 raise Unavailable(f"the models failed to load: {self._start_error}")
             raise Unavailable("the models are still loading", retry_after=_LOADING_RETRY_AFTER)
-        return backend
 
     def _require_mapper(self) -> SparseMapper:
         if self._mapper is None:
@@ -287,10 +290,10 @@ class InferenceEngine:
                 )
 
     async def _check_token_counts(
-        self, backend: Backend, operation: Operation, texts: Sequence[str], field: str
+        self, operation: Operation, texts: Sequence[str], field: str
     ) -> None:
-        limit = backend.model_info(operation).max_tokens
-        rows = await self._call(backend, backend.tokenize(texts))
+        limit = self.model_info(operation).max_tokens
+        rows = await self._router.call(operation, lambda b: b.tokenize(texts))
         for position, row in enumerate(rows):
             if len(row) > limit:
                 raise InputTooLarge(
@@ -307,18 +310,16 @@ class InferenceEngine:
                 param="dimensions",
             )
 
-    @staticmethod
-    async def _call(backend: Backend, work: Awaitable[T]) -> T:
-        try:
-            return await work
-        except EngineError:
-            raise
-        except Exception as exc:
-            # The client gets a stable message; the traceback goes to the log, not the wire.
-            log.exception("backend %s failed", backend.name)
-            raise BackendFailure(
-                f"the {backend.name} backend failed ({type(exc).__name__}); see the service log"
-            ) from exc
+
+def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
+    if not breaker_open:
+        return health
+    return BackendHealth(
+        loaded=health.loaded,
+        healthy=False,
+        device=health.device,
+        detail="circuit open after repeated failures; skipped until its cool-down ends",
+    )
 
 
 def _normalize(matrix: DenseMatrix) -> DenseMatrix:

@@ -10,19 +10,24 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
 import msgspec
 
 __all__ = ["HELP", "Settings", "build_parser", "load_settings"]
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+BackendName = Literal["flag", "infinity"]
+Chain = Annotated[tuple[BackendName, ...], msgspec.Meta(min_length=1)]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """Typed service settings; field ``foo_bar`` is env ``FOO_BAR`` and ``--foo-bar``."""
 
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    embed_backends: Chain = ("flag",)
+    sparse_backends: Chain = ("flag",)
+    rerank_backends: Chain = ("flag",)
     embedding_model_name: str = "BAAI/bge-m3"
     reranker_model_name: str = "BAAI/bge-reranker-v2-m3"
     embedding_size: Positive | None = None
@@ -39,10 +44,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     reranker_max_tokens: Positive = 512
     truncate: bool = True
     max_batch_tokens: Positive = 16_384
+    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
+    max_queued_requests: Positive = 256
+    infinity_batch_size: Positive = 32
 
 
 HELP: dict[str, str] = {
     "device": "Where models run: auto (cuda when torch sees a GPU, NVIDIA or ROCm), cuda, cpu.",
+    "embed_backends": "Backends for dense embeddings, in order of preference "
+    "(comma-separated: flag, infinity).",
+    "sparse_backends": "Backends for sparse, ColBERT and hybrid embeddings (only flag "
+    "computes them).",
+    "rerank_backends": "Backends for rerank scores, in order of preference (flag, infinity).",
     "embedding_model_name": "bge-m3 model: a Hugging Face repo id or a local folder "
     "(with colbert_linear.pt and sparse_linear.pt for sparse and ColBERT output).",
     "reranker_model_name": "Cross-encoder reranker: a Hugging Face repo id or a local folder.",
@@ -64,6 +77,11 @@ HELP: dict[str, str] = {
     "(the query keeps at most 3/4; FlagReranker's default is 512).",
     "truncate": "Truncate texts longer than the token limit; when off they are answered 413.",
     "max_batch_tokens": "Padded tokens in one forward pass; bounds activation memory.",
+    "batch_wait_ms": "How long the flag backend's micro-batcher waits for more requests "
+    "before a forward pass that still has room.",
+    "max_queued_requests": "Requests waiting or running per backend model; more is answered "
+    "429 with Retry-After.",
+    "infinity_batch_size": "infinity_emb's own batch size (infinity backend only).",
 }
 
 
@@ -109,14 +127,20 @@ def load_settings(
     raw: dict[str, object] = {}
     for field in msgspec.structs.fields(Settings):
         name = _env_name(field.name)
-        if args[field.name] is not None:
-            raw[name] = args[field.name]
-        elif env.get(name, "") != "":
-            raw[name] = env[name]
+        value = args[field.name] if args[field.name] is not None else env.get(name, "")
+        if value == "":
+            continue
+        if get_origin(_unannotated(field.type)) is tuple and isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        raw[name] = value
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
         parser.error(f"invalid setting: {_settings_error(exc)}")
+
+
+def _unannotated(annotation: object) -> object:
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
 def _settings_error(exc: msgspec.ValidationError) -> str:

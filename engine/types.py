@@ -65,7 +65,7 @@ class TokenWeights:
 class Encoding:
     """A backend's answer for a batch of texts, in input order; unasked heads are None."""
 
-    token_counts: tuple[int, ...]
+    token_count: int  # all texts, special tokens included, after truncation
     dense: DenseMatrix | None = None
     lexical: tuple[TokenWeights, ...] | None = None
     colbert: tuple[ColbertMatrix, ...] | None = None
@@ -76,7 +76,7 @@ class Scores:
     """A backend's raw cross-encoder logits, one per document, in input order."""
 
     logits: NDArray[np.float32]
-    token_counts: tuple[int, ...]
+    token_count: int
 
 
 @dataclass(frozen=True, slots=True)

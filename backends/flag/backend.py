@@ -1,26 +1,31 @@
 """The native backend: bge-m3 heads and the cross-encoder on local torch.
 
-Model work runs on one dedicated thread per backend: it never blocks the
-event loop, and torch's own intra-op threads use the cores.
+Requests reach the models through the engine's micro-batchers (one per model),
+so concurrent requests share forward passes. Model work runs on one dedicated
+thread and tokenisation on another: neither blocks the event loop, torch's own
+intra-op threads use the cores, and a fast tokenizer is never used from two
+threads at once (it is not safe to).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from backends.device import resolve_device, resolve_dtype
-from backends.flag.m3 import M3Encoder
+from backends.flag.m3 import M3Encoder, M3Row
 from backends.flag.reranker import CrossEncoder
 from backends.model_files import resolve_model_dir
 from engine.backend import BackendHealth, Capabilities
+from engine.batching import MicroBatcher, Unit
 from engine.errors import Overloaded, Unavailable
 from engine.settings import Settings
 from engine.types import Encoding, ModelInfo, Operation, Output, Scores
@@ -30,9 +35,13 @@ __all__ = ["FlagBackend"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = TypeVar("P")
+R = TypeVar("R")
 
 # Texts per forward pass, on top of the MAX_BATCH_TOKENS budget.
 _MAX_BATCH_ITEMS = 256
+
+M3Item = tuple[list[int], frozenset[Output]]
 
 
 class FlagBackend:
@@ -51,7 +60,10 @@ class FlagBackend:
         )
         self._m3: M3Encoder | None = None
         self._reranker: CrossEncoder | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-model")
+        self._m3_batcher: MicroBatcher[M3Item, M3Row] | None = None
+        self._rerank_batcher: MicroBatcher[list[int], float] | None = None
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-model")
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-tok")
 
     @property
     def name(self) -> str:
@@ -61,14 +73,40 @@ class FlagBackend:
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
-    def load(self) -> None:
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._model_thread, self._load)
+        if self._m3 is not None:
+            self._m3_batcher = self._batcher("embed", self._m3.run_batch)
+        if self._reranker is not None:
+            self._rerank_batcher = self._batcher("rerank", self._reranker.run_batch)
+
+    def _batcher(self, name: str, run: Callable[[list[P]], list[R]]) -> MicroBatcher[P, R]:
+        settings = self._settings
+        batcher: MicroBatcher[P, R] = MicroBatcher(
+            f"flag-{name}",
+            functools.partial(_as_overload_on_gpu_oom, run),
+            executor=self._model_thread,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_items=_MAX_BATCH_ITEMS,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            max_queued_requests=settings.max_queued_requests,
+        )
+        batcher.start()
+        return batcher
+
+    def _load(self) -> None:
         settings = self._settings
         dtype = resolve_dtype(self._device, settings.use_fp16)
         caps = self._capabilities
         if caps.embedding_model is not None:
             folder = resolve_model_dir(caps.embedding_model, "EMBEDDING_MODEL_NAME")
             log.info(
-                "loading %s from %s on %s (%s)", caps.embedding_model, folder, self._device, dtype
+                "flag: loading %s from %s on %s (%s)",
+                caps.embedding_model,
+                folder,
+                self._device,
+                dtype,
             )
             self._m3 = M3Encoder(
                 caps.embedding_model,
@@ -83,7 +121,11 @@ class FlagBackend:
         if caps.reranker_model is not None:
             folder = resolve_model_dir(caps.reranker_model, "RERANKER_MODEL_NAME")
             log.info(
-                "loading %s from %s on %s (%s)", caps.reranker_model, folder, self._device, dtype
+                "flag: loading %s from %s on %s (%s)",
+                caps.reranker_model,
+                folder,
+                self._device,
+                dtype,
             )
             self._reranker = CrossEncoder(
                 caps.reranker_model,
@@ -95,54 +137,68 @@ class FlagBackend:
                 max_batch_items=_MAX_BATCH_ITEMS,
             )
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    async def stop(self) -> None:
+        for batcher in (self._m3_batcher, self._rerank_batcher):
+            if batcher is not None:
+                await batcher.stop()
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> BackendHealth:
         caps = self._capabilities
-        loaded = (caps.embedding_model is None or self._m3 is not None) and (
-            caps.reranker_model is None or self._reranker is not None
+        loaded = (caps.embedding_model is None or self._m3_batcher is not None) and (
+            caps.reranker_model is None or self._rerank_batcher is not None
         )
-        return BackendHealth(loaded=loaded, healthy=True, device=self._device)
+        stats: dict[str, int] = {}
+        for name, batcher in (("embed", self._m3_batcher), ("rerank", self._rerank_batcher)):
+            if batcher is not None:
+                for key, value in dataclasses.asdict(batcher.stats).items():
+                    stats[f"{name}.{key}"] = value
+        return BackendHealth(loaded=loaded, healthy=True, device=self._device, stats=stats)
 
     def model_info(self, operation: Operation) -> ModelInfo:
         if operation is Operation.RERANK:
-            return self._require_reranker().info
-        return self._require_m3().info
+            return self._require(self._reranker, "reranker").info
+        return self._require(self._m3, "embedding").info
 
     async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
-        m3 = self._require_m3()
-        return await self._run(m3.encode, list(texts), outputs)
+        m3 = self._require(self._m3, "embedding")
+        batcher = self._require(self._m3_batcher, "embedding")
+        rows = await self._tokenize(functools.partial(m3.tokenize, truncate=True), texts)
+        units = [Unit((row, outputs), len(row)) for row in rows]
+        results = await batcher.submit(units)
+        return m3.assemble(results, outputs, sum(len(row) for row in rows))
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
-        reranker = self._require_reranker()
-        return await self._run(reranker.score, query, list(documents))
+        reranker = self._require(self._reranker, "reranker")
+        batcher = self._require(self._rerank_batcher, "reranker")
+        rows = await self._tokenize(functools.partial(reranker.pairs, query), documents)
+        logits = await batcher.submit([Unit(row, len(row)) for row in rows])
+        return Scores(
+            logits=np.asarray(logits, dtype=np.float32), token_count=sum(len(r) for r in rows)
+        )
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
-        m3 = self._require_m3()
-        rows = await self._run(functools.partial(m3.tokenize, truncate=False), list(texts))
+        m3 = self._require(self._m3, "embedding")
+        rows = await self._tokenize(functools.partial(m3.tokenize, truncate=False), texts)
         return tuple(rows)
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    async def _tokenize(
+        self, tokenize: Callable[[Sequence[str]], list[list[int]]], texts: Sequence[str]
+    ) -> list[list[int]]:
         loop = asyncio.get_running_loop()
-        with _gpu_memory_as_overload():
-            return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._tokenizer_thread, tokenize, list(texts))
 
-    def _require_m3(self) -> M3Encoder:
-        if self._m3 is None:
-            raise Unavailable("the embedding model is not loaded")
-        return self._m3
-
-    def _require_reranker(self) -> CrossEncoder:
-        if self._reranker is None:
-            raise Unavailable("the reranker model is not loaded")
-        return self._reranker
+    @staticmethod
+    def _require(value: T | None, what: str) -> T:
+        if value is None:
+            raise Unavailable(f"the {what} model is not loaded")
+        return value
 
 
-@contextlib.contextmanager
-def _gpu_memory_as_overload() -> Iterator[None]:
+def _as_overload_on_gpu_oom(run: Callable[[list[P]], list[R]], items: list[P]) -> list[R]:
     try:
-        yield
+        return run(items)
     except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         raise Overloaded(

@@ -13,6 +13,7 @@ model moves and progress bars, and lets one pass return any subset of heads.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,9 +28,18 @@ from backends.flag.limits import model_max_tokens
 from engine.errors import StartupError
 from engine.types import ColbertMatrix, Encoding, ModelInfo, Output, TokenWeights
 
-__all__ = ["M3Encoder"]
+__all__ = ["M3Encoder", "M3Row"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class M3Row:
+    """One text's heads from a forward pass; heads it did not ask for are None."""
+
+    dense: NDArray[np.float32] | None
+    lexical: TokenWeights | None
+    colbert: ColbertMatrix | None
 
 
 class M3Encoder:
@@ -88,41 +98,60 @@ class M3Encoder:
         )
         return [list(ids) for ids in encoded["input_ids"]]
 
-    @torch.inference_mode()
     def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+        """All of ``texts`` at once, batched by length here (no micro-batcher)."""
         rows = self.tokenize(texts, truncate=True)
-        n = len(rows)
-        dense = np.empty((n, self.info.dimension or 0), dtype=np.float32)
-        lexical: list[TokenWeights | None] = [None] * n
-        colbert: list[ColbertMatrix | None] = [None] * n
+        results: list[M3Row | None] = [None] * len(rows)
         lengths = [len(row) for row in rows]
         for batch in length_sorted_batches(lengths, self._max_batch_tokens, self._max_batch_items):
-            ids, mask = pad([rows[i] for i in batch], self._pad_id, self._device)
-            hidden = self.model(
-                input_ids=ids, attention_mask=mask, return_dict=True
-            ).last_hidden_state
-            if Output.DENSE in outputs:
-                dense[batch] = F.normalize(hidden[:, 0], dim=-1).float().cpu().numpy()
-            if Output.SPARSE in outputs:
-                assert self.sparse_linear is not None
-                weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()
-                ids_np = ids.cpu().numpy()
-                for row, position in enumerate(batch):
-                    length = lengths[position]
-                    lexical[position] = self._token_weights(
-                        ids_np[row, :length], weights[row, :length]
-                    )
-            if Output.COLBERT in outputs:
-                assert self.colbert_linear is not None
-                vectors = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
-                vectors = F.normalize(vectors, dim=-1).float().cpu().numpy()
-                for row, position in enumerate(batch):
-                    colbert[position] = vectors[row, : lengths[position] - 1]
+            for position, result in zip(
+                batch, self.run_batch([(rows[i], outputs) for i in batch]), strict=True
+            ):
+                results[position] = result
+        return self.assemble(_complete(results), outputs, sum(lengths))
+
+    @torch.inference_mode()
+    def run_batch(self, items: Sequence[tuple[list[int], frozenset[Output]]]) -> list[M3Row]:
+        """One forward pass over token-id rows; each row gets the heads it asked for."""
+        rows = [ids for ids, _ in items]
+        wanted = frozenset().union(*(outputs for _, outputs in items))
+        ids, mask = pad(rows, self._pad_id, self._device)
+        hidden = self.model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+        dense = weights = colbert = None
+        if Output.DENSE in wanted:
+            dense = F.normalize(hidden[:, 0], dim=-1).float().cpu().numpy()
+        if Output.SPARSE in wanted:
+            assert self.sparse_linear is not None
+            weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()
+        if Output.COLBERT in wanted:
+            assert self.colbert_linear is not None
+            vectors = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
+            colbert = F.normalize(vectors, dim=-1).float().cpu().numpy()
+        results = []
+        for row, (token_ids, outputs) in enumerate(items):
+            length = len(token_ids)
+            results.append(
+                M3Row(
+                    dense=dense[row] if dense is not None and Output.DENSE in outputs else None,
+                    lexical=self._token_weights(np.asarray(token_ids), weights[row, :length])
+                    if weights is not None and Output.SPARSE in outputs
+                    else None,
+                    colbert=colbert[row, : length - 1]
+                    if colbert is not None and Output.COLBERT in outputs
+                    else None,
+                )
+            )
+        return results
+
+    def assemble(
+        self, rows: Sequence[M3Row], outputs: frozenset[Output], token_count: int
+    ) -> Encoding:
+        """Per-text rows, in input order, into one Encoding."""
         return Encoding(
-            token_counts=tuple(lengths),
-            dense=dense if Output.DENSE in outputs else None,
-            lexical=_complete(lexical) if Output.SPARSE in outputs else None,
-            colbert=_complete(colbert) if Output.COLBERT in outputs else None,
+            token_count=token_count,
+            dense=np.stack([_present(r.dense) for r in rows]) if Output.DENSE in outputs else None,
+            lexical=tuple(_present(r.lexical) for r in rows) if Output.SPARSE in outputs else None,
+            colbert=tuple(_present(r.colbert) for r in rows) if Output.COLBERT in outputs else None,
         )
 
     def _token_weights(self, ids: NDArray[np.int64], weights: NDArray[np.float32]) -> TokenWeights:
@@ -133,11 +162,15 @@ class M3Encoder:
         return TokenWeights(token_ids=unique.astype(np.int64), weights=best)
 
 
-def _complete(items: list[T | None]) -> tuple[T, ...]:
-    """Every position filled: a partial answer is a bug, never something to return."""
-    if any(item is None for item in items):
-        raise RuntimeError("a text was left out of every forward pass")
-    return tuple(item for item in items if item is not None)
+def _present(item: T | None) -> T:
+    """A head a text asked for; a missing one is a bug, never a partial answer."""
+    if item is None:
+        raise RuntimeError("a text is missing a head it asked for")
+    return item
+
+
+def _complete(items: Sequence[T | None]) -> list[T]:
+    return [_present(item) for item in items]
 
 
 def _load_head(path: Path, dtype: torch.dtype, device: str) -> torch.nn.Linear:

@@ -61,13 +61,19 @@ class CrossEncoder:
             for doc in documents_ids
         ]
 
-    @torch.inference_mode()
     def score(self, query: str, documents: Sequence[str]) -> Scores:
+        """All pairs at once, batched by length here (no micro-batcher)."""
         rows = self.pairs(query, documents)
         lengths = [len(row) for row in rows]
         logits = np.empty(len(rows), dtype=np.float32)
         for batch in length_sorted_batches(lengths, self._max_batch_tokens, self._max_batch_items):
-            ids, mask = pad([rows[i] for i in batch], self._pad_id, self._device)
-            out = self.model(input_ids=ids, attention_mask=mask, return_dict=True).logits
-            logits[batch] = out.view(-1).float().cpu().numpy()
-        return Scores(logits=logits, token_counts=tuple(lengths))
+            logits[batch] = self.run_batch([rows[i] for i in batch])
+        return Scores(logits=logits, token_count=sum(lengths))
+
+    @torch.inference_mode()
+    def run_batch(self, rows: Sequence[list[int]]) -> list[float]:
+        """One forward pass over (query, document) token-id rows: a raw logit each."""
+        ids, mask = pad(rows, self._pad_id, self._device)
+        out = self.model(input_ids=ids, attention_mask=mask, return_dict=True).logits
+        logits: list[float] = out.view(-1).float().cpu().tolist()
+        return logits

@@ -28,6 +28,8 @@ def test_health_reports_models_routes_and_device(client: httpx.Client, models: M
     assert body["device"] == "cpu"
     assert body["embedding_model"] == str(models.m3)
     assert body["routes"] == {"embed": "flag", "sparse": "flag", "rerank": "flag"}
+    assert body["chains"] == {"embed": ["flag"], "sparse": ["flag"], "rerank": ["flag"]}
+    assert body["backends"]["flag"]["stats"]["embed.forward_passes"] >= 0
 
 
 def test_embeddings_shape_usage_and_norm(client: httpx.Client, models: ModelDirs) -> None:

@@ -29,7 +29,15 @@ def rerank_logits(models: ModelDirs) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def backend(models: ModelDirs) -> Iterator[FlagBackend]:
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    # One loop for the backend's whole life: its micro-batchers' workers live on it.
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+@pytest.fixture(scope="module")
+def backend(models: ModelDirs, loop: asyncio.AbstractEventLoop) -> Iterator[FlagBackend]:
     settings = Settings(
         embedding_model_name=str(models.m3),
         reranker_model_name=str(models.reranker),
@@ -37,9 +45,9 @@ def backend(models: ModelDirs) -> Iterator[FlagBackend]:
         max_batch_tokens=2048,  # several forward passes with different padding
     )
     flag = FlagBackend(settings, frozenset(Operation))
-    flag.load()
+    loop.run_until_complete(flag.start())
     yield flag
-    flag.close()
+    loop.run_until_complete(flag.stop())
 
 
 def assert_lexical_equal(ids: np.ndarray, weights: np.ndarray, expected: dict[str, float]) -> None:
@@ -49,8 +57,10 @@ def assert_lexical_equal(ids: np.ndarray, weights: np.ndarray, expected: dict[st
     )
 
 
-def test_backend_heads_equal_bgem3flagmodel(backend: FlagBackend, reference: M3Reference) -> None:
-    encoding = asyncio.run(backend.encode(TEXTS, frozenset(Output)))
+def test_backend_heads_equal_bgem3flagmodel(
+    backend: FlagBackend, reference: M3Reference, loop: asyncio.AbstractEventLoop
+) -> None:
+    encoding = loop.run_until_complete(backend.encode(TEXTS, frozenset(Output)))
     assert encoding.dense is not None and encoding.lexical is not None
     assert encoding.colbert is not None
     np.testing.assert_allclose(encoding.dense, reference.dense, atol=ATOL)
@@ -62,18 +72,20 @@ def test_backend_heads_equal_bgem3flagmodel(backend: FlagBackend, reference: M3R
         np.testing.assert_allclose(ours, theirs, atol=ATOL)
 
 
-def test_backend_single_head_passes_equal_the_combined_pass(backend: FlagBackend) -> None:
-    both = asyncio.run(backend.encode(TEXTS[:5], frozenset(Output)))
-    dense_only = asyncio.run(backend.encode(TEXTS[:5], frozenset({Output.DENSE})))
+def test_backend_single_head_passes_equal_the_combined_pass(
+    backend: FlagBackend, loop: asyncio.AbstractEventLoop
+) -> None:
+    both = loop.run_until_complete(backend.encode(TEXTS[:5], frozenset(Output)))
+    dense_only = loop.run_until_complete(backend.encode(TEXTS[:5], frozenset({Output.DENSE})))
     assert dense_only.lexical is None and dense_only.colbert is None
     assert both.dense is not None and dense_only.dense is not None
     np.testing.assert_allclose(dense_only.dense, both.dense, atol=1e-6)
 
 
 def test_backend_scores_equal_flagreranker(
-    backend: FlagBackend, rerank_logits: list[float]
+    backend: FlagBackend, rerank_logits: list[float], loop: asyncio.AbstractEventLoop
 ) -> None:
-    scores = asyncio.run(backend.score(QUERY, DOCUMENTS))
+    scores = loop.run_until_complete(backend.score(QUERY, DOCUMENTS))
     np.testing.assert_allclose(scores.logits, rerank_logits, atol=1e-4)
     assert len(set(np.round(rerank_logits, 3))) > len(DOCUMENTS) // 2  # not all alike
 

@@ -52,10 +52,10 @@ class FakeBackend:
             max_batch_size=100,
         )
 
-    def load(self) -> None:
+    async def start(self) -> None:
         self.loaded = True
 
-    def close(self) -> None:
+    async def stop(self) -> None:
         pass
 
     def health(self) -> BackendHealth:
@@ -75,12 +75,12 @@ class FakeBackend:
             for t in texts
         )
         return Encoding(
-            token_counts=tuple(len(t.split()) + 2 for t in texts), dense=dense, lexical=lexical
+            token_count=sum(len(t.split()) + 2 for t in texts), dense=dense, lexical=lexical
         )
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
         logits = np.array([float(ord(d[0]) - ord("m")) for d in documents], dtype=np.float32)
-        return Scores(logits=logits, token_counts=tuple(3 for _ in documents))
+        return Scores(logits=logits, token_count=3 * len(documents))
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         return tuple([0] * (len(t.split()) + 2) for t in texts)
@@ -89,7 +89,7 @@ class FakeBackend:
 def make_engine(backend: FakeBackend | None = None, **settings: object) -> InferenceEngine:
     fake = backend or FakeBackend()
     config = Settings(max_batch_size=4, max_text_chars=50, **settings)  # type: ignore[arg-type]
-    return InferenceEngine(config, {op: fake for op in Operation})
+    return InferenceEngine(config, {op: [fake] for op in Operation})
 
 
 def run(engine: InferenceEngine) -> InferenceEngine:

@@ -1,0 +1,194 @@
+"""In-process infinity_emb: dense embeddings and rerank scores, batched by infinity itself.
+
+infinity_emb has no bge-m3 sparse or ColBERT output, so this backend declares
+only ``embed`` and ``rerank``; the router refuses it in the sparse chain at
+start-up. infinity batches on its own; the backend only bounds the requests in
+flight (MAX_QUEUED_REQUESTS), answering 429 past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from backends.device import resolve_device
+from backends.flag.limits import model_max_tokens
+from backends.model_files import resolve_model_dir
+from engine.backend import BackendHealth, Capabilities
+from engine.errors import Overloaded, Unavailable
+from engine.settings import Settings
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+
+if TYPE_CHECKING:
+    from infinity_emb import AsyncEngineArray
+
+__all__ = ["InfinityBackend"]
+
+log = logging.getLogger(__name__)
+
+_SERVED = {Operation.EMBED: "embed", Operation.RERANK: "rerank"}
+
+
+class InfinityBackend:
+    def __init__(self, settings: Settings, operations: frozenset[Operation]) -> None:
+        self._settings = settings
+        self._device = resolve_device(settings.device)
+        served = operations & set(_SERVED)
+        self._capabilities = Capabilities(
+            operations=frozenset(served),
+            outputs=frozenset({Output.DENSE}),
+            embedding_model=settings.embedding_model_name if Operation.EMBED in served else None,
+            reranker_model=settings.reranker_model_name if Operation.RERANK in served else None,
+            max_batch_size=settings.max_batch_size,
+        )
+        self._array: AsyncEngineArray | None = None
+        self._info: dict[Operation, ModelInfo] = {}
+        self._tokenizers: dict[Operation, PreTrainedTokenizerBase] = {}
+        self._in_flight = 0
+        self._rejected = 0
+
+    @property
+    def name(self) -> str:
+        return "infinity"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    async def start(self) -> None:
+        # infinity_emb reports anonymous usage unless told not to; a service must not phone home.
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        os.environ.setdefault("INFINITY_ANONYMOUS_USAGE_STATS", "0")
+        folders = {}
+        caps = self._capabilities
+        if caps.embedding_model is not None:
+            folders[Operation.EMBED] = await asyncio.to_thread(
+                resolve_model_dir, caps.embedding_model, "EMBEDDING_MODEL_NAME"
+            )
+        if caps.reranker_model is not None:
+            folders[Operation.RERANK] = await asyncio.to_thread(
+                resolve_model_dir, caps.reranker_model, "RERANKER_MODEL_NAME"
+            )
+        # Building the array loads the weights: off the event loop.
+        self._array = await asyncio.to_thread(self._build, folders)
+        await self._array.astart()  # type: ignore[no-untyped-call]
+        for operation, folder in folders.items():
+            self._tokenizers[operation] = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
+            self._info[operation] = await self._model_info(operation, folder)
+
+    def _build(self, folders: dict[Operation, Path]) -> AsyncEngineArray:
+        from infinity_emb import AsyncEngineArray, EngineArgs
+        from infinity_emb.primitives import Device, Dtype, InferenceEngine
+
+        half = self._settings.use_fp16 and self._device == "cuda"
+        return AsyncEngineArray.from_args(
+            [
+                EngineArgs(
+                    model_name_or_path=str(folder),
+                    served_model_name=_SERVED[operation],
+                    engine=InferenceEngine.torch,
+                    device=Device.cuda if self._device == "cuda" else Device.cpu,
+                    dtype=Dtype.float16 if half else Dtype.float32,
+                    batch_size=self._settings.infinity_batch_size,
+                    # Warm-up breaks under transformers 5 and costs start-up time; the
+                    # first requests warm the model instead.
+                    model_warmup=False,
+                    bettertransformer=False,
+                )
+                for operation, folder in folders.items()
+            ]
+        )
+
+    async def _model_info(self, operation: Operation, folder: Path) -> ModelInfo:
+        tokenizer = self._tokenizers[operation]
+        config = AutoConfig.from_pretrained(folder)
+        dimension = None
+        if operation is Operation.EMBED:
+            probe, _ = await self._engine(operation).embed(sentences=["dimension probe"])
+            dimension = int(np.asarray(probe[0]).shape[-1])
+        name = (
+            self._capabilities.embedding_model
+            if operation is Operation.EMBED
+            else self._capabilities.reranker_model
+        )
+        return ModelInfo(
+            name=name or str(folder),
+            max_tokens=model_max_tokens(config, tokenizer, None),
+            vocab_size=len(tokenizer),
+            dimension=dimension,
+        )
+
+    async def stop(self) -> None:
+        if self._array is not None:
+            await self._array.astop()  # type: ignore[no-untyped-call]
+            self._array = None
+
+    def health(self) -> BackendHealth:
+        loaded = self._array is not None and len(self._info) == len(self._capabilities.operations)
+        return BackendHealth(
+            loaded=loaded,
+            healthy=True,
+            device=self._device,
+            stats={"in_flight": self._in_flight, "rejected_requests": self._rejected},
+        )
+
+    def model_info(self, operation: Operation) -> ModelInfo:
+        info = self._info.get(operation)
+        if info is None:
+            raise Unavailable(f"the infinity backend has no {operation} model loaded")
+        return info
+
+    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+        if outputs != {Output.DENSE}:
+            raise Unavailable("infinity_emb computes dense vectors only")
+        async with self._admitted():
+            vectors, usage = await self._engine(Operation.EMBED).embed(sentences=list(texts))
+        dense = np.asarray(vectors, dtype=np.float32)
+        # Normalise here too: a folder without a Normalize module comes back unnormalised.
+        dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
+        return Encoding(token_count=int(usage), dense=dense)
+
+    async def score(self, query: str, documents: Sequence[str]) -> Scores:
+        async with self._admitted():
+            ranked, usage = await self._engine(Operation.RERANK).rerank(
+                query=query, docs=list(documents), raw_scores=True
+            )
+        logits = np.empty(len(documents), dtype=np.float32)
+        for item in ranked:
+            logits[item.index] = item.relevance_score
+        return Scores(logits=logits, token_count=int(usage))
+
+    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+        tokenizer = self._tokenizers.get(Operation.EMBED)
+        if tokenizer is None:
+            raise Unavailable("the infinity backend has no embedding model loaded")
+        encoded = await asyncio.to_thread(tokenizer, list(texts))
+        return tuple(list(ids) for ids in encoded["input_ids"])
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        if self._in_flight >= self._settings.max_queued_requests:
+            self._rejected += 1
+            raise Overloaded(
+                f"the infinity backend has {self._in_flight} requests in flight "
+                "(MAX_QUEUED_REQUESTS); retry shortly",
+                retry_after=1,
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    def _engine(self, operation: Operation) -> Any:
+        if self._array is None:
+            raise Unavailable("the infinity backend is not started")
+        return self._array[_SERVED[operation]]

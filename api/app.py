@@ -13,8 +13,9 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 
 from api.cohere import CohereController
+from api.disconnect import ClientDisconnected
 from api.docs import docs_assets, openapi_config
-from api.errors import engine_error, http_error, unexpected_error
+from api.errors import client_disconnected, engine_error, http_error, unexpected_error
 from api.health import health
 from api.native import NativeController
 from api.openai import OpenAIController
@@ -81,6 +82,7 @@ def create_app(
             "settings": Provide(lambda: settings, sync_to_thread=False),
         },
         exception_handlers={
+            ClientDisconnected: client_disconnected,
             EngineError: engine_error,
             HTTPException: http_error,
             Exception: unexpected_error,

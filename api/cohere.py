@@ -10,8 +10,9 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, post
+from litestar import Controller, Request, post
 
+from api.disconnect import unless_disconnected
 from api.errors import ERROR_RESPONSES
 from api.usage import Usage
 from engine.inference import InferenceEngine
@@ -62,10 +63,14 @@ class CohereController(Controller):
         raises=[],
         summary="Rerank documents against a query (Cohere-compatible)",
     )
-    async def rerank(self, data: RerankRequest, engine: InferenceEngine) -> RerankResponse:
+    async def rerank(
+        self, request: Request[Any, Any, Any], data: RerankRequest, engine: InferenceEngine
+    ) -> RerankResponse:
         model = engine.served_model(Operation.RERANK, data.model)
         texts = [doc if isinstance(doc, str) else doc.text for doc in data.documents]
-        ranking = await engine.rerank(data.query, texts, top_n=data.top_n)
+        ranking = await unless_disconnected(
+            request, engine.rerank(data.query, texts, top_n=data.top_n)
+        )
         return RerankResponse(
             id=str(uuid.uuid4()),
             model=model,

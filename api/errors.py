@@ -34,6 +34,7 @@ __all__ = [
     "STATUS",
     "ErrorBody",
     "ErrorEnvelope",
+    "client_disconnected",
     "engine_error",
     "http_error",
     "unexpected_error",
@@ -154,6 +155,11 @@ def _validation_error(exc: ValidationException) -> Response[ErrorEnvelope]:
         code=str(ErrorKind.INVALID_INPUT),
         param=param,
     )
+
+
+def client_disconnected(_: Request[Any, Any, Any], __: Exception) -> Response[None]:
+    # Nobody reads this; 499 is what access logs conventionally record for it (nginx).
+    return Response(None, status_code=499)
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:

@@ -5,11 +5,12 @@ Sparse vectors come ready for Qdrant's ``SparseVector(indices, values)``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
-from litestar import Controller, post
+from litestar import Controller, Request, post
 
+from api.disconnect import unless_disconnected
 from api.errors import ERROR_RESPONSES
 from api.usage import Usage
 from engine.inference import InferenceEngine
@@ -74,10 +75,14 @@ class NativeController(Controller):
         summary="bge-m3 sparse (lexical) vectors",
     )
     async def sparse_embeddings(
-        self, data: SparseRequest, engine: InferenceEngine, settings: Settings
+        self,
+        request: Request[Any, Any, Any],
+        data: SparseRequest,
+        engine: InferenceEngine,
+        settings: Settings,
     ) -> SparseResponse:
         model = engine.served_model(Operation.SPARSE, data.model)
-        vectors, tokens = await engine.embed_sparse(data.texts())
+        vectors, tokens = await unless_disconnected(request, engine.embed_sparse(data.texts()))
         space = engine.sparse_index_space
         return SparseResponse(
             model=model,
@@ -96,13 +101,19 @@ class NativeController(Controller):
         summary="bge-m3 dense + sparse (+ ColBERT) vectors from one forward pass",
     )
     async def hybrid_embeddings(
-        self, data: HybridRequest, engine: InferenceEngine, settings: Settings
+        self,
+        request: Request[Any, Any, Any],
+        data: HybridRequest,
+        engine: InferenceEngine,
+        settings: Settings,
     ) -> HybridResponse:
         model = engine.served_model(Operation.SPARSE, data.model)
         outputs = {Output.DENSE, Output.SPARSE}
         if data.return_colbert:
             outputs.add(Output.COLBERT)
-        result = await engine.embed_hybrid(data.texts(), frozenset(outputs))
+        result = await unless_disconnected(
+            request, engine.embed_hybrid(data.texts(), frozenset(outputs))
+        )
         assert result.dense is not None and result.sparse is not None
         space = engine.sparse_index_space
         colbert = result.colbert

@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 
+from api.disconnect import unless_disconnected
 from api.errors import ERROR_RESPONSES
 from api.usage import Usage
 from engine.errors import InvalidInput
@@ -94,10 +95,12 @@ class OpenAIController(Controller):
         summary="Dense embeddings (OpenAI-compatible)",
     )
     async def embeddings(
-        self, data: EmbeddingRequest, engine: InferenceEngine
+        self, request: Request[Any, Any, Any], data: EmbeddingRequest, engine: InferenceEngine
     ) -> EmbeddingResponse:
         model = engine.served_model(Operation.EMBED, data.model)
-        dense, tokens = await engine.embed_dense(data.texts(), dimensions=data.dimensions)
+        dense, tokens = await unless_disconnected(
+            request, engine.embed_dense(data.texts(), dimensions=data.dimensions)
+        )
         rows: Sequence[list[float] | str] = (
             _base64_rows(dense) if data.encoding_format == "base64" else _float_rows(dense)
         )

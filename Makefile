@@ -10,12 +10,12 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: install serve test check clean
+.PHONY: install serve test check bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,infinity,bench]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,3 +34,6 @@ test: check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+bench: install
+	$(BIN)/python -m bench.load $(ARGS)

@@ -32,11 +32,12 @@ BACKENDS: dict[str, BackendFactory] = {"flag": _flag, "infinity": _infinity}
 def build_chains(settings: Settings) -> dict[Operation, list[Backend]]:
     """Each operation's chain from settings; one instance per backend name, which loads
     only the models of the operations whose chains name it."""
-    names = {
+    configured = {
         Operation.EMBED: settings.embed_backends,
         Operation.SPARSE: settings.sparse_backends,
         Operation.RERANK: settings.rerank_backends,
     }
+    names = {op: chain for op, chain in configured.items() if chain}
     instances: dict[str, Backend] = {}
     for name in dict.fromkeys(n for chain in names.values() for n in chain):
         served = frozenset(op for op, chain in names.items() if name in chain)

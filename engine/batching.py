@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ from engine.errors import Overloaded
 __all__ = ["BatchStats", "MicroBatcher", "Unit"]
 
 log = logging.getLogger(__name__)
+
+# No new unit for this long: the burst is over, run the batch.
+_QUIET_GAP_S = 0.001
+# How many batches deep the queue is looked at when choosing what to run next.
+_WINDOW_BATCHES = 4
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -127,14 +133,12 @@ class MicroBatcher(Generic[P, R]):
         loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
-            if self._max_wait > 0 and not self._batch_is_full():
-                await asyncio.sleep(self._max_wait)
+            await self._gather_company()
             batch = self._take()
             if not self._queue:
                 self._ready.clear()
             if not batch:
                 continue
-            batch.sort(key=lambda queued: queued.unit.tokens, reverse=True)
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._run, [queued.unit.payload for queued in batch]
@@ -156,6 +160,20 @@ class MicroBatcher(Generic[P, R]):
                 if request.left == 0:
                     request.future.set_result(request.results)  # type: ignore[arg-type]
 
+    async def _gather_company(self) -> None:
+        """Wait while requests keep arriving, up to ``max_wait_s``, unless the batch is full.
+
+        Closed-loop clients come back in a burst when a batch's answers go out;
+        waiting out the burst (not a fixed delay) lets them share the next pass,
+        while a lone request waits only one quiet gap.
+        """
+        deadline = time.monotonic() + self._max_wait
+        while not self._batch_is_full() and time.monotonic() < deadline:
+            queued = len(self._queue)
+            await asyncio.sleep(min(_QUIET_GAP_S, max(deadline - time.monotonic(), 0)))
+            if len(self._queue) == queued:
+                return
+
     def _batch_is_full(self) -> bool:
         width = 0
         for count, queued in enumerate(self._queue, start=1):
@@ -165,19 +183,25 @@ class MicroBatcher(Generic[P, R]):
         return False
 
     def _take(self) -> list[_Queued[P, R]]:
-        batch: list[_Queued[P, R]] = []
-        width = 0
+        """The next batch: from a window at the head of the queue, longest units first.
+
+        Sorting a window (not only the batch) groups similar lengths, so little of a
+        pass is padding; the window is a few batches deep, so no unit waits long.
+        """
+        window: list[_Queued[P, R]] = []
         queue = self._queue
-        while queue:
-            head = queue[0]
+        while queue and len(window) < _WINDOW_BATCHES * self._max_items:
+            head = queue.popleft()
             if head.request.future.done():  # client gone, or a sibling unit failed
-                queue.popleft()
                 self.stats.units_skipped += 1
                 continue
-            wider = max(width, head.unit.tokens)
-            full = len(batch) >= self._max_items or wider * (len(batch) + 1) > self._max_tokens
-            if batch and full:
-                break
-            batch.append(queue.popleft())
-            width = wider
+            window.append(head)
+        if not window:
+            return []
+        by_length = sorted(window, key=lambda queued: queued.unit.tokens, reverse=True)
+        fits = max(1, self._max_tokens // max(by_length[0].unit.tokens, 1))
+        batch = by_length[: min(fits, self._max_items)]
+        taken = {id(queued) for queued in batch}
+        # The rest go back to the head of the queue, in arrival order.
+        queue.extendleft(reversed([queued for queued in window if id(queued) not in taken]))
         return batch

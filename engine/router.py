@@ -67,7 +67,10 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not chains:
-            raise StartupError("no operation is served: configure at least one backend chain")
+            raise StartupError(
+                "no operation is served: EMBED_BACKENDS, SPARSE_BACKENDS and RERANK_BACKENDS "
+                "are all none"
+            )
         for operation, chain in chains.items():
             if not chain:
                 raise StartupError(

@@ -18,7 +18,7 @@ __all__ = ["HELP", "Settings", "build_parser", "load_settings"]
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 BackendName = Literal["flag", "infinity"]
-Chain = Annotated[tuple[BackendName, ...], msgspec.Meta(min_length=1)]
+Chain = tuple[BackendName, ...]  # empty ("none"): the operation is not served
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
@@ -44,7 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     reranker_max_tokens: Positive = 512
     truncate: bool = True
     max_batch_tokens: Positive = 16_384
-    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
+    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 10.0
     max_queued_requests: Positive = 256
     infinity_batch_size: Positive = 32
 
@@ -52,10 +52,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
 HELP: dict[str, str] = {
     "device": "Where models run: auto (cuda when torch sees a GPU, NVIDIA or ROCm), cuda, cpu.",
     "embed_backends": "Backends for dense embeddings, in order of preference "
-    "(comma-separated: flag, infinity).",
+    "(comma-separated: flag, infinity; none: not served).",
     "sparse_backends": "Backends for sparse, ColBERT and hybrid embeddings (only flag "
-    "computes them).",
-    "rerank_backends": "Backends for rerank scores, in order of preference (flag, infinity).",
+    "computes them; none: not served).",
+    "rerank_backends": "Backends for rerank scores, in order of preference (flag, infinity; "
+    "none: not served).",
     "embedding_model_name": "bge-m3 model: a Hugging Face repo id or a local folder "
     "(with colbert_linear.pt and sparse_linear.pt for sparse and ColBERT output).",
     "reranker_model_name": "Cross-encoder reranker: a Hugging Face repo id or a local folder.",
@@ -77,8 +78,8 @@ HELP: dict[str, str] = {
     "(the query keeps at most 3/4; FlagReranker's default is 512).",
     "truncate": "Truncate texts longer than the token limit; when off they are answered 413.",
     "max_batch_tokens": "Padded tokens in one forward pass; bounds activation memory.",
-    "batch_wait_ms": "How long the flag backend's micro-batcher waits for more requests "
-    "before a forward pass that still has room.",
+    "batch_wait_ms": "Longest the flag backend's micro-batcher waits for a burst of "
+    "requests to end before a pass that still has room (a lone request waits ~1 ms).",
     "max_queued_requests": "Requests waiting or running per backend model; more is answered "
     "429 with Retry-After.",
     "infinity_batch_size": "infinity_emb's own batch size (infinity backend only).",
@@ -131,7 +132,8 @@ def load_settings(
         if value == "":
             continue
         if get_origin(_unannotated(field.type)) is tuple and isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
+            items = [item.strip() for item in value.split(",") if item.strip()]
+            value = [] if items == ["none"] else items
         raw[name] = value
     try:
         return msgspec.convert(raw, Settings, strict=False)

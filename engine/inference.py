@@ -7,7 +7,6 @@ truncation, rerank sorting and top_n) is finished here, the same way for all.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,8 +37,6 @@ from engine.types import (
 )
 
 __all__ = ["EngineHealth", "InferenceEngine"]
-
-log = logging.getLogger(__name__)
 
 HealthStatus = Literal["ok", "loading", "degraded"]
 # Seconds a client is told to wait while models load.

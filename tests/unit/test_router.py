@@ -74,7 +74,7 @@ def call(router: Router, op: Operation = Operation.EMBED) -> object:
 
 def test_incapable_backend_is_a_startup_error_naming_the_operation() -> None:
     dense_only = Stub("infinity", {Operation.EMBED}, lambda: "ok")
-    with pytest.raises(StartupError, match="SPARSE_BACKENDS.*infinity.*sparse"):
+    with pytest.raises(StartupError, match=r"SPARSE_BACKENDS.*infinity.*sparse"):
         Router({Operation.SPARSE: [dense_only]})  # type: ignore[list-item]
 
 

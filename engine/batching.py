@@ -7,6 +7,10 @@ token budget - waiting up to ``max_wait_s`` for company while the batch has
 room - sorts it by length to cut padding, runs it on the model's thread, and
 hands each result back to its own request by position.
 
+With ``workers`` > 1, that many batches run at once (the executor must have as
+many threads): on a CPU, two passes with half the threads each keep the cores
+busy while the event loop, which needs CPU too, serves HTTP.
+
 A request whose client has gone (its task was cancelled) leaves its units in
 the queue, and they are skipped before compute. Admission is bounded: past
 ``max_queued_requests`` waiting or running requests, :meth:`submit` raises
@@ -81,8 +85,10 @@ class MicroBatcher(Generic[P, R]):
         max_batch_items: int,
         max_wait_s: float,
         max_queued_requests: int,
+        workers: int = 1,
     ) -> None:
         self._name = name
+        self._workers_wanted = workers
         self._run = run
         self._executor = executor
         self._max_tokens = max_batch_tokens
@@ -91,17 +97,21 @@ class MicroBatcher(Generic[P, R]):
         self._max_requests = max_queued_requests
         self._queue: collections.deque[_Queued[P, R]] = collections.deque()
         self._ready = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self.stats = BatchStats()
 
     def start(self) -> None:
-        self._worker = asyncio.create_task(self._work(), name=f"batcher-{self._name}")
+        # More than one worker only helps if ``executor`` runs as many passes at once.
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"batcher-{self._name}-{i}")
+            for i in range(self._workers_wanted)
+        ]
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await worker
         for queued in self._queue:
             if not queued.request.future.done():
                 queued.request.future.cancel()

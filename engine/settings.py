@@ -46,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     max_batch_tokens: Positive = 16_384
     batch_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 10.0
     max_queued_requests: Positive = 256
+    model_workers: Positive | None = None
     infinity_batch_size: Positive = 32
 
 
@@ -82,6 +83,8 @@ HELP: dict[str, str] = {
     "requests to end before a pass that still has room (a lone request waits ~1 ms).",
     "max_queued_requests": "Requests waiting or running per backend model; more is answered "
     "429 with Retry-After.",
+    "model_workers": "Forward passes the flag backend runs at once per model, each with "
+    "cores/workers torch threads (unset: 2 on a CPU with 2 or more cores, 1 on a GPU).",
     "infinity_batch_size": "infinity_emb's own batch size (infinity backend only).",
 }
 

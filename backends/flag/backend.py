@@ -1,10 +1,10 @@
 """The native backend: bge-m3 heads and the cross-encoder on local torch.
 
 Requests reach the models through the engine's micro-batchers (one per model),
-so concurrent requests share forward passes. Model work runs on one dedicated
-thread and tokenisation on another: neither blocks the event loop, torch's own
-intra-op threads use the cores, and a fast tokenizer is never used from two
-threads at once (it is not safe to).
+so concurrent requests share forward passes. Model work runs on dedicated
+threads (MODEL_WORKERS) and tokenisation on another: none blocks the event
+loop, and a fast tokenizer is never used from two threads at once (it is not
+safe to).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -62,7 +64,12 @@ class FlagBackend:
         self._reranker: CrossEncoder | None = None
         self._m3_batcher: MicroBatcher[M3Item, M3Row] | None = None
         self._rerank_batcher: MicroBatcher[list[int], float] | None = None
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-model")
+        self._workers = model_workers(settings.model_workers, self._device)
+        self._model_thread = ThreadPoolExecutor(
+            max_workers=self._workers, thread_name_prefix="flag-model"
+        )
+        self._passes = 0
+        self._passes_lock = threading.Lock()
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-tok")
 
     @property
@@ -85,15 +92,35 @@ class FlagBackend:
         settings = self._settings
         batcher: MicroBatcher[P, R] = MicroBatcher(
             f"flag-{name}",
-            functools.partial(_as_overload_on_gpu_oom, run),
+            functools.partial(self._run_pass, run),
             executor=self._model_thread,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_items=_MAX_BATCH_ITEMS,
             max_wait_s=settings.batch_wait_ms / 1000,
             max_queued_requests=settings.max_queued_requests,
+            workers=self._workers,
         )
         batcher.start()
         return batcher
+
+    def _run_pass(self, run: Callable[[list[P]], list[R]], items: list[P]) -> list[R]:
+        """One forward pass on a model thread.
+
+        On a CPU with two passes at once, each gets half the cores; a pass alone gets
+        them all, so a lone request is as fast as with one worker. torch (OpenMP)
+        keeps the thread count per calling thread.
+        """
+        with self._passes_lock:
+            self._passes += 1
+            alone = self._passes == 1
+        try:
+            if self._device == "cpu" and self._workers > 1:
+                cores = os.cpu_count() or 1
+                torch.set_num_threads(cores if alone else max(1, cores // self._workers))
+            return _as_overload_on_gpu_oom(run, items)
+        finally:
+            with self._passes_lock:
+                self._passes -= 1
 
     def _load(self) -> None:
         settings = self._settings
@@ -194,6 +221,13 @@ class FlagBackend:
         if value is None:
             raise Unavailable(f"the {what} model is not loaded")
         return value
+
+
+def model_workers(setting: int | None, device: str) -> int:
+    """Forward passes at once: a GPU runs one well; two CPU passes keep 2+ cores busy."""
+    if setting is not None:
+        return setting
+    return 2 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
 
 
 def _as_overload_on_gpu_oom(run: Callable[[list[P]], list[R]], items: list[P]) -> list[R]:

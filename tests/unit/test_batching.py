@@ -149,3 +149,26 @@ def test_model_failure_fails_its_requests_and_the_worker_survives() -> None:
         await b.stop()
 
     asyncio.run(main())
+
+
+def test_two_workers_run_passes_at_once_and_never_mix_results() -> None:
+    model = Model()
+
+    async def main() -> None:
+        b: MicroBatcher[str, str] = MicroBatcher(
+            "two",
+            model.run,
+            executor=ThreadPoolExecutor(2),
+            max_batch_tokens=64,
+            max_batch_items=4,
+            max_wait_s=0.001,
+            max_queued_requests=1000,
+            workers=2,
+        )
+        b.start()
+        requests = [[f"{r}-{t}" for t in range(r % 4 + 1)] for r in range(100)]
+        answers = await asyncio.gather(*(b.submit(units(texts)) for texts in requests))
+        assert answers == [[t.upper() for t in texts] for texts in requests]
+        await b.stop()
+
+    asyncio.run(main())

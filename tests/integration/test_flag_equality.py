@@ -29,14 +29,6 @@ def rerank_logits(models: ModelDirs) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    # One loop for the backend's whole life: its micro-batchers' workers live on it.
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
-
-
-@pytest.fixture(scope="module")
 def backend(models: ModelDirs, loop: asyncio.AbstractEventLoop) -> Iterator[FlagBackend]:
     settings = Settings(
         embedding_model_name=str(models.m3),

@@ -22,13 +22,6 @@ SHORT_DOCUMENTS = ["the cat sat on the mat in paris", "berlin music history", "a
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
-
-
-@pytest.fixture(scope="module")
 def infinity(models: ModelDirs, loop: asyncio.AbstractEventLoop) -> Iterator[InfinityBackend]:
     settings = Settings(
         embedding_model_name=str(models.m3), reranker_model_name=str(models.reranker), device="cpu"

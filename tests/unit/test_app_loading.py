@@ -1,0 +1,65 @@
+"""While models load, the port answers: /health says "loading", model routes 503 + Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from litestar.testing import TestClient
+
+from api.app import create_app
+from engine import InferenceEngine, Operation, Settings
+from tests.fake_backend import FakeBackend
+
+
+class SlowBackend(FakeBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.release.wait, 10)
+        await super().start()
+
+
+def test_loading_then_ready() -> None:
+    backend = SlowBackend()
+    settings = Settings(embedding_model_name="org/m3")
+    engine = InferenceEngine(settings, {op: [backend] for op in Operation})
+    with TestClient(create_app(settings, engine)) as client:
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "loading"
+        busy = client.post("/v1/embeddings", json={"input": "hello"})
+        assert busy.status_code == 503
+        assert int(busy.headers["retry-after"]) >= 1
+        assert "loading" in busy.json()["error"]["message"]
+
+        backend.release.set()
+        deadline = time.monotonic() + 10
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.post("/v1/embeddings", json={"input": "hello"}).status_code == 200
+
+
+def test_failed_start_is_reported_and_degraded() -> None:
+    class Broken(FakeBackend):
+        async def start(self) -> None:
+            raise RuntimeError("weights are corrupt")
+
+    failures: list[BaseException] = []
+    settings = Settings()
+    engine = InferenceEngine(settings, {op: [Broken()] for op in Operation})
+    with TestClient(create_app(settings, engine, on_start_failure=failures.append)) as client:
+        deadline = time.monotonic() + 10
+        while not failures:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        body = client.get("/health").json()
+        assert body["status"] == "degraded"
+        assert "weights are corrupt" in body["error"]
+        refused = client.post("/v1/embeddings", json={"input": "hello"})
+        assert refused.status_code == 503
+    assert "weights are corrupt" in str(failures[0])

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,8 @@ class InfinityBackend:
         self._tokenizers: dict[Operation, PreTrainedTokenizerBase] = {}
         self._in_flight = 0
         self._rejected = 0
+        # One thread: a fast tokenizer must not be used from two threads at once.
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf-tok")
 
     @property
     def name(self) -> str:
@@ -130,6 +133,7 @@ class InfinityBackend:
         if self._array is not None:
             await self._array.astop()  # type: ignore[no-untyped-call]
             self._array = None
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> BackendHealth:
         loaded = self._array is not None and len(self._info) == len(self._capabilities.operations)
@@ -170,7 +174,8 @@ class InfinityBackend:
         tokenizer = self._tokenizers.get(Operation.EMBED)
         if tokenizer is None:
             raise Unavailable("the infinity backend has no embedding model loaded")
-        encoded = await asyncio.to_thread(tokenizer, list(texts))
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(self._tokenizer_thread, tokenizer, list(texts))
         return tuple(list(ids) for ids in encoded["input_ids"])
 
     @contextlib.asynccontextmanager

@@ -121,3 +121,16 @@ def test_chains_route_each_operation(mixed_server: Server, models: ModelDirs) ->
     np.testing.assert_allclose(
         [by_index[i] for i in range(len(SHORT_DOCUMENTS))], expected, atol=1e-4
     )
+
+
+def test_tokenize_is_the_models_tokenizer_untruncated(
+    infinity: InfinityBackend, models: ModelDirs, loop: asyncio.AbstractEventLoop
+) -> None:
+    from transformers import AutoTokenizer
+
+    from tests.texts import LONG_TEXT
+
+    rows = loop.run_until_complete(infinity.tokenize(["hello world", LONG_TEXT]))
+    expected = AutoTokenizer.from_pretrained(models.m3)(["hello world", LONG_TEXT])["input_ids"]
+    assert [list(r) for r in rows] == [list(e) for e in expected]
+    assert len(rows[1]) > infinity.model_info(Operation.EMBED).max_tokens

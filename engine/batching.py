@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from engine.errors import Overloaded
@@ -71,7 +71,7 @@ class BatchStats:
     units_skipped: int = 0
     rejected_requests: int = 0
     largest_batch: int = 0
-    queued_requests: int = field(default=0)
+    queued_requests: int = 0
 
 
 class MicroBatcher(Generic[P, R]):

@@ -25,6 +25,7 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_502_BAD_GATEWAY,
     HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_504_GATEWAY_TIMEOUT,
 )
 
 from engine.errors import EngineError, ErrorKind, Overloaded, Unavailable
@@ -49,6 +50,7 @@ STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.OVERLOADED: (HTTP_429_TOO_MANY_REQUESTS, "overloaded_error"),
     ErrorKind.UNAVAILABLE: (HTTP_503_SERVICE_UNAVAILABLE, "unavailable_error"),
     ErrorKind.BACKEND: (HTTP_502_BAD_GATEWAY, "backend_error"),
+    ErrorKind.TIMEOUT: (HTTP_504_GATEWAY_TIMEOUT, "timeout_error"),
 }
 
 
@@ -71,7 +73,9 @@ ERROR_RESPONSES: dict[int, ResponseSpec] = {
         (HTTP_413_REQUEST_ENTITY_TOO_LARGE, "Too many items, characters or bytes"),
         (HTTP_422_UNPROCESSABLE_ENTITY, "A field is missing, of the wrong type, or empty"),
         (HTTP_429_TOO_MANY_REQUESTS, "Overloaded; retry after Retry-After seconds"),
+        (HTTP_502_BAD_GATEWAY, "A backend failed, e.g. a remote engine answered nonsense"),
         (HTTP_503_SERVICE_UNAVAILABLE, "Models are loading, or the operation is not served"),
+        (HTTP_504_GATEWAY_TIMEOUT, "A remote engine did not answer within REMOTE_TIMEOUT_S"),
     )
 }
 """Documents the error envelope in the OpenAPI schema of every model route."""

@@ -33,6 +33,7 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     routes: dict[str, str | None]
     chains: dict[str, list[str]]
     backends: dict[str, BackendStatus]
+    max_batch_size: int  # MAX_BATCH_SIZE: a front end splits larger batches to this
     error: str | None = None
 
 
@@ -60,6 +61,7 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
             )
             for name, b in state.backends.items()
         },
+        max_batch_size=settings.max_batch_size,
         error=state.error,
     )
     status = HTTP_200_OK if state.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE

@@ -15,6 +15,7 @@ from api.errors import ERROR_RESPONSES
 from api.usage import Usage
 from engine.inference import InferenceEngine
 from engine.settings import Settings
+from engine.sparse_mapping import SparseMapping
 from engine.types import Operation, Output, SparseVector
 
 __all__ = ["NativeController"]
@@ -23,6 +24,9 @@ __all__ = ["NativeController"]
 class SparseRequest(msgspec.Struct, kw_only=True):
     input: str | list[str]
     model: str | None = None
+    # Overrides SPARSE_TOKEN_MAPPING for this request; "tokenizer" returns the token ids
+    # themselves (what a front end that maps them its own way asks for).
+    mapping: Literal["tokenizer", "hash"] | None = None
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else self.input
@@ -35,7 +39,7 @@ class HybridRequest(SparseRequest, kw_only=True):
 class Sparse(msgspec.Struct, kw_only=True):
     indices: list[int]
     values: list[float]
-    mapping: Literal["tokenizer", "hash"]
+    mapping: SparseMapping
     index_space: int
 
 
@@ -82,12 +86,15 @@ class NativeController(Controller):
         settings: Settings,
     ) -> SparseResponse:
         model = engine.served_model(Operation.SPARSE, data.model)
-        vectors, tokens = await unless_disconnected(request, engine.embed_sparse(data.texts()))
-        space = engine.sparse_index_space
+        vectors, tokens = await unless_disconnected(
+            request, engine.embed_sparse(data.texts(), mapping=data.mapping)
+        )
+        mapping = data.mapping or settings.sparse_token_mapping
+        space = engine.sparse_index_space(mapping)
         return SparseResponse(
             model=model,
             data=[
-                SparseEmbedding(index=i, sparse=_sparse(v, settings, space))
+                SparseEmbedding(index=i, sparse=_sparse(v, mapping, space))
                 for i, v in enumerate(vectors)
             ],
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
@@ -112,10 +119,11 @@ class NativeController(Controller):
         if data.return_colbert:
             outputs.add(Output.COLBERT)
         result = await unless_disconnected(
-            request, engine.embed_hybrid(data.texts(), frozenset(outputs))
+            request, engine.embed_hybrid(data.texts(), frozenset(outputs), mapping=data.mapping)
         )
         assert result.dense is not None and result.sparse is not None
-        space = engine.sparse_index_space
+        mapping = data.mapping or settings.sparse_token_mapping
+        space = engine.sparse_index_space(mapping)
         colbert = result.colbert
         return HybridResponse(
             model=model,
@@ -123,7 +131,7 @@ class NativeController(Controller):
                 HybridEmbedding(
                     index=i,
                     dense=dense.tolist(),
-                    sparse=_sparse(sparse, settings, space),
+                    sparse=_sparse(sparse, mapping, space),
                     colbert=colbert[i].tolist() if colbert is not None else None,
                 )
                 for i, (dense, sparse) in enumerate(zip(result.dense, result.sparse, strict=True))
@@ -132,10 +140,10 @@ class NativeController(Controller):
         )
 
 
-def _sparse(vector: SparseVector, settings: Settings, index_space: int) -> Sparse:
+def _sparse(vector: SparseVector, mapping: SparseMapping, index_space: int) -> Sparse:
     return Sparse(
         indices=vector.indices.tolist(),
         values=vector.values.tolist(),
-        mapping=settings.sparse_token_mapping,
+        mapping=mapping,
         index_space=index_space,
     )

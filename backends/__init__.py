@@ -24,9 +24,15 @@ def _infinity(settings: Settings, operations: frozenset[Operation]) -> Backend:
     return InfinityBackend(settings, operations)
 
 
+def _remote(settings: Settings, operations: frozenset[Operation]) -> Backend:
+    from backends.remote import RemoteBackend
+
+    return RemoteBackend(settings, operations)
+
+
 BackendFactory = Callable[[Settings, frozenset[Operation]], Backend]
 
-BACKENDS: dict[str, BackendFactory] = {"flag": _flag, "infinity": _infinity}
+BACKENDS: dict[str, BackendFactory] = {"flag": _flag, "infinity": _infinity, "remote": _remote}
 
 
 def build_chains(settings: Settings) -> dict[Operation, list[Backend]]:

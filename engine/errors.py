@@ -7,6 +7,7 @@ EngineError                 any failure the service reports to a client
 ├── Overloaded              no room for more work now; retry after ``retry_after`` s
 ├── Unavailable             the models are loading, or the operation is not served
 └── BackendFailure          a backend failed on a valid request
+    └── BackendTimeout      a backend did not answer within its deadline
 
 StartupError                the service cannot start (bad settings, model not found);
                             never reaches a client
@@ -18,6 +19,7 @@ from enum import StrEnum
 
 __all__ = [
     "BackendFailure",
+    "BackendTimeout",
     "EngineError",
     "ErrorKind",
     "InputTooLarge",
@@ -36,6 +38,7 @@ class ErrorKind(StrEnum):
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     BACKEND = "backend"
+    TIMEOUT = "timeout"
 
 
 class EngineError(Exception):
@@ -81,3 +84,7 @@ class BackendFailure(EngineError):
 
 class StartupError(Exception):
     """The service cannot start; the message says what to change."""
+
+
+class BackendTimeout(BackendFailure):
+    kind = ErrorKind.TIMEOUT

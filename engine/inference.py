@@ -21,9 +21,9 @@ from engine.errors import (
     StartupError,
     Unavailable,
 )
-from engine.router import Router
+from engine.router import CHAIN_SETTING, Router
 from engine.settings import Settings
-from engine.sparse_mapping import SparseMapper
+from engine.sparse_mapping import SparseMapper, SparseMapping
 from engine.types import (
     ColbertMatrix,
     DenseMatrix,
@@ -56,10 +56,14 @@ class EngineHealth:
 class InferenceEngine:
     def __init__(self, settings: Settings, chains: Mapping[Operation, Sequence[Backend]]) -> None:
         self._settings = settings
-        self._router = Router(chains)
+        self._router = Router(
+            chains,
+            breaker_threshold=settings.breaker_threshold,
+            breaker_cooldown_s=settings.breaker_cooldown_s,
+        )
         self._started = False
         self._start_error: str | None = None
-        self._mapper: SparseMapper | None = None
+        self._mappers: dict[SparseMapping, SparseMapper] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -75,11 +79,16 @@ class InferenceEngine:
         self._started = True
 
     def _check_models(self) -> None:
+        """Dimensions against EMBEDDING_SIZE and across each chain, for the backends that
+        are up; a remote that is down checks its own when it comes back."""
         settings = self._settings
         for op in (Operation.EMBED, Operation.SPARSE):
             if op not in self._router.operations:
                 continue
+            seen: dict[int, str] = {}
             for backend in self._router.chain(op):
+                if not backend.health().loaded:
+                    continue
                 info = backend.model_info(op)
                 expected = settings.embedding_size
                 if expected is not None and info.dimension != expected:
@@ -87,14 +96,15 @@ class InferenceEngine:
                         f"EMBEDDING_SIZE={settings.embedding_size} but {info.name} "
                         f"produces {info.dimension}-dimensional vectors ({backend.name} backend)"
                     )
-        if Operation.SPARSE in self._router.operations:
-            info = self._router.primary(Operation.SPARSE).model_info(Operation.SPARSE)
-            space = (
-                info.vocab_size
-                if settings.sparse_token_mapping == "tokenizer"
-                else settings.sparse_index_space
-            )
-            self._mapper = SparseMapper(settings.sparse_token_mapping, space)
+                if info.dimension is not None:
+                    seen.setdefault(info.dimension, f"{backend.name} ({info.name})")
+            if len(seen) > 1:
+                found = ", ".join(f"{who}: {dim}" for dim, who in seen.items())
+                raise StartupError(
+                    f"{CHAIN_SETTING[op]}: its backends produce vectors of different "
+                    f"dimensions ({found}); falling back from one to another would mix "
+                    "vector spaces"
+                )
 
     async def stop(self) -> None:
         for backend in self._router.backends:
@@ -130,13 +140,18 @@ class InferenceEngine:
     def operations(self) -> frozenset[Operation]:
         return self._router.operations
 
-    @property
-    def sparse_index_space(self) -> int:
-        return self._require_mapper().index_space
+    def sparse_index_space(self, mapping: SparseMapping | None = None) -> int:
+        return self._mapper(mapping).index_space
 
     def model_info(self, operation: Operation) -> ModelInfo:
+        """The model of the first backend in the chain that has one loaded (a remote that
+        is down has none)."""
         self._check_ready(operation)
-        return self._router.primary(operation).model_info(operation)
+        chain = self._router.chain(operation)
+        for backend in chain:
+            if backend.health().loaded:
+                return backend.model_info(operation)
+        return chain[0].model_info(operation)
 
     def served_model(self, operation: Operation, requested: str | None) -> str:
         """The served model's name; raises ModelNotFound when ``requested`` names another."""
@@ -166,9 +181,11 @@ class InferenceEngine:
         return result.dense, result.prompt_tokens
 
     async def embed_sparse(
-        self, texts: Sequence[str], *, field: str = "input"
+        self, texts: Sequence[str], *, mapping: SparseMapping | None = None, field: str = "input"
     ) -> tuple[tuple[SparseVector, ...], int]:
-        result = await self.embed_hybrid(texts, frozenset({Output.SPARSE}), field=field)
+        result = await self.embed_hybrid(
+            texts, frozenset({Output.SPARSE}), mapping=mapping, field=field
+        )
         assert result.sparse is not None
         return result.sparse, result.prompt_tokens
 
@@ -185,9 +202,11 @@ class InferenceEngine:
         outputs: frozenset[Output],
         *,
         dimensions: int | None = None,
+        mapping: SparseMapping | None = None,
         field: str = "input",
     ) -> HybridEmbeddings:
-        """Any subset of dense / sparse / ColBERT for ``texts`` from one forward pass."""
+        """Any subset of dense / sparse / ColBERT for ``texts`` from one forward pass;
+        ``mapping`` overrides SPARSE_TOKEN_MAPPING for this call."""
         if not outputs:
             raise InvalidInput("ask for at least one of dense, sparse, colbert")
         operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.SPARSE
@@ -203,7 +222,7 @@ class InferenceEngine:
             dense = _normalize(dense[:, :dimensions])
         sparse = None
         if encoding.lexical is not None:
-            mapper = self._require_mapper()
+            mapper = self._mapper(mapping)
             sparse = tuple(mapper.map(weights) for weights in encoding.lexical)
         return HybridEmbeddings(
             prompt_tokens=encoding.token_count,
@@ -259,10 +278,20 @@ class InferenceEngine:
                 raise Unavailable(f"the models failed to load: {self._start_error}")
             raise Unavailable("the models are still loading", retry_after=_LOADING_RETRY_AFTER)
 
-    def _require_mapper(self) -> SparseMapper:
-        if self._mapper is None:
+    def _mapper(self, mapping: SparseMapping | None) -> SparseMapper:
+        if Operation.SPARSE not in self._router.operations:
             raise Unavailable("sparse vectors are not served by this deployment")
-        return self._mapper
+        mapping = mapping or self._settings.sparse_token_mapping
+        mapper = self._mappers.get(mapping)
+        if mapper is None:
+            space = (
+                self.model_info(Operation.SPARSE).vocab_size
+                if mapping == "tokenizer"
+                else self._settings.sparse_index_space
+            )
+            # Kept: the hash mapper caches every token id it has hashed.
+            mapper = self._mappers[mapping] = SparseMapper(mapping, space)
+        return mapper
 
     def _check_texts(self, texts: Sequence[str], field: str) -> None:
         settings = self._settings
@@ -289,10 +318,13 @@ class InferenceEngine:
     async def _check_token_counts(
         self, operation: Operation, texts: Sequence[str], field: str
     ) -> None:
-        limit = self.model_info(operation).max_tokens
-        rows = await self._router.call(operation, lambda b: b.tokenize(texts))
+        async def counted(backend: Backend) -> tuple[int, tuple[list[int], ...]]:
+            # The limit of the backend that counted: a chain's remote may differ from flag.
+            return backend.model_info(operation).max_tokens, await backend.tokenize(texts)
+
+        limit, rows = await self._router.call(operation, counted)
         for position, row in enumerate(rows):
-            if len(row) > limit:
+            if limit and len(row) > limit:
                 raise InputTooLarge(
                     f"`{field}[{position}]` has {len(row)} tokens; the model takes at most "
                     f"{limit} and TRUNCATE is off",

@@ -14,10 +14,11 @@ from typing import Annotated, Literal, get_args, get_origin
 
 import msgspec
 
-__all__ = ["HELP", "Settings", "build_parser", "load_settings"]
+__all__ = ["HELP", "Settings", "build_parser", "env_name", "load_settings"]
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
-BackendName = Literal["flag", "infinity"]
+BackendName = Literal["flag", "infinity", "remote"]
+RemoteKind = Literal["auto", "tei", "infinity", "self"]
 Chain = tuple[BackendName, ...]  # empty ("none"): the operation is not served
 
 
@@ -48,16 +49,42 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     max_queued_requests: Positive = 256
     model_workers: Positive | None = None
     infinity_batch_size: Positive = 32
+    remote_url: str | None = None
+    remote_embed_url: str | None = None
+    remote_sparse_url: str | None = None
+    remote_rerank_url: str | None = None
+    remote_kind: RemoteKind = "auto"
+    remote_model: str | None = None
+    remote_rerank_model: str | None = None
+    remote_api_key: str | None = None
+    remote_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    remote_max_concurrency: Positive = 16
+    remote_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    remote_probe_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
+    breaker_threshold: Positive = 5
+    breaker_cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks; a credential must not.
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name in _SECRETS and v is not None else v!r}"
+            for f in msgspec.structs.fields(self)
+            for v in (getattr(self, f.name),)
+        )
+        return f"Settings({shown})"
+
+
+_SECRETS = frozenset({"remote_api_key"})
 
 
 HELP: dict[str, str] = {
     "device": "Where models run: auto (cuda when torch sees a GPU, NVIDIA or ROCm), cuda, cpu.",
     "embed_backends": "Backends for dense embeddings, in order of preference "
-    "(comma-separated: flag, infinity; none: not served).",
-    "sparse_backends": "Backends for sparse, ColBERT and hybrid embeddings (only flag "
-    "computes them; none: not served).",
-    "rerank_backends": "Backends for rerank scores, in order of preference (flag, infinity; "
-    "none: not served).",
+    "(comma-separated: flag, infinity, remote; none: not served).",
+    "sparse_backends": "Backends for sparse, ColBERT and hybrid embeddings (flag, or remote "
+    "when the remote is another instance of this service; none: not served).",
+    "rerank_backends": "Backends for rerank scores, in order of preference (flag, infinity, "
+    "remote; none: not served).",
     "embedding_model_name": "bge-m3 model: a Hugging Face repo id or a local folder "
     "(with colbert_linear.pt and sparse_linear.pt for sparse and ColBERT output).",
     "reranker_model_name": "Cross-encoder reranker: a Hugging Face repo id or a local folder.",
@@ -86,10 +113,33 @@ HELP: dict[str, str] = {
     "model_workers": "Forward passes the flag backend runs at once per model, each with "
     "cores/workers torch threads (unset: 2 on a CPU with 2 or more cores, 1 on a GPU).",
     "infinity_batch_size": "infinity_emb's own batch size (infinity backend only).",
+    "remote_url": "Base URL of the remote engine (TEI, Infinity or another instance of "
+    "this service) the remote backend calls for every operation.",
+    "remote_embed_url": "Remote for dense embeddings, overriding REMOTE_URL (TEI serves one "
+    "model per container).",
+    "remote_sparse_url": "Remote for sparse, ColBERT and hybrid embeddings, overriding REMOTE_URL.",
+    "remote_rerank_url": "Remote for rerank scores, overriding REMOTE_URL.",
+    "remote_kind": "What the remote is: auto (found out at start-up from /info, /models or "
+    "/health), tei, infinity, or self (another instance of this service).",
+    "remote_model": "Embedding model name sent to a remote that serves several (Infinity; "
+    "unset: the one it lists).",
+    "remote_rerank_model": "Reranker model name sent to a remote that serves several "
+    "(Infinity; unset: the one it lists).",
+    "remote_api_key": "Sent to the remote as Authorization: Bearer; never logged.",
+    "remote_timeout_s": "Deadline of one call to the remote, retries and queueing included; "
+    "past it the call fails over to the next backend, or answers 504.",
+    "remote_max_concurrency": "Requests in flight to each remote URL; more wait their turn.",
+    "remote_retries": "Retries of a call the remote refused for now (connection error, "
+    "timeout, 429, 503), with jittered exponential backoff and Retry-After honoured.",
+    "remote_probe_interval_s": "How often a remote that is down (or was down at start-up) "
+    "is probed until it answers again.",
+    "breaker_threshold": "Consecutive failures after which a backend is skipped for "
+    "BREAKER_COOLDOWN_S (its calls go to the next backend of the chain).",
+    "breaker_cooldown_s": "Seconds a failing backend is skipped before one call probes it.",
 }
 
 
-def _env_name(field: str) -> str:
+def env_name(field: str) -> str:
     return field.upper()
 
 
@@ -105,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = Settings()
     for field in msgspec.structs.fields(Settings):
-        env = _env_name(field.name)
+        env = env_name(field.name)
         default = getattr(defaults, field.name)
         text = f"{HELP[field.name]} [env {env}; default {default}]"
         if field.type is bool:
@@ -130,7 +180,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
     for field in msgspec.structs.fields(Settings):
-        name = _env_name(field.name)
+        name = env_name(field.name)
         value = args[field.name] if args[field.name] is not None else env.get(name, "")
         if value == "":
             continue

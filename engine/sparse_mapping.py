@@ -18,7 +18,9 @@ from numpy.typing import NDArray
 
 from engine.types import SparseVector, TokenWeights
 
-__all__ = ["SparseMapper", "hashed_index"]
+__all__ = ["SparseMapper", "SparseMapping", "hashed_index"]
+
+SparseMapping = Literal["tokenizer", "hash"]
 
 
 def hashed_index(token_id: int, index_space: int) -> int:
@@ -28,7 +30,7 @@ def hashed_index(token_id: int, index_space: int) -> int:
 
 @dataclass(slots=True)
 class SparseMapper:
-    mapping: Literal["tokenizer", "hash"]
+    mapping: SparseMapping
     index_space: int
     # Token id -> hashed index; vocabularies are bounded (250k for bge-m3), hashing is not free.
     _hash_cache: dict[int, int] = field(default_factory=dict)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import msgspec
 
+from engine.env_example import env_example
 from engine.settings import Settings, load_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -29,3 +30,8 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
                 env[name] = value
     assert mentioned == {f.name.upper() for f in msgspec.structs.fields(Settings)}
     assert load_settings([], env) == Settings()
+
+
+def test_env_example_is_the_generated_one() -> None:
+    example = README.parent / "deploy" / "bge.env.example"
+    assert example.read_text() == env_example(), "run: python -m engine.env_example"

@@ -71,7 +71,7 @@ def test_sparse_is_mapped_once_by_the_engine() -> None:
     vectors, _ = asyncio.run(engine.embed_sparse(["abc", "a"]))
     assert vectors[0].indices.tolist() == [3, 7]
     assert vectors[1].indices.tolist() == [1, 7]
-    assert engine.sparse_index_space == 100  # the vocabulary, for the tokenizer mapping
+    assert engine.sparse_index_space() == 100  # the vocabulary, for the tokenizer mapping
 
 
 def test_rerank_sorts_applies_top_n_and_sigmoid() -> None:

@@ -1,0 +1,128 @@
+"""The remote backend: TEI, Infinity or another instance of this service, over HTTP.
+
+Each operation is sent to its own URL (REMOTE_EMBED_URL, REMOTE_SPARSE_URL,
+REMOTE_RERANK_URL, each defaulting to REMOTE_URL), because TEI serves one model
+per container; operations that share a URL share one endpoint (one connection
+pool). Like every backend it returns raw token-id weights and raw logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import httpx
+
+from backends.remote.endpoint import Endpoint
+from engine.backend import BackendHealth, Capabilities
+from engine.errors import StartupError
+from engine.router import CHAIN_SETTING
+from engine.settings import Settings
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+
+__all__ = ["RemoteBackend"]
+
+_URL_SETTING = {
+    Operation.EMBED: "REMOTE_EMBED_URL",
+    Operation.SPARSE: "REMOTE_SPARSE_URL",
+    Operation.RERANK: "REMOTE_RERANK_URL",
+}
+
+
+class RemoteBackend:
+    def __init__(
+        self,
+        settings: Settings,
+        operations: frozenset[Operation],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        urls = {op: _url(settings, op) for op in sorted(operations)}
+        self._endpoints: dict[str, Endpoint] = {}
+        for url in dict.fromkeys(urls.values()):
+            served = frozenset(op for op, u in urls.items() if u == url)
+            self._endpoints[url] = Endpoint(url, served, settings, transport)
+        self._by_operation = {op: self._endpoints[url] for op, url in urls.items()}
+        # What the chains ask of it; start() checks that each remote can do it.
+        self._capabilities = Capabilities(
+            operations=operations,
+            outputs=frozenset(Output)
+            if Operation.SPARSE in operations
+            else frozenset({Output.DENSE}),
+            embedding_model=settings.embedding_model_name
+            if operations & {Operation.EMBED, Operation.SPARSE}
+            else None,
+            reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
+            max_batch_size=settings.max_batch_size,
+        )
+
+    @property
+    def name(self) -> str:
+        return "remote"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
+
+    async def start(self) -> None:
+        for endpoint in self._endpoints.values():
+            await endpoint.start()
+
+    async def stop(self) -> None:
+        for endpoint in self._endpoints.values():
+            await endpoint.stop()
+
+    def health(self) -> BackendHealth:
+        endpoints = self._endpoints.values()
+        clients = [e.client for e in endpoints]
+        return BackendHealth(
+            loaded=all(e.offer is not None for e in endpoints),
+            healthy=all(e.up for e in endpoints),
+            device="remote",
+            detail="; ".join(e.describe() for e in endpoints),
+            stats={
+                "requests": sum(c.requests for c in clients),
+                "retries": sum(c.retried for c in clients),
+                "in_flight": sum(c.in_flight for c in clients),
+                "remotes_down": sum(not e.up for e in endpoints),
+            },
+        )
+
+    def model_info(self, operation: Operation) -> ModelInfo:
+        return self._by_operation[operation].model_info(operation)
+
+    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+        dense_only = outputs == {Output.DENSE} and Operation.EMBED in self._by_operation
+        operation = Operation.EMBED if dense_only else Operation.SPARSE
+        return await self._by_operation[operation].encode(texts, outputs)
+
+    async def score(self, query: str, documents: Sequence[str]) -> Scores:
+        return await self._by_operation[Operation.RERANK].score(query, documents)
+
+    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+        operation = Operation.EMBED if Operation.EMBED in self._by_operation else Operation.SPARSE
+        return await self._by_operation[operation].tokenize(texts)
+
+
+def _url(settings: Settings, operation: Operation) -> str:
+    override = {
+        Operation.EMBED: settings.remote_embed_url,
+        Operation.SPARSE: settings.remote_sparse_url,
+        Operation.RERANK: settings.remote_rerank_url,
+    }[operation]
+    url = override or settings.remote_url
+    if not url:
+        raise StartupError(
+            f"{CHAIN_SETTING[operation]} names the remote backend, but neither "
+            f"{_URL_SETTING[operation]} nor REMOTE_URL is set"
+        )
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise StartupError(
+            f"{_URL_SETTING[operation] if override else 'REMOTE_URL'}={parsed.scheme}://"
+            f"{parsed.host}... is not an http(s) URL"
+        )
+    return url

@@ -1,0 +1,139 @@
+"""What every remote kind (TEI, Infinity, this service) implements, and what a probe finds.
+
+A dialect knows one remote's wire format: how to find out what it serves, and
+how to ask it for one chunk of work (no larger than the remote's batch limit).
+Splitting, concurrency, merging and the remote's up/down state belong to the
+endpoint; retries and error statuses to the transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+import msgspec
+import numpy as np
+from numpy.typing import NDArray
+
+from backends.remote.transport import Answer, Deadline, RemoteClient
+from engine.errors import BackendFailure
+from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores
+
+__all__ = [
+    "KIND_NAMES",
+    "Dialect",
+    "Kind",
+    "Offer",
+    "ProbeFailed",
+    "decode",
+    "dense_matrix",
+    "expect_rows",
+    "permutation",
+]
+
+Kind = Literal["tei", "infinity", "self"]
+KIND_NAMES: dict[Kind, str] = {"tei": "TEI", "infinity": "Infinity", "self": "bge-serve"}
+
+T = TypeVar("T")
+
+
+class ProbeFailed(Exception):
+    """The remote could not be probed now (down, loading, answering errors); try later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What one remote serves, as found by probing it."""
+
+    kind: Kind
+    operations: frozenset[Operation]
+    outputs: frozenset[Output]  # heads one encode() can return
+    models: Mapping[Operation, ModelInfo]
+    max_batch_size: int  # most texts (or documents) the remote takes in one request
+    version: str = ""
+    # Why an operation is not offered, for the start-up error that names it.
+    missing: Mapping[Operation, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        served = ", ".join(
+            f"{op} ({self.models[op].name})" for op in sorted(self.operations) if op in self.models
+        )
+        version = f" {self.version}" if self.version else ""
+        return f"{KIND_NAMES[self.kind]}{version} serving {served or 'nothing usable'}"
+
+
+class Dialect(Protocol):
+    kind: Kind
+
+    async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
+        """What the remote serves; ProbeFailed when it cannot tell now, StartupError when
+        it answers but does not fit the settings (e.g. several models and none chosen)."""
+
+    async def encode(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        offer: Offer,
+        deadline: Deadline,
+    ) -> Encoding: ...
+
+    async def score(
+        self,
+        client: RemoteClient,
+        query: str,
+        documents: Sequence[str],
+        offer: Offer,
+        deadline: Deadline,
+    ) -> Scores: ...
+
+    async def tokenize(
+        self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
+    ) -> tuple[list[int], ...]: ...
+
+
+def decode(answer: Answer, kind: type[T], client: RemoteClient, path: str) -> T:
+    """``answer``'s JSON body as ``kind``; a body of any other shape is a backend failure."""
+    try:
+        return msgspec.json.decode(answer.content, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BackendFailure(
+            f"the remote {client.url} answered {path} with a malformed body ({exc})"
+        ) from exc
+
+
+def expect_rows(got: int, sent: int, client: RemoteClient, path: str) -> None:
+    """A remote that answers fewer or more rows than it was sent failed: never a shifted result."""
+    if got != sent:
+        raise BackendFailure(
+            f"the remote {client.url} answered {path} with {got} results for {sent} inputs"
+        )
+
+
+def permutation(indices: Sequence[int], size: int, client: RemoteClient, path: str) -> None:
+    """Rerank answers come sorted by score; each input index must appear exactly once."""
+    expect_rows(len(indices), size, client, path)
+    if sorted(indices) != list(range(size)):
+        raise BackendFailure(
+            f"the remote {client.url} answered {path} with indices that are not 0..{size - 1}"
+        )
+
+
+def dense_matrix(
+    rows: Sequence[Sequence[float]] | Sequence[NDArray[np.float32]],
+    sent: int,
+    client: RemoteClient,
+    path: str,
+) -> DenseMatrix:
+    """One L2-normalised row per input, all of one non-zero width, or a backend failure."""
+    expect_rows(len(rows), sent, client, path)
+    width = len(rows[0]) if rows else 0
+    if width == 0 or any(len(row) != width for row in rows):
+        raise BackendFailure(
+            f"the remote {client.url} answered {path} with vectors of differing or zero width"
+        )
+    dense = np.asarray(rows, dtype=np.float32)
+    # A remote may serve a model without a Normalize step; the engine promises unit rows.
+    dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
+    return dense

@@ -1,0 +1,279 @@
+"""One remote URL: what it is, whether it is up, and requests split to its batch limit.
+
+A remote that cannot be reached (at start-up or later) is marked down: calls
+fail fast with Unavailable, so the router falls through to the next backend at
+once instead of waiting out timeouts, while a background task probes the remote
+every REMOTE_PROBE_INTERVAL_S until it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+import numpy as np
+
+from backends.remote.dialect import KIND_NAMES, Dialect, Kind, Offer, ProbeFailed
+from backends.remote.infinity import InfinityDialect
+from backends.remote.peer import PeerDialect
+from backends.remote.tei import TeiDialect
+from backends.remote.transport import Deadline, RemoteClient, RemoteUnreachable
+from engine.errors import EngineError, StartupError, Unavailable
+from engine.router import CHAIN_SETTING
+from engine.settings import Settings
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+
+__all__ = ["Endpoint"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Probes are small requests; a remote that needs longer than this is not up.
+_PROBE_TIMEOUT_S = 10.0
+_NOT_PROBED = "not probed yet"
+
+
+class Endpoint:
+    def __init__(
+        self,
+        url: str,
+        operations: frozenset[Operation],
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self.operations = operations
+        self.client = RemoteClient(
+            url,
+            api_key=settings.remote_api_key,
+            max_concurrency=settings.remote_max_concurrency,
+            retries=settings.remote_retries,
+            transport=transport,
+        )
+        self.url = self.client.url
+        self._dialect: Dialect | None = None
+        self.offer: Offer | None = None
+        self.down_reason: str | None = _NOT_PROBED
+        self._prober: asyncio.Task[None] | None = None
+
+    # -- state -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Probe the remote. A remote that does not fit the settings stops the start-up
+        (StartupError); one that cannot be reached is marked down and re-probed."""
+        try:
+            await self._probe()
+        except ProbeFailed as exc:
+            self._mark_down(str(exc))
+
+    async def stop(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+        await self.client.close()
+
+    @property
+    def up(self) -> bool:
+        return self.offer is not None and self.down_reason is None
+
+    def describe(self) -> str:
+        if self.offer is None:
+            return f"{self.url}: {self.down_reason}"
+        state = f"down: {self.down_reason}" if self.down_reason else "up"
+        return f"{self.url}: {self.offer.describe()} ({state})"
+
+    def model_info(self, operation: Operation) -> ModelInfo:
+        if self.offer is None or operation not in self.offer.models:
+            raise Unavailable(f"the remote {self.url} has not been reached yet")
+        return self.offer.models[operation]
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+        offer, dialect = self._ready()
+        if not outputs <= offer.outputs:
+            wanted = ", ".join(sorted(outputs - offer.outputs))
+            raise Unavailable(f"the remote {self.url} ({offer.describe()}) cannot compute {wanted}")
+        deadline = Deadline(self._settings.remote_timeout_s)
+        chunks = _split(texts, offer.max_batch_size)
+        parts = await self._all(
+            [dialect.encode(self.client, c, outputs, offer, deadline) for c in chunks]
+        )
+        return _merge(parts)
+
+    async def score(self, query: str, documents: Sequence[str]) -> Scores:
+        offer, dialect = self._ready()
+        deadline = Deadline(self._settings.remote_timeout_s)
+        chunks = _split(documents, offer.max_batch_size)
+        parts = await self._all(
+            [dialect.score(self.client, query, c, offer, deadline) for c in chunks]
+        )
+        return Scores(
+            logits=np.concatenate([p.logits for p in parts]),
+            token_count=sum(p.token_count for p in parts),
+        )
+
+    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+        offer, dialect = self._ready()
+        deadline = Deadline(self._settings.remote_timeout_s)
+        chunks = _split(texts, offer.max_batch_size)
+        parts = await self._all([dialect.tokenize(self.client, c, offer, deadline) for c in chunks])
+        return tuple(ids for part in parts for ids in part)
+
+    def _ready(self) -> tuple[Offer, Dialect]:
+        if self.offer is None or self._dialect is None or self.down_reason is not None:
+            raise Unavailable(
+                f"the remote {self.url} is down ({self.down_reason}); probing it every "
+                f"{self._settings.remote_probe_interval_s:g} s",
+                retry_after=max(1, round(self._settings.remote_probe_interval_s)),
+            )
+        return self.offer, self._dialect
+
+    async def _all(self, calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+        """Every chunk's answer in order; the first failure cancels the rest."""
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except RemoteUnreachable as exc:
+            self._mark_down(exc.message)
+            raise
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    # -- probing ---------------------------------------------------------------------
+
+    async def _probe(self) -> None:
+        """Find out what the remote is and serves; raises ProbeFailed or StartupError."""
+        deadline = Deadline(min(_PROBE_TIMEOUT_S, self._settings.remote_timeout_s))
+        try:
+            dialect = self._dialect or await self._identify(deadline)
+            offer = await dialect.probe(self.client, deadline)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise ProbeFailed(_transport_reason(exc)) from exc
+        except (EngineError, msgspec.MsgspecError) as exc:
+            raise ProbeFailed(str(exc)) from exc
+        self._check(offer)
+        self._dialect = dialect
+        was_down = self.down_reason != _NOT_PROBED
+        self.offer = offer
+        self.down_reason = None
+        log.info("remote %s: %s%s", self.url, offer.describe(), " - back up" if was_down else "")
+
+    async def _identify(self, deadline: Deadline) -> Dialect:
+        kind = self._settings.remote_kind
+        if kind == "auto":
+            kind = await identify(self.client, deadline)
+            log.info("remote %s: REMOTE_KIND=auto found %s", self.url, KIND_NAMES[kind])
+        return self._dialect_for(kind)
+
+    def _dialect_for(self, kind: Kind) -> Dialect:
+        settings = self._settings
+        if kind == "tei":
+            return TeiDialect(truncate=settings.truncate)
+        if kind == "infinity":
+            return InfinityDialect(
+                embed_model=settings.remote_model, rerank_model=settings.remote_rerank_model
+            )
+        return PeerDialect()
+
+    def _check(self, offer: Offer) -> None:
+        for operation in sorted(self.operations):
+            if operation not in offer.operations:
+                why = offer.missing.get(operation, "")
+                raise StartupError(
+                    f"{CHAIN_SETTING[operation]}: the remote backend cannot serve {operation}: "
+                    f"{self.url} is {offer.describe()}" + (f"; {why}" if why else "")
+                )
+        expected = self._settings.embedding_size
+        for operation in (Operation.EMBED, Operation.SPARSE):
+            info = offer.models.get(operation)
+            if expected is None or info is None or operation not in self.operations:
+                continue
+            if info.dimension is not None and info.dimension != expected:
+                raise StartupError(
+                    f"EMBEDDING_SIZE={expected} but the remote {self.url} ({info.name}) "
+                    f"produces {info.dimension}-dimensional vectors"
+                )
+
+    def _mark_down(self, reason: str) -> None:
+        if self.down_reason is None:
+            log.warning("remote %s is down: %s", self.url, reason)
+        self.down_reason = reason
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.create_task(self._reprobe(), name=f"probe {self.url}")
+
+    async def _reprobe(self) -> None:
+        interval = self._settings.remote_probe_interval_s
+        reported = ""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._probe()
+            except (ProbeFailed, StartupError) as exc:
+                self.down_reason = str(exc)
+                if isinstance(exc, StartupError) and str(exc) != reported:
+                    # It answers but cannot serve what the chains ask of it: say so once.
+                    log.error("remote %s: %s", self.url, exc)
+                    reported = str(exc)
+                continue
+            return
+
+
+async def identify(client: RemoteClient, deadline: Deadline) -> Kind:
+    """TEI answers ``GET /info`` with its model_id; this service ``GET /health`` with its
+    chains; Infinity ``GET /models`` with a model list."""
+    info = await client.get("/info", deadline)
+    if info.status == 200 and _has_keys(info.content, "model_id", "model_type"):
+        return "tei"
+    health = await client.get("/health", deadline)
+    if _has_keys(health.content, "chains", "backends"):
+        return "self"
+    models = await client.get("/models", deadline)
+    if models.status == 200 and _has_keys(models.content, "data"):
+        return "infinity"
+    raise StartupError(
+        f"the remote {client.url} is neither TEI (GET /info), Infinity (GET /models) nor "
+        f"bge-serve (GET /health) (they answered HTTP {info.status}, {health.status}, "
+        f"{models.status}); check REMOTE_URL or set REMOTE_KIND"
+    )
+
+
+def _has_keys(content: bytes, *keys: str) -> bool:
+    try:
+        body = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(body, dict) and all(key in body for key in keys)
+
+
+def _transport_reason(exc: Exception) -> str:
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return f"no answer within {_PROBE_TIMEOUT_S:g} s"
+    return f"unreachable ({type(exc).__name__}: {exc})" if str(exc) else type(exc).__name__
+
+
+def _split(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _merge(parts: list[Encoding]) -> Encoding:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return Encoding(
+        token_count=sum(p.token_count for p in parts),
+        dense=np.concatenate([p.dense for p in parts if p.dense is not None])
+        if first.dense is not None
+        else None,
+        lexical=tuple(w for p in parts for w in p.lexical or ())
+        if first.lexical is not None
+        else None,
+        colbert=tuple(m for p in parts for m in p.colbert or ())
+        if first.colbert is not None
+        else None,
+    )

@@ -1,0 +1,180 @@
+"""Infinity (michaelf34/infinity, e.g. the ROCm image on a 7900 XTX): several models per server.
+
+``GET /models`` lists each model with its capabilities (``embed``, ``rerank``);
+``POST /embeddings`` is OpenAI-shaped, ``POST /rerank`` Cohere-shaped. Infinity
+has no sparse or ColBERT output and no tokenizer route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+import numpy as np
+
+from backends.remote.dialect import (
+    Kind,
+    Offer,
+    ProbeFailed,
+    decode,
+    dense_matrix,
+    permutation,
+)
+from backends.remote.transport import Deadline, RemoteClient
+from engine.errors import StartupError, Unavailable
+from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores
+
+__all__ = ["InfinityDialect"]
+
+_PROBE_TEXT = "dimension probe"
+# The contract's maxItems for `input` and `documents`.
+_MAX_ITEMS = 2048
+_CAPABILITY = {Operation.EMBED: "embed", Operation.RERANK: "rerank"}
+_SETTING = {Operation.EMBED: "REMOTE_MODEL", Operation.RERANK: "REMOTE_RERANK_MODEL"}
+
+
+class _Model(msgspec.Struct):
+    id: str
+    capabilities: list[str] = []
+
+
+class _Models(msgspec.Struct):
+    data: list[_Model]
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int
+
+
+class _Embedding(msgspec.Struct):
+    embedding: list[float]
+    index: int
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+    usage: _Usage
+
+
+class _Ranked(msgspec.Struct):
+    relevance_score: float
+    index: int
+
+
+class _Reranked(msgspec.Struct):
+    results: list[_Ranked]
+    usage: _Usage
+
+
+class InfinityDialect:
+    kind: Kind = "infinity"
+
+    def __init__(self, *, embed_model: str | None, rerank_model: str | None) -> None:
+        self._configured = {Operation.EMBED: embed_model, Operation.RERANK: rerank_model}
+        self._names: dict[Operation, str] = {}
+
+    async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
+        answer = await client.get("/models", deadline)
+        if answer.status != 200:
+            raise ProbeFailed(f"GET /models answered HTTP {answer.status}")
+        listed = decode(answer, _Models, client, "/models").data
+        models: dict[Operation, ModelInfo] = {}
+        missing: dict[Operation, str] = {
+            Operation.SPARSE: "Infinity has no bge-m3 sparse or ColBERT output; serve them "
+            "from the flag backend"
+        }
+        names = ", ".join(m.id for m in listed) or "none"
+        for operation, capability in _CAPABILITY.items():
+            able = [m.id for m in listed if capability in m.capabilities]
+            chosen = self._choose(operation, able, names, client)
+            if chosen is None:
+                missing[operation] = f"it lists no model that can {capability} (models: {names})"
+                continue
+            self._names[operation] = chosen
+            dimension = None
+            if operation is Operation.EMBED:
+                dense, _ = await self._embed(client, [_PROBE_TEXT], deadline)
+                dimension = int(dense.shape[1])
+            # Infinity reports neither its token limit nor its vocabulary: 0, unknown.
+            models[operation] = ModelInfo(chosen, 0, 0, dimension=dimension)
+        return Offer(
+            kind=self.kind,
+            operations=frozenset(models),
+            outputs=frozenset({Output.DENSE}) if Operation.EMBED in models else frozenset(),
+            models=models,
+            max_batch_size=_MAX_ITEMS,
+            missing=missing,
+        )
+
+    def _choose(
+        self, operation: Operation, able: list[str], names: str, client: RemoteClient
+    ) -> str | None:
+        configured = self._configured[operation]
+        if configured is not None:
+            if configured not in able:
+                raise StartupError(
+                    f"{_SETTING[operation]}={configured}, but the Infinity at {client.url} "
+                    f"serves no such model that can {_CAPABILITY[operation]} (models: {names})"
+                )
+            return configured
+        if len(able) > 1:
+            raise StartupError(
+                f"the Infinity at {client.url} serves several models that can "
+                f"{_CAPABILITY[operation]} ({', '.join(able)}); set {_SETTING[operation]}"
+            )
+        return able[0] if able else None
+
+    async def encode(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        offer: Offer,
+        deadline: Deadline,
+    ) -> Encoding:
+        if outputs != {Output.DENSE}:
+            raise Unavailable(f"the Infinity at {client.url} computes dense vectors only")
+        dense, tokens = await self._embed(client, texts, deadline)
+        return Encoding(token_count=tokens, dense=dense)
+
+    async def score(
+        self,
+        client: RemoteClient,
+        query: str,
+        documents: Sequence[str],
+        offer: Offer,
+        deadline: Deadline,
+    ) -> Scores:
+        body = {
+            "model": self._names[Operation.RERANK],
+            "query": query,
+            "documents": list(documents),
+            "raw_scores": True,
+        }
+        answer = await client.post("/rerank", body, deadline)
+        reranked = decode(answer, _Reranked, client, "/rerank")
+        permutation([r.index for r in reranked.results], len(documents), client, "/rerank")
+        logits = np.empty(len(documents), dtype=np.float32)
+        for ranked in reranked.results:
+            logits[ranked.index] = ranked.relevance_score
+        return Scores(logits=logits, token_count=reranked.usage.prompt_tokens)
+
+    async def tokenize(
+        self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
+    ) -> tuple[list[int], ...]:
+        raise Unavailable(f"the Infinity at {client.url} has no tokenizer route")
+
+    async def _embed(
+        self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
+    ) -> tuple[DenseMatrix, int]:
+        body = {
+            "model": self._names[Operation.EMBED],
+            "input": list(texts),
+            "encoding_format": "float",
+        }
+        answer = await client.post("/embeddings", body, deadline)
+        embeddings = decode(answer, _Embeddings, client, "/embeddings")
+        data = embeddings.data
+        permutation([e.index for e in data], len(texts), client, "/embeddings")
+        rows = [e.embedding for e in sorted(data, key=lambda e: e.index)]
+        return dense_matrix(rows, len(texts), client, "/embeddings"), embeddings.usage.prompt_tokens

@@ -1,0 +1,252 @@
+"""Another instance of this service (``REMOTE_KIND=self``): a GPU box serving CPU front ends.
+
+It is the only remote that computes bge-m3 sparse and ColBERT vectors. Sparse
+vectors are asked for with ``"mapping": "tokenizer"``, so indices come back as
+the token ids themselves and the front end maps them with its own settings, as
+it would a local backend's. Dense vectors travel as base64 float32: exact, and
+a third the size of JSON numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+import msgspec
+import numpy as np
+
+from backends.remote.dialect import (
+    Kind,
+    Offer,
+    ProbeFailed,
+    decode,
+    dense_matrix,
+    permutation,
+)
+from backends.remote.transport import Deadline, RemoteClient
+from engine.errors import BackendFailure, Unavailable
+from engine.types import (
+    ColbertMatrix,
+    DenseMatrix,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    TokenWeights,
+)
+
+__all__ = ["PeerDialect"]
+
+_PROBE_TEXT = ["dimension probe"]
+_DEFAULT_MAX_BATCH = 2048
+
+
+class _Health(msgspec.Struct):
+    status: str
+    chains: dict[str, list[str]]
+    embedding_model: str
+    reranker_model: str
+    max_batch_size: int = _DEFAULT_MAX_BATCH
+    error: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int
+
+
+class _Embedding(msgspec.Struct):
+    index: int
+    embedding: str  # base64, little-endian float32
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+    usage: _Usage
+
+
+class _Sparse(msgspec.Struct):
+    indices: list[int]
+    values: list[float]
+    index_space: int
+
+
+class _SparseRow(msgspec.Struct):
+    index: int
+    sparse: _Sparse
+
+
+class _SparseEmbeddings(msgspec.Struct):
+    data: list[_SparseRow]
+    usage: _Usage
+
+
+class _HybridRow(msgspec.Struct):
+    index: int
+    dense: list[float]
+    sparse: _Sparse
+    colbert: list[list[float]] | None = None
+
+
+class _HybridEmbeddings(msgspec.Struct):
+    data: list[_HybridRow]
+    usage: _Usage
+
+
+class _Ranked(msgspec.Struct):
+    index: int
+    relevance_score: float
+
+
+class _Reranked(msgspec.Struct):
+    results: list[_Ranked]
+    usage: _Usage
+
+
+class PeerDialect:
+    kind: Kind = "self"
+
+    async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
+        answer = await client.get("/health", deadline)
+        health = decode(answer, _Health, client, "/health")
+        if health.status == "loading":
+            raise ProbeFailed("it is still loading its models")
+        if health.error:
+            raise ProbeFailed(f"it failed to start: {health.error}")
+        operations = frozenset(Operation(op) for op in health.chains)
+        models: dict[Operation, ModelInfo] = {}
+        # The peer does not publish its token limit (0: unknown) and has no tokenizer route.
+        if Operation.EMBED in operations:
+            dense, _ = await self._dense(client, _PROBE_TEXT, deadline)
+            models[Operation.EMBED] = ModelInfo(
+                health.embedding_model, 0, 0, dimension=int(dense.shape[1])
+            )
+        if Operation.SPARSE in operations:
+            body = {"input": _PROBE_TEXT, "mapping": "tokenizer"}
+            hybrid = await client.post("/v1/hybrid-embeddings", body, deadline)
+            row = decode(hybrid, _HybridEmbeddings, client, "/v1/hybrid-embeddings").data[0]
+            models[Operation.SPARSE] = ModelInfo(
+                health.embedding_model, 0, row.sparse.index_space, dimension=len(row.dense)
+            )
+        if Operation.RERANK in operations:
+            models[Operation.RERANK] = ModelInfo(health.reranker_model, 0, 0)
+        not_served = "its own *_BACKENDS leaves this operation unserved"
+        return Offer(
+            kind=self.kind,
+            operations=operations,
+            outputs=frozenset(Output)
+            if Operation.SPARSE in operations
+            else frozenset({Output.DENSE}),
+            models=models,
+            max_batch_size=health.max_batch_size,
+            missing={op: not_served for op in Operation if op not in operations},
+        )
+
+    async def encode(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        offer: Offer,
+        deadline: Deadline,
+    ) -> Encoding:
+        if outputs == {Output.DENSE} and Operation.EMBED in offer.operations:
+            dense, tokens = await self._dense(client, texts, deadline)
+            return Encoding(token_count=tokens, dense=dense)
+        if outputs == {Output.SPARSE}:
+            path = "/v1/sparse-embeddings"
+            body: dict[str, object] = {"input": list(texts), "mapping": "tokenizer"}
+            sparse = decode(
+                await client.post(path, body, deadline), _SparseEmbeddings, client, path
+            )
+            rows = _in_order(sparse.data, len(texts), client, path)
+            return Encoding(
+                token_count=sparse.usage.prompt_tokens,
+                lexical=tuple(_weights(row.sparse) for row in rows),
+            )
+        path = "/v1/hybrid-embeddings"
+        body = {
+            "input": list(texts),
+            "mapping": "tokenizer",
+            "return_colbert": Output.COLBERT in outputs,
+        }
+        hybrid = decode(await client.post(path, body, deadline), _HybridEmbeddings, client, path)
+        hybrid_rows = _in_order(hybrid.data, len(texts), client, path)
+        colbert = None
+        if Output.COLBERT in outputs:
+            colbert = tuple(_colbert(row.colbert, client, path) for row in hybrid_rows)
+        return Encoding(
+            token_count=hybrid.usage.prompt_tokens,
+            dense=dense_matrix([row.dense for row in hybrid_rows], len(texts), client, path)
+            if Output.DENSE in outputs
+            else None,
+            lexical=tuple(_weights(row.sparse) for row in hybrid_rows)
+            if Output.SPARSE in outputs
+            else None,
+            colbert=colbert,
+        )
+
+    async def score(
+        self,
+        client: RemoteClient,
+        query: str,
+        documents: Sequence[str],
+        offer: Offer,
+        deadline: Deadline,
+    ) -> Scores:
+        path = "/v1/rerank"
+        body = {"query": query, "documents": list(documents), "raw_scores": True}
+        reranked = decode(await client.post(path, body, deadline), _Reranked, client, path)
+        permutation([r.index for r in reranked.results], len(documents), client, path)
+        logits = np.empty(len(documents), dtype=np.float32)
+        for ranked in reranked.results:
+            logits[ranked.index] = ranked.relevance_score
+        return Scores(logits=logits, token_count=reranked.usage.prompt_tokens)
+
+    async def tokenize(
+        self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
+    ) -> tuple[list[int], ...]:
+        raise Unavailable(f"the bge-serve at {client.url} has no tokenizer route")
+
+    async def _dense(
+        self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
+    ) -> tuple[DenseMatrix, int]:
+        path = "/v1/embeddings"
+        body = {"input": list(texts), "encoding_format": "base64"}
+        embeddings = decode(await client.post(path, body, deadline), _Embeddings, client, path)
+        rows = _in_order(embeddings.data, len(texts), client, path)
+        try:
+            vectors = [np.frombuffer(base64.b64decode(r.embedding), dtype="<f4") for r in rows]
+        except ValueError as exc:
+            raise BackendFailure(
+                f"the remote {client.url} answered {path} with bad base64"
+            ) from exc
+        return dense_matrix(vectors, len(texts), client, path), embeddings.usage.prompt_tokens
+
+
+class _Indexed(Protocol):
+    @property
+    def index(self) -> int: ...
+
+
+Row = TypeVar("Row", bound=_Indexed)
+
+
+def _in_order(rows: list[Row], sent: int, client: RemoteClient, path: str) -> list[Row]:
+    permutation([row.index for row in rows], sent, client, path)
+    return sorted(rows, key=lambda row: row.index)
+
+
+def _weights(sparse: _Sparse) -> TokenWeights:
+    # With the tokenizer mapping the indices are the token ids, unique and ascending.
+    return TokenWeights(
+        token_ids=np.asarray(sparse.indices, dtype=np.int64),
+        weights=np.asarray(sparse.values, dtype=np.float32),
+    )
+
+
+def _colbert(rows: list[list[float]] | None, client: RemoteClient, path: str) -> ColbertMatrix:
+    if not rows:
+        raise BackendFailure(f"the remote {client.url} answered {path} without ColBERT vectors")
+    return dense_matrix(rows, len(rows), client, path)

@@ -1,0 +1,239 @@
+"""One pooled HTTP client per remote URL: bounded concurrency, deadlines, retries.
+
+What a remote answers is turned into the engine's errors here, once, for every
+remote kind:
+
+- 2xx: the body, for the dialect to decode;
+- 400, 413, 422: the request's own fault, with the remote's message
+  (InvalidInput / InputTooLarge; the router does not fall through);
+- connection errors, timeouts, 429, 503: retried with jittered exponential
+  backoff, honouring Retry-After, never past the call's deadline; then
+  Overloaded (429), Unavailable (503), BackendTimeout or BackendFailure;
+- anything else (401, 404, 424, 500, ...): BackendFailure naming the remote.
+
+URLs in messages and logs never carry credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from engine.errors import (
+    BackendFailure,
+    BackendTimeout,
+    InputTooLarge,
+    InvalidInput,
+    Overloaded,
+    Unavailable,
+)
+
+__all__ = ["Answer", "Deadline", "RemoteClient", "RemoteUnreachable", "public_url"]
+
+log = logging.getLogger(__name__)
+
+# First backoff step; each retry doubles it (with jitter), up to _BACKOFF_CAP_S.
+_BACKOFF_BASE_S = 0.1
+_BACKOFF_CAP_S = 5.0
+# A dead host should be noticed long before REMOTE_TIMEOUT_S.
+_CONNECT_TIMEOUT_S = 5.0
+_RETRIED_STATUS = frozenset({429, 503})
+_CLIENT_FAULT = {400: InvalidInput, 413: InputTooLarge, 422: InvalidInput}
+
+
+class RemoteUnreachable(BackendFailure):
+    """The remote could not be reached at all (refused, reset, DNS): it is down."""
+
+
+def public_url(url: str | httpx.URL) -> str:
+    """``url`` without user name or password, fit for messages and logs."""
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(username=None, password=None)).rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: httpx.Headers
+    content: bytes
+
+
+class Deadline:
+    """The end of one call to the remote; every attempt and wait fits before it."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock or asyncio.get_running_loop().time
+        self._end = self._clock() + seconds
+        self.seconds = seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - self._clock())
+
+
+class RemoteClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None,
+        max_concurrency: int,
+        retries: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = public_url(url)
+        headers = {"Accept": "application/json", "User-Agent": "bge-inference-service"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.AsyncClient(
+            base_url=url,
+            headers=headers,
+            # Connections are kept for the chunks of the next request; more than the
+            # concurrency bound would never be used.
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+            transport=transport,
+        )
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._retries = retries
+        self.in_flight = 0
+        self.requests = 0
+        self.retried = 0
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def get(self, path: str, deadline: Deadline) -> Answer:
+        """One attempt, no retry: used to probe what the remote is."""
+        return await self._send("GET", path, None, deadline)
+
+    async def post(self, path: str, body: object, deadline: Deadline) -> Answer:
+        """``body`` as JSON; retried as the module says; a 2xx answer or an engine error."""
+        payload = msgspec.json.encode(body)
+        attempt = 0
+        while True:
+            try:
+                answer = await self._send("POST", path, payload, deadline)
+            except (httpx.TimeoutException, TimeoutError) as exc:
+                failure: Exception = BackendTimeout(
+                    f"the remote {self.url} did not answer {path} within "
+                    f"{deadline.seconds:g} s (REMOTE_TIMEOUT_S)"
+                )
+                retry_after = None
+                cause: Exception = exc
+            except httpx.TransportError as exc:
+                failure = RemoteUnreachable(
+                    f"the remote {self.url} could not be reached ({_describe(exc)})"
+                )
+                retry_after = None
+                cause = exc
+            else:
+                if 200 <= answer.status < 300:
+                    return answer
+                failure = self._refusal(path, answer)
+                if answer.status not in _RETRIED_STATUS:
+                    raise failure
+                retry_after = _retry_after(answer.headers)
+                cause = failure
+            pause = _backoff(attempt, retry_after)
+            if attempt >= self._retries or pause >= deadline.remaining():
+                raise failure from cause
+            attempt += 1
+            self.retried += 1
+            log.debug("retrying %s%s in %.2f s: %s", self.url, path, pause, failure)
+            await asyncio.sleep(pause)
+
+    async def _send(
+        self, method: str, path: str, payload: bytes | None, deadline: Deadline
+    ) -> Answer:
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise TimeoutError
+        # The wait for a slot counts against the deadline too.
+        async with asyncio.timeout(remaining):
+            async with self._slots:
+                self.in_flight += 1
+                self.requests += 1
+                try:
+                    remaining = deadline.remaining()
+                    response = await self._http.request(
+                        method,
+                        path,
+                        content=payload,
+                        headers={"Content-Type": "application/json"} if payload else None,
+                        timeout=httpx.Timeout(
+                            remaining, connect=min(remaining, _CONNECT_TIMEOUT_S)
+                        ),
+                    )
+                finally:
+                    self.in_flight -= 1
+        return Answer(response.status_code, response.headers, response.content)
+
+    def _refusal(self, path: str, answer: Answer) -> Exception:
+        message = remote_message(answer.content)
+        status = answer.status
+        client_fault = _CLIENT_FAULT.get(status)
+        if client_fault is not None:
+            return client_fault(f"the remote {self.url} refused the input: {message}")
+        if status == 429:
+            return Overloaded(
+                f"the remote {self.url} is overloaded: {message}",
+                retry_after=_retry_after(answer.headers) or 1,
+            )
+        if status == 503:
+            return Unavailable(
+                f"the remote {self.url} is unavailable: {message}",
+                retry_after=_retry_after(answer.headers),
+            )
+        hint = " (check REMOTE_API_KEY)" if status in (401, 403) else ""
+        return BackendFailure(
+            f"the remote {self.url} answered {path} with HTTP {status}{hint}: {message}"
+        )
+
+
+def remote_message(content: bytes) -> str:
+    """The message in a TEI (``{"error": str}``), Infinity/FastAPI (``{"detail": ...}``) or
+    OpenAI-style (``{"error": {"message"}}``) error body; else the start of the body."""
+    try:
+        body = msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return content[:200].decode("utf-8", "replace").strip() or "(empty body)"
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, str):
+            return error
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        detail = body.get("detail")
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+            first = detail[0]
+            where = ".".join(str(part) for part in first.get("loc", []))
+            return f"{where}: {first.get('msg', '')}".strip(": ")
+    return msgspec.json.encode(body)[:200].decode("utf-8", "replace")
+
+
+def _retry_after(headers: httpx.Headers) -> int | None:
+    value = headers.get("retry-after", "")
+    return int(value) if value.isdigit() else None
+
+
+def _backoff(attempt: int, retry_after: int | None) -> float:
+    if retry_after is not None:
+        return float(retry_after)
+    step: float = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2.0**attempt)
+    # Equal jitter: never zero, and callers that failed together do not retry together.
+    jitter = random.uniform(0, step / 2)  # noqa: S311 - jitter, not security
+    return step / 2 + jitter
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -24,6 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every remote call at INFO with its URL: noise, and a URL may carry credentials.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Tokenizers' own thread pool fights torch's for the same cores under a server.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

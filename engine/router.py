@@ -108,7 +108,8 @@ class Router:
         """The backend a call for ``operation`` would go to now, if any."""
         now = self._clock()
         for backend in self.chain(operation):
-            if self._breakers[backend.name].allows(now):
+            # An unhealthy backend (a remote that is down) refuses at once: calls pass it by.
+            if self._breakers[backend.name].allows(now) and backend.health().healthy:
                 return backend.name
         return None
 

@@ -704,8 +704,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def serve(fake: FakeTEI) -> Iterator[str]:
     """Run ``fake`` as an HTTP/1.1 server on 127.0.0.1; yields its base URL."""
     server = _Server(fake)
+    # shutdown() waits for the serving loop to wake: a short poll keeps each test's exit quick.
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
     )
     thread.start()
     host, port = server.server_address[:2]

@@ -21,7 +21,12 @@ from backends.remote.dialect import KIND_NAMES, Dialect, Kind, Offer, ProbeFaile
 from backends.remote.infinity import InfinityDialect
 from backends.remote.peer import PeerDialect
 from backends.remote.tei import TeiDialect
-from backends.remote.transport import Deadline, RemoteClient, RemoteUnreachable
+from backends.remote.transport import (
+    Deadline,
+    RemoteClient,
+    RemoteUnreachable,
+    describe_transport_error,
+)
 from engine.errors import EngineError, StartupError, Unavailable
 from engine.router import CHAIN_SETTING
 from engine.settings import Settings
@@ -128,7 +133,7 @@ class Endpoint:
         if self.offer is None or self._dialect is None or self.down_reason is not None:
             raise Unavailable(
                 f"the remote {self.url} is down ({self.down_reason}); probing it every "
-                f"{self._settings.remote_probe_interval_s:g} s",
+                f"{self._settings.remote_probe_interval_s:g} s (REMOTE_PROBE_INTERVAL_S)",
                 retry_after=max(1, round(self._settings.remote_probe_interval_s)),
             )
         return self.offer, self._dialect
@@ -139,7 +144,7 @@ class Endpoint:
         try:
             return list(await asyncio.gather(*tasks))
         except RemoteUnreachable as exc:
-            self._mark_down(exc.message)
+            self._mark_down(f"unreachable: {exc.reason}")
             raise
         finally:
             for task in tasks:
@@ -201,7 +206,7 @@ class Endpoint:
                 )
 
     def _mark_down(self, reason: str) -> None:
-        if self.down_reason is None:
+        if self.down_reason in (None, _NOT_PROBED):
             log.warning("remote %s is down: %s", self.url, reason)
         self.down_reason = reason
         if self._prober is None or self._prober.done():
@@ -254,7 +259,7 @@ def _has_keys(content: bytes, *keys: str) -> bool:
 def _transport_reason(exc: Exception) -> str:
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return f"no answer within {_PROBE_TIMEOUT_S:g} s"
-    return f"unreachable ({type(exc).__name__}: {exc})" if str(exc) else type(exc).__name__
+    return f"unreachable: {describe_transport_error(exc)}"
 
 
 def _split(items: Sequence[str], size: int) -> list[Sequence[str]]:

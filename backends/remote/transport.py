@@ -34,7 +34,15 @@ from engine.errors import (
     Unavailable,
 )
 
-__all__ = ["Answer", "Deadline", "RemoteClient", "RemoteUnreachable", "public_url"]
+__all__ = [
+    "Answer",
+    "Deadline",
+    "RemoteClient",
+    "RemoteUnreachable",
+    "describe_transport_error",
+    "public_url",
+    "remote_message",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,10 @@ _CLIENT_FAULT = {400: InvalidInput, 413: InputTooLarge, 422: InvalidInput}
 
 class RemoteUnreachable(BackendFailure):
     """The remote could not be reached at all (refused, reset, DNS): it is down."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"the remote {url} could not be reached ({reason})")
+        self.reason = reason
 
 
 def public_url(url: str | httpx.URL) -> str:
@@ -128,9 +140,7 @@ class RemoteClient:
                 retry_after = None
                 cause: Exception = exc
             except httpx.TransportError as exc:
-                failure = RemoteUnreachable(
-                    f"the remote {self.url} could not be reached ({_describe(exc)})"
-                )
+                failure = RemoteUnreachable(self.url, describe_transport_error(exc))
                 retry_after = None
                 cause = exc
             else:
@@ -234,6 +244,6 @@ def _backoff(attempt: int, retry_after: int | None) -> float:
     return step / 2 + jitter
 
 
-def _describe(exc: httpx.TransportError) -> str:
+def describe_transport_error(exc: Exception) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

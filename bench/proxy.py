@@ -288,8 +288,16 @@ def main() -> None:
         if args.remote_max_concurrency is not None:
             proxy_env["REMOTE_MAX_CONCURRENCY"] = str(args.remote_max_concurrency)
         proxy = stack.enter_context(this_service(PROXY, proxy_env))
+        # infinity_emb starts with --no-model-warmup: its first passes at each batch shape
+        # are slow, and would land in round 1's direct rows only.
+        for target in (direct, proxy):
+            for per in (1, 32):
+                for body in embed_bodies(target, per, pool)[:3]:
+                    httpx.post(target.url + target.embed_path, json=body, timeout=60)
         for round_ in range(1, args.rounds + 1):
-            print(f"round {round_} of {args.rounds}", flush=True)
+            # Load from other work on the machine shows here, to tell a disturbed round.
+            load = os.getloadavg()[0]
+            print(f"round {round_} of {args.rounds} (load average {load:.2f})", flush=True)
             # Back to back per scenario, first one then the other: a noisy neighbour on a
             # shared machine hits both alike, and neither always runs right after the other.
             systems = (direct, proxy) if round_ % 2 else (proxy, direct)

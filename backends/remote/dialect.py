@@ -28,6 +28,7 @@ __all__ = [
     "ProbeFailed",
     "decode",
     "dense_matrix",
+    "expect_ok",
     "expect_rows",
     "permutation",
 ]
@@ -140,3 +141,10 @@ def dense_matrix(
     if not np.allclose(norms, 1.0, atol=1e-4):
         dense /= np.maximum(norms, 1e-12)
     return dense
+
+
+def expect_ok(answer: Answer, path: str) -> None:
+    """A probe's answer must be 200; anything else means: not up (yet), try again later."""
+    if answer.status != 200:
+        hint = ": check REMOTE_API_KEY" if answer.status in (401, 403) else ""
+        raise ProbeFailed(f"GET {path} answered HTTP {answer.status}{hint}")

@@ -17,7 +17,7 @@ import httpx
 import msgspec
 import numpy as np
 
-from backends.remote.dialect import KIND_NAMES, Dialect, Kind, Offer, ProbeFailed
+from backends.remote.dialect import KIND_NAMES, Dialect, Kind, Offer, ProbeFailed, expect_ok
 from backends.remote.infinity import InfinityDialect
 from backends.remote.peer import PeerDialect
 from backends.remote.tei import TeiDialect
@@ -241,6 +241,9 @@ async def identify(client: RemoteClient, deadline: Deadline) -> Kind:
     models = await client.get("/models", deadline)
     if models.status == 200 and _has_keys(models.content, "data"):
         return "infinity"
+    for answer, path in ((info, "/info"), (health, "/health"), (models, "/models")):
+        if answer.status in (401, 403, 429) or answer.status >= 500:
+            expect_ok(answer, path)  # not up, or not letting us in: not a wrong kind
     raise StartupError(
         f"the remote {client.url} is neither TEI (GET /info), Infinity (GET /models) nor "
         f"bge-serve (GET /health) (they answered HTTP {info.status}, {health.status}, "

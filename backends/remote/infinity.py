@@ -15,9 +15,9 @@ import numpy as np
 from backends.remote.dialect import (
     Kind,
     Offer,
-    ProbeFailed,
     decode,
     dense_matrix,
+    expect_ok,
     permutation,
 )
 from backends.remote.transport import Deadline, RemoteClient
@@ -75,8 +75,7 @@ class InfinityDialect:
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
         answer = await client.get("/models", deadline)
-        if answer.status != 200:
-            raise ProbeFailed(f"GET /models answered HTTP {answer.status}")
+        expect_ok(answer, "/models")
         listed = decode(answer, _Models, client, "/models").data
         models: dict[Operation, ModelInfo] = {}
         missing: dict[Operation, str] = {

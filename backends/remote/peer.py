@@ -22,6 +22,7 @@ from backends.remote.dialect import (
     ProbeFailed,
     decode,
     dense_matrix,
+    expect_ok,
     permutation,
 )
 from backends.remote.transport import Deadline, RemoteClient
@@ -109,6 +110,8 @@ class PeerDialect:
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
         answer = await client.get("/health", deadline)
+        if answer.status not in (200, 503):  # 503: loading or degraded, said in the body
+            expect_ok(answer, "/health")
         health = decode(answer, _Health, client, "/health")
         if health.status == "loading":
             raise ProbeFailed("it is still loading its models")

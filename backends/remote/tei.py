@@ -17,9 +17,9 @@ import numpy as np
 from backends.remote.dialect import (
     Kind,
     Offer,
-    ProbeFailed,
     decode,
     dense_matrix,
+    expect_ok,
     expect_rows,
     permutation,
 )
@@ -62,8 +62,7 @@ class TeiDialect:
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
         answer = await client.get("/info", deadline)
-        if answer.status != 200:
-            raise ProbeFailed(f"GET /info answered HTTP {answer.status}")
+        expect_ok(answer, "/info")
         info = decode(answer, _Info, client, "/info")
         (model_type, details), *_ = info.model_type.items()
         models: dict[Operation, ModelInfo] = {}

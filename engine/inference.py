@@ -7,6 +7,7 @@ truncation, rerank sorting and top_n) is finished here, the same way for all.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -343,11 +344,11 @@ class InferenceEngine:
 def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
     if not breaker_open:
         return health
-    return BackendHealth(
-        loaded=health.loaded,
+    breaker = "circuit open after repeated failures; skipped until its cool-down ends"
+    return dataclasses.replace(
+        health,
         healthy=False,
-        device=health.device,
-        detail="circuit open after repeated failures; skipped until its cool-down ends",
+        detail=f"{breaker}; {health.detail}" if health.detail else breaker,
     )
 
 

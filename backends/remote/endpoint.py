@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -99,23 +99,26 @@ class Endpoint:
     # -- calls -----------------------------------------------------------------------
 
     async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
-        offer, dialect = self._ready()
-        if not outputs <= offer.outputs:
-            wanted = ", ".join(sorted(outputs - offer.outputs))
-            raise Unavailable(f"the remote {self.url} ({offer.describe()}) cannot compute {wanted}")
-        deadline = Deadline(self._settings.remote_timeout_s)
-        chunks = _split(texts, offer.max_batch_size)
-        parts = await self._all(
-            [dialect.encode(self.client, c, outputs, offer, deadline) for c in chunks]
+        served, _ = self._ready()
+        if not outputs <= served.outputs:
+            wanted = ", ".join(sorted(outputs - served.outputs))
+            raise Unavailable(
+                f"the remote {self.url} ({served.describe()}) cannot compute {wanted}"
+            )
+        parts = await self._chunked(
+            texts,
+            lambda dialect, offer, chunk, deadline: dialect.encode(
+                self.client, chunk, outputs, offer, deadline
+            ),
         )
         return _merge(parts)
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
-        offer, dialect = self._ready()
-        deadline = Deadline(self._settings.remote_timeout_s)
-        chunks = _split(documents, offer.max_batch_size)
-        parts = await self._all(
-            [dialect.score(self.client, query, c, offer, deadline) for c in chunks]
+        parts = await self._chunked(
+            documents,
+            lambda dialect, offer, chunk, deadline: dialect.score(
+                self.client, query, chunk, offer, deadline
+            ),
         )
         return Scores(
             logits=np.concatenate([p.logits for p in parts]),
@@ -123,11 +126,37 @@ class Endpoint:
         )
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+        parts = await self._chunked(
+            texts,
+            lambda dialect, offer, chunk, deadline: dialect.tokenize(
+                self.client, chunk, offer, deadline
+            ),
+        )
+        return tuple(ids for part in parts for ids in part)
+
+    async def _chunked(
+        self,
+        items: Sequence[str],
+        call: Callable[[Dialect, Offer, Sequence[str], Deadline], Coroutine[Any, Any, T]],
+    ) -> list[T]:
+        """``call`` on chunks of ``items`` no larger than the remote takes, sent at once
+        (the client bounds what is in flight), answers in order; the first failure
+        cancels the rest. One deadline covers them all."""
         offer, dialect = self._ready()
         deadline = Deadline(self._settings.remote_timeout_s)
-        chunks = _split(texts, offer.max_batch_size)
-        parts = await self._all([dialect.tokenize(self.client, c, offer, deadline) for c in chunks])
-        return tuple(ids for part in parts for ids in part)
+        size = offer.max_batch_size
+        tasks = [
+            asyncio.ensure_future(call(dialect, offer, items[start : start + size], deadline))
+            for start in range(0, len(items), size)
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except RemoteUnreachable as exc:
+            self._mark_down(f"unreachable: {exc.reason}")
+            raise
+        finally:
+            for task in tasks:
+                task.cancel()
 
     def _ready(self) -> tuple[Offer, Dialect]:
         if self.offer is None or self._dialect is None or self.down_reason is not None:
@@ -137,18 +166,6 @@ class Endpoint:
                 retry_after=max(1, round(self._settings.remote_probe_interval_s)),
             )
         return self.offer, self._dialect
-
-    async def _all(self, calls: list[Coroutine[Any, Any, T]]) -> list[T]:
-        """Every chunk's answer in order; the first failure cancels the rest."""
-        tasks = [asyncio.ensure_future(call) for call in calls]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except RemoteUnreachable as exc:
-            self._mark_down(f"unreachable: {exc.reason}")
-            raise
-        finally:
-            for task in tasks:
-                task.cancel()
 
     # -- probing ---------------------------------------------------------------------
 
@@ -263,10 +280,6 @@ def _transport_reason(exc: Exception) -> str:
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return f"no answer within {_PROBE_TIMEOUT_S:g} s"
     return f"unreachable: {describe_transport_error(exc)}"
-
-
-def _split(items: Sequence[str], size: int) -> list[Sequence[str]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def _merge(parts: list[Encoding]) -> Encoding:

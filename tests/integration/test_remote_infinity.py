@@ -19,7 +19,15 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ModelDirs, Server, free_port, start_server, stop_server
+from tests.conftest import (
+    ModelDirs,
+    Server,
+    free_port,
+    serve_command,
+    server_env,
+    start_server,
+    stop_server,
+)
 from tests.texts import QUERY, TEXTS
 
 API_KEY = "infinity-test-key"
@@ -169,3 +177,21 @@ def test_a_wrong_api_key_leaves_the_remote_down_with_the_reason(
         assert "wrong" not in live.log.read_text()
     finally:
         stop_server(live)
+
+
+def test_asking_infinity_for_sparse_stops_start_up_and_says_why(
+    models: ModelDirs, infinity: Server
+) -> None:
+    env = server_env(
+        models,
+        {
+            "PORT": str(free_port()),
+            "SPARSE_BACKENDS": "remote,flag",
+            "REMOTE_URL": infinity.url,
+            "REMOTE_API_KEY": API_KEY,
+        },
+    )
+    result = subprocess.run(serve_command(), env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "SPARSE_BACKENDS: the remote backend cannot serve sparse" in result.stderr
+    assert "Infinity has no bge-m3 sparse or ColBERT output" in result.stderr

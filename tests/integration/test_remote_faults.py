@@ -102,7 +102,9 @@ def peer(models: ModelDirs) -> Iterator[Server]:
         stop_server(live)
 
 
-def test_remote_killed_under_load_loses_no_request(models: ModelDirs, peer: Server) -> None:
+def test_remote_killed_under_load_loses_no_request_then_traffic_returns(
+    models: ModelDirs, peer: Server
+) -> None:
     front = start_server(
         models,
         {
@@ -149,6 +151,24 @@ def test_remote_killed_under_load_loses_no_request(models: ModelDirs, peer: Serv
         assert state["backends"]["flag"]["stats"]["embed.forward_passes"] > 0  # fell through
         assert state["routes"]["embed"] == "flag"
         assert "unreachable" in state["backends"]["remote"]["detail"]
+
+        # The remote comes back on its port: re-probed, breaker closed, traffic back.
+        port = httpx.URL(peer.url).port
+        assert port is not None
+        revived = start_server(models, DENSE_ONLY, port=port)
+        try:
+            wait_for(lambda: health(front)["routes"]["embed"] == "remote")
+            before = health(front)["backends"]["flag"]["stats"]["embed.forward_passes"]
+            for i in range(5):
+                np.testing.assert_allclose(
+                    dense(embed(front, [pool[i]]))[0], reference[i], atol=1e-5
+                )
+            state = health(front)
+            assert state["status"] == "ok"
+            assert state["backends"]["remote"]["healthy"]
+            assert state["backends"]["flag"]["stats"]["embed.forward_passes"] == before
+        finally:
+            stop_server(revived)
     finally:
         stop_server(front)
 

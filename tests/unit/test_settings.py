@@ -39,6 +39,10 @@ def test_empty_env_value_means_default() -> None:
         ({"DEVICE": "tpu"}, "DEVICE"),
         ({"SPARSE_TOKEN_MAPPING": "md5"}, "SPARSE_TOKEN_MAPPING"),
         ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"),
+        ({"REMOTE_KIND": "vllm"}, "REMOTE_KIND"),
+        ({"REMOTE_RETRIES": "-1"}, "REMOTE_RETRIES"),
+        ({"REMOTE_TIMEOUT_S": "0"}, "REMOTE_TIMEOUT_S"),
+        ({"EMBED_BACKENDS": "remote,tei"}, "EMBED_BACKENDS"),
     ],
 )
 def test_bad_value_exits_2_naming_the_variable(
@@ -59,3 +63,25 @@ def test_every_setting_has_help_and_a_flag() -> None:
     for name in names:
         assert "--" + name.replace("_", "-") in result.stdout
         assert name.upper() in result.stdout
+
+
+def test_remote_settings_from_env_and_flags() -> None:
+    env = {
+        "EMBED_BACKENDS": "remote,flag",
+        "REMOTE_URL": "http://tei:80",
+        "REMOTE_RERANK_URL": "http://tei-rr:80",
+        "REMOTE_API_KEY": "s3cret",
+    }
+    settings = load_settings(["--remote-kind", "tei", "--remote-timeout-s", "2.5"], env)
+    assert settings.embed_backends == ("remote", "flag")
+    assert (settings.remote_url, settings.remote_rerank_url) == (
+        "http://tei:80",
+        "http://tei-rr:80",
+    )
+    assert settings.remote_embed_url is None
+    assert (settings.remote_kind, settings.remote_timeout_s) == ("tei", 2.5)
+    assert (settings.remote_retries, settings.remote_max_concurrency) == (2, 16)
+    # Settings land in logs and tracebacks; the key must not.
+    assert "s3cret" not in repr(settings)
+    assert "remote_api_key='***'" in repr(settings)
+    assert "remote_api_key=None" in repr(Settings())

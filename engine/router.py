@@ -101,9 +101,6 @@ class Router:
             raise Unavailable(f"{operation} is not served by this deployment")
         return chain
 
-    def primary(self, operation: Operation) -> Backend:
-        return self.chain(operation)[0]
-
     def serving(self, operation: Operation) -> str | None:
         """The backend a call for ``operation`` would go to now, if any."""
         now = self._clock()

@@ -140,7 +140,7 @@ class RemoteClient:
                     f"{deadline.seconds:g} s (REMOTE_TIMEOUT_S)"
                 )
                 retry_after = None
-                cause: Exception = exc
+                cause: Exception | None = exc
             except httpx.TransportError as exc:
                 failure = RemoteUnreachable(self.url, describe_transport_error(exc))
                 retry_after = None
@@ -152,7 +152,7 @@ class RemoteClient:
                 if answer.status not in _RETRIED_STATUS:
                     raise failure
                 retry_after = _retry_after(answer.headers)
-                cause = failure
+                cause = None
             pause = _backoff(attempt, retry_after)
             if attempt >= self._retries or pause >= deadline.remaining():
                 raise failure from cause

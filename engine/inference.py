@@ -116,10 +116,11 @@ class InferenceEngine:
         backends = {
             b.name: _with_breaker(b.health(), router.breaker_open(b.name)) for b in router.backends
         }
-        if self._start_error is not None or not all(h.healthy for h in backends.values()):
-            status: HealthStatus = "degraded"
-        elif not self._started:
-            status = "loading"
+        # "loading" until every backend has started, even one whose remote is down.
+        if self._start_error is None and not self._started:
+            status: HealthStatus = "loading"
+        elif self._start_error is not None or not all(h.healthy for h in backends.values()):
+            status = "degraded"
         else:
             status = "ok"
         operations = sorted(router.operations)

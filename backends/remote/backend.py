@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import httpx
 
 from backends.remote.endpoint import Endpoint
+from backends.remote.transport import TransportFactory
 from engine.backend import BackendHealth, Capabilities
 from engine.errors import StartupError
 from engine.router import CHAIN_SETTING
@@ -34,7 +35,7 @@ class RemoteBackend:
         settings: Settings,
         operations: frozenset[Operation],
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         urls = {op: _url(settings, op) for op in sorted(operations)}
         self._endpoints: dict[str, Endpoint] = {}

@@ -25,6 +25,7 @@ from backends.remote.transport import (
     Deadline,
     RemoteClient,
     RemoteUnreachable,
+    TransportFactory,
     describe_transport_error,
 )
 from engine.errors import EngineError, StartupError, Unavailable
@@ -49,7 +50,7 @@ class Endpoint:
         url: str,
         operations: frozenset[Operation],
         settings: Settings,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         self._settings = settings
         self.operations = operations

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import httpx
 import msgspec
 
+from backends.remote.http11 import PooledTransport
 from engine.errors import (
     BackendFailure,
     BackendTimeout,
@@ -39,6 +40,7 @@ __all__ = [
     "Deadline",
     "RemoteClient",
     "RemoteUnreachable",
+    "TransportFactory",
     "describe_transport_error",
     "public_url",
     "remote_message",
@@ -53,6 +55,10 @@ _BACKOFF_CAP_S = 5.0
 _CONNECT_TIMEOUT_S = 5.0
 _RETRIED_STATUS = frozenset({429, 503})
 _CLIENT_FAULT = {400: InvalidInput, 413: InputTooLarge, 422: InvalidInput}
+
+
+# Tests plug in respx's or httpx's mock transports; each client gets its own.
+TransportFactory = Callable[[], httpx.AsyncBaseTransport]
 
 
 class RemoteUnreachable(BackendFailure):
@@ -96,7 +102,7 @@ class RemoteClient:
         api_key: str | None,
         max_concurrency: int,
         retries: int,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         self.url = public_url(url)
         headers = {"Accept": "application/json", "User-Agent": "bge-inference-service"}
@@ -107,12 +113,7 @@ class RemoteClient:
         self._http = httpx.AsyncClient(
             base_url=url,
             headers=headers,
-            # Connections are kept for the chunks of the next request; more than the
-            # concurrency bound would never be used.
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
-            transport=transport,
+            transport=transport() if transport else PooledTransport(max_idle=max_concurrency),
         )
         self._slots = asyncio.Semaphore(max_concurrency)
         self._retries = retries

@@ -34,10 +34,10 @@ def health(server: Server) -> dict[str, Any]:
     return body
 
 
-def wait_for(condition: Any, seconds: float = 20) -> None:
+def wait_for_route(front: Server, backend: str, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+    while (state := health(front))["routes"]["embed"] != backend:
+        assert time.monotonic() < deadline, f"embed never went to {backend}: {state}"
         time.sleep(0.1)
 
 
@@ -76,7 +76,7 @@ def test_remote_down_at_start_up_then_back(models: ModelDirs) -> None:
         )
 
         peer = start_server(models, DENSE_ONLY, port=port)
-        wait_for(lambda: health(front)["routes"]["embed"] == "remote")
+        wait_for_route(front, "remote")
         state = health(front)
         assert state["status"] == "ok"
         passes = state["backends"]["flag"]["stats"]["embed.forward_passes"]
@@ -131,8 +131,10 @@ def test_remote_killed_under_load_loses_no_request_then_traffic_returns(
                 return i, response
 
             async def kill_midway() -> None:
-                while answered < 60:
-                    await asyncio.sleep(0.005)
+                # The proxy outpaces this client: kill at the first answers, while the
+                # front end still has most of the 500 in flight to the remote.
+                while answered < 5:
+                    await asyncio.sleep(0.001)
                 os.kill(peer.process.pid, signal.SIGKILL)
 
             killer = asyncio.create_task(kill_midway())
@@ -157,7 +159,7 @@ def test_remote_killed_under_load_loses_no_request_then_traffic_returns(
         assert port is not None
         revived = start_server(models, DENSE_ONLY, port=port)
         try:
-            wait_for(lambda: health(front)["routes"]["embed"] == "remote")
+            wait_for_route(front, "remote")
             before = health(front)["backends"]["flag"]["stats"]["embed.forward_passes"]
             for i in range(5):
                 np.testing.assert_allclose(

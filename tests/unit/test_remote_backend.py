@@ -129,9 +129,11 @@ def infinity_backend(
     models: list[dict[str, Any]], sent: list[tuple[str, Any]], **kw: Any
 ) -> RemoteBackend:
     settings = Settings(remote_url=INFINITY, remote_kind="infinity", **kw)
-    transport = httpx.MockTransport(infinity_transport(models, sent))
+    handler = infinity_transport(models, sent)
     return RemoteBackend(
-        settings, frozenset({Operation.EMBED, Operation.RERANK}), transport=transport
+        settings,
+        frozenset({Operation.EMBED, Operation.RERANK}),
+        transport=lambda: httpx.MockTransport(handler),
     )
 
 

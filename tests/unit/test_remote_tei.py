@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 import pytest
 import respx
@@ -74,7 +75,10 @@ def with_backend(
     **overrides: Any,
 ) -> T:
     async def run() -> T:
-        backend = RemoteBackend(settings(**overrides), operations)
+        # respx patches httpx's own transport; production uses the lean pooled one.
+        backend = RemoteBackend(
+            settings(**overrides), operations, transport=httpx.AsyncHTTPTransport
+        )
         await backend.start()
         try:
             return await work(backend)
@@ -296,8 +300,6 @@ def test_an_unreachable_remote_is_marked_down_then_reprobed_until_back(
 
     async def maybe(request: Any) -> Any:
         if not reachable:
-            import httpx
-
             raise httpx.ConnectError("connection refused", request=request)
         return await embedder.respx_async_side_effect(request)
 

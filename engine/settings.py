@@ -58,7 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     remote_rerank_model: str | None = None
     remote_api_key: str | None = None
     remote_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
-    remote_max_concurrency: Positive = 16
+    remote_max_concurrency: Positive = 32
     remote_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
     remote_probe_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     breaker_threshold: Positive = 5
@@ -128,7 +128,9 @@ HELP: dict[str, str] = {
     "remote_api_key": "Sent to the remote as Authorization: Bearer; never logged.",
     "remote_timeout_s": "Deadline of one call to the remote, retries and queueing included; "
     "past it the call fails over to the next backend, or answers 504.",
-    "remote_max_concurrency": "Requests in flight to each remote URL; more wait their turn.",
+    "remote_max_concurrency": "Requests in flight to each remote URL; more wait their turn. "
+    "Keep it at least the remote's batch size (Infinity's --batch-size, default 32): "
+    "the remote batches only what it is sent at once.",
     "remote_retries": "Retries of a call the remote refused for now (connection error, "
     "timeout, 429, 503), with jittered exponential backoff and Retry-After honoured.",
     "remote_probe_interval_s": "How often a remote that is down (or was down at start-up) "

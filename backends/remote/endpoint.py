@@ -146,11 +146,14 @@ class Endpoint:
         offer, dialect = self._ready()
         deadline = Deadline(self._settings.remote_timeout_s)
         size = offer.max_batch_size
-        tasks = [
-            asyncio.ensure_future(call(dialect, offer, items[start : start + size], deadline))
-            for start in range(0, len(items), size)
-        ]
+        tasks: list[asyncio.Future[T]] = []
         try:
+            if len(items) <= size:  # the usual case: no task to spawn
+                return [await call(dialect, offer, items, deadline)]
+            tasks = [
+                asyncio.ensure_future(call(dialect, offer, items[start : start + size], deadline))
+                for start in range(0, len(items), size)
+            ]
             return list(await asyncio.gather(*tasks))
         except RemoteUnreachable as exc:
             self._mark_down(f"unreachable: {exc.reason}")

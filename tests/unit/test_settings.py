@@ -80,7 +80,7 @@ def test_remote_settings_from_env_and_flags() -> None:
     )
     assert settings.remote_embed_url is None
     assert (settings.remote_kind, settings.remote_timeout_s) == ("tei", 2.5)
-    assert (settings.remote_retries, settings.remote_max_concurrency) == (2, 16)
+    assert (settings.remote_retries, settings.remote_max_concurrency) == (2, 32)
     # Settings land in logs and tracebacks; the key must not.
     assert "s3cret" not in repr(settings)
     assert "remote_api_key='***'" in repr(settings)

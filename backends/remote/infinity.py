@@ -15,13 +15,14 @@ import numpy as np
 from backends.remote.dialect import (
     Kind,
     Offer,
+    base64_row,
     decode,
     dense_matrix,
     expect_ok,
     permutation,
 )
 from backends.remote.transport import Deadline, RemoteClient
-from engine.errors import StartupError, Unavailable
+from engine.errors import InvalidInput, StartupError, Unavailable
 from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores
 
 __all__ = ["InfinityDialect"]
@@ -47,7 +48,7 @@ class _Usage(msgspec.Struct):
 
 
 class _Embedding(msgspec.Struct):
-    embedding: list[float]
+    embedding: list[float] | str  # str: base64
     index: int
 
 
@@ -72,6 +73,8 @@ class InfinityDialect:
     def __init__(self, *, embed_model: str | None, rerank_model: str | None) -> None:
         self._configured = {Operation.EMBED: embed_model, Operation.RERANK: rerank_model}
         self._names: dict[Operation, str] = {}
+        # base64 float32: exact, and cheaper than decimals for Infinity to write and us to read.
+        self._encoding = "base64"
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
         answer = await client.get("/models", deadline)
@@ -169,13 +172,24 @@ class InfinityDialect:
         body = {
             "model": self._names[Operation.EMBED],
             "input": list(texts),
-            "encoding_format": "float",
+            "encoding_format": self._encoding,
             # Without it a text request also matches the image and audio input schemas.
             "modality": "text",
         }
-        answer = await client.post("/embeddings", body, deadline)
-        embeddings = decode(answer, _Embeddings, client, "/embeddings")
-        data = embeddings.data
-        permutation([e.index for e in data], len(texts), client, "/embeddings")
-        rows = [e.embedding for e in sorted(data, key=lambda e: e.index)]
-        return dense_matrix(rows, len(texts), client, "/embeddings"), embeddings.usage.prompt_tokens
+        path = "/embeddings"
+        try:
+            answer = await client.post(path, body, deadline)
+        except InvalidInput as exc:
+            if self._encoding != "base64" or "base64" not in exc.message:
+                raise
+            # A model with bit-packed embeddings cannot answer in base64: ask in decimals.
+            self._encoding = "float"
+            return await self._embed(client, texts, deadline)
+        embeddings = decode(answer, _Embeddings, client, path)
+        data = sorted(embeddings.data, key=lambda e: e.index)
+        permutation([e.index for e in data], len(texts), client, path)
+        rows = [
+            base64_row(e.embedding, client, path) if isinstance(e.embedding, str) else e.embedding
+            for e in data
+        ]
+        return dense_matrix(rows, len(texts), client, path), embeddings.usage.prompt_tokens

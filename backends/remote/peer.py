@@ -9,7 +9,6 @@ a third the size of JSON numbers.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
@@ -20,6 +19,7 @@ from backends.remote.dialect import (
     Kind,
     Offer,
     ProbeFailed,
+    base64_row,
     decode,
     dense_matrix,
     expect_ok,
@@ -219,12 +219,7 @@ class PeerDialect:
         body = {"input": list(texts), "encoding_format": "base64"}
         embeddings = decode(await client.post(path, body, deadline), _Embeddings, client, path)
         rows = _in_order(embeddings.data, len(texts), client, path)
-        try:
-            vectors = [np.frombuffer(base64.b64decode(r.embedding), dtype="<f4") for r in rows]
-        except ValueError as exc:
-            raise BackendFailure(
-                f"the remote {client.url} answered {path} with bad base64"
-            ) from exc
+        vectors = [base64_row(r.embedding, client, path) for r in rows]
         return dense_matrix(vectors, len(texts), client, path), embeddings.usage.prompt_tokens
 
 

@@ -105,7 +105,12 @@ class RemoteClient:
         transport: TransportFactory | None = None,
     ) -> None:
         self.url = public_url(url)
-        headers = {"Accept": "application/json", "User-Agent": "bge-inference-service"}
+        # Content-Type on GETs too: per-request headers would cost a merge on every call.
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": "bge-inference-service",
+        }
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
             # httpx would turn credentials in the URL into Basic auth over the Bearer key.
@@ -116,6 +121,8 @@ class RemoteClient:
             transport=transport() if transport else PooledTransport(max_idle=max_concurrency),
         )
         self._slots = asyncio.Semaphore(max_concurrency)
+        # Absolute URLs per path, built once: httpx parses a str URL twice per request.
+        self._urls: dict[str, httpx.URL] = {}
         self._retries = retries
         self.in_flight = 0
         self.requests = 0
@@ -177,9 +184,8 @@ class RemoteClient:
                     remaining = deadline.remaining()
                     response = await self._http.request(
                         method,
-                        path,
+                        self._url(path),
                         content=payload,
-                        headers={"Content-Type": "application/json"} if payload else None,
                         timeout=httpx.Timeout(
                             remaining, connect=min(remaining, _CONNECT_TIMEOUT_S)
                         ),
@@ -187,6 +193,15 @@ class RemoteClient:
                 finally:
                     self.in_flight -= 1
         return Answer(response.status_code, response.headers, response.content)
+
+    def _url(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            base = self._http.base_url  # httpx keeps a trailing slash on it
+            url = self._urls[path] = base.copy_with(
+                raw_path=base.raw_path + path.lstrip("/").encode("ascii")
+            )
+        return url
 
     def _refusal(self, path: str, answer: Answer) -> Exception:
         message = remote_message(answer.content)

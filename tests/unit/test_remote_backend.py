@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from collections.abc import Callable
@@ -76,8 +77,14 @@ def test_remote_error_bodies_of_every_kind_give_their_message(body: bytes, messa
     assert remote_message(body) == message
 
 
+def as_format(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "float":
+        return vector
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
 def infinity_transport(
-    models: list[dict[str, Any]], sent: list[tuple[str, Any]]
+    models: list[dict[str, Any]], sent: list[tuple[str, Any]], refuse_base64: bool = False
 ) -> Callable[[httpx.Request], httpx.Response]:
     """Infinity 0.0.77 as its contract describes it; records what the proxy sends."""
 
@@ -92,10 +99,17 @@ def infinity_transport(
         usage = {"prompt_tokens": 7, "total_tokens": 7}
         if path == "/embeddings":
             contract.validate("infinity", "MultiModalOpenAIEmbedding", payload)
+            if payload["encoding_format"] == "base64" and refuse_base64:
+                # What Infinity answers for a model with bit-packed embeddings.
+                return httpx.Response(
+                    400, json={"detail": "model does not support base64 encoding"}
+                )
             data = [
                 {
                     "object": "embedding",
-                    "embedding": [3.0, 4.0] if i % 2 else [0.6, 0.8],
+                    "embedding": as_format(
+                        [3.0, 4.0] if i % 2 else [0.6, 0.8], payload["encoding_format"]
+                    ),
                     "index": i,
                 }
                 for i in range(len(payload["input"]))
@@ -126,10 +140,13 @@ MODELS = [
 
 
 def infinity_backend(
-    models: list[dict[str, Any]], sent: list[tuple[str, Any]], **kw: Any
+    models: list[dict[str, Any]],
+    sent: list[tuple[str, Any]],
+    refuse_base64: bool = False,
+    **kw: Any,
 ) -> RemoteBackend:
     settings = Settings(remote_url=INFINITY, remote_kind="infinity", **kw)
-    handler = infinity_transport(models, sent)
+    handler = infinity_transport(models, sent, refuse_base64)
     return RemoteBackend(
         settings,
         frozenset({Operation.EMBED, Operation.RERANK}),
@@ -137,9 +154,12 @@ def infinity_backend(
     )
 
 
-def test_infinity_requests_follow_its_contract_and_answers_are_put_in_order() -> None:
+@pytest.mark.parametrize("refuse_base64", [False, True])
+def test_infinity_requests_follow_its_contract_and_answers_are_put_in_order(
+    refuse_base64: bool,
+) -> None:
     sent: list[tuple[str, Any]] = []
-    backend = infinity_backend(MODELS, sent)
+    backend = infinity_backend(MODELS, sent, refuse_base64)
 
     async def work() -> tuple[Any, Any]:
         await backend.start()
@@ -156,6 +176,9 @@ def test_infinity_requests_follow_its_contract_and_answers_are_put_in_order() ->
     np.testing.assert_allclose(scores.logits, [-1.5, -0.5, 0.5])  # raw, by input index
     embeds = [body for path, body in sent if path == "/embeddings"]
     assert all(body["model"] == "bge-m3" and body["modality"] == "text" for body in embeds)
+    # base64 (exact float32) unless the model cannot: then decimals, from then on.
+    formats = [body["encoding_format"] for body in embeds]
+    assert formats == (["base64", "float", "float"] if refuse_base64 else ["base64", "base64"])
     reranks = [body for path, body in sent if path == "/rerank"]
     assert reranks == [
         {

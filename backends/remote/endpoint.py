@@ -247,6 +247,10 @@ class Endpoint:
                     log.error("remote %s: %s", self.url, exc)
                     reported = str(exc)
                 continue
+            except Exception as exc:  # a bug in a probe must not end the probing
+                log.exception("remote %s: probe failed", self.url)
+                self.down_reason = f"probe failed ({type(exc).__name__}); see the service log"
+                continue
             return
 
 

@@ -128,7 +128,10 @@ class PeerDialect:
         if Operation.SPARSE in operations:
             body = {"input": _PROBE_TEXT, "mapping": "tokenizer"}
             hybrid = await client.post("/v1/hybrid-embeddings", body, deadline)
-            row = decode(hybrid, _HybridEmbeddings, client, "/v1/hybrid-embeddings").data[0]
+            path = "/v1/hybrid-embeddings"
+            (row,) = _in_order(
+                decode(hybrid, _HybridEmbeddings, client, path).data, 1, client, path
+            )
             models[Operation.SPARSE] = ModelInfo(
                 health.embedding_model, 0, row.sparse.index_space, dimension=len(row.dense)
             )

@@ -104,10 +104,12 @@ def test_a_batch_larger_than_the_peers_limit_is_split_and_merged_in_order(
     ]
     rows = [row for part in parts for row in part["data"]]
     assert [row["index"] for row in merged["data"]] == list(range(150))
+    # The peer batches the three concurrent chunks its own way: float noise, no more.
     for got, want in zip(merged["data"], rows, strict=True):
-        assert got["sparse"] == want["sparse"]
-        np.testing.assert_array_equal(got["dense"], want["dense"])
-        np.testing.assert_array_equal(got["colbert"], want["colbert"])
+        assert got["sparse"]["indices"] == want["sparse"]["indices"]
+        np.testing.assert_allclose(got["sparse"]["values"], want["sparse"]["values"], atol=1e-5)
+        np.testing.assert_allclose(got["dense"], want["dense"], atol=1e-5)
+        np.testing.assert_allclose(got["colbert"], want["colbert"], atol=1e-5)
     assert merged["usage"]["prompt_tokens"] == sum(p["usage"]["prompt_tokens"] for p in parts)
 
 

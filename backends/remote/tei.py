@@ -64,7 +64,7 @@ class TeiDialect:
         answer = await client.get("/info", deadline)
         expect_ok(answer, "/info")
         info = decode(answer, _Info, client, "/info")
-        (model_type, details), *_ = info.model_type.items()
+        model_type, details = next(iter(info.model_type.items()), ("unknown", {}))
         models: dict[Operation, ModelInfo] = {}
         missing: dict[Operation, str] = {}
         outputs: frozenset[Output] = frozenset()
@@ -86,10 +86,7 @@ class TeiDialect:
         elif model_type == "reranker":
             models[Operation.RERANK] = ModelInfo(info.model_id, info.max_input_length, 0)
         container = f"{info.model_id} is a TEI {model_type} container"
-        for operation in Operation:
-            missing.setdefault(operation, container)
-            if operation in models:
-                del missing[operation]
+        missing = {op: missing.get(op, container) for op in Operation if op not in models}
         return Offer(
             kind=self.kind,
             operations=frozenset(models),

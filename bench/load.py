@@ -184,22 +184,19 @@ async def closed_loop(
     return len(latencies), errors, elapsed, latencies
 
 
-def run_scenario(
+def summarize(
     target: Target,
     scenario: str,
-    path: str,
-    bodies: list[dict[str, object]],
     texts_per_request: int,
     clients: int,
-    duration: float,
+    loop: tuple[int, int, float, list[float]],
 ) -> Result:
-    done, errors, elapsed, latencies = asyncio.run(
-        closed_loop(target, path, bodies, clients, duration, warmup=2.0)
-    )
+    """One closed loop's (answered, errors, seconds, latencies) as a row of the table."""
+    done, errors, elapsed, latencies = loop
     latencies.sort()
     p50 = statistics.median(latencies) if latencies else float("nan")
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
-    result = Result(
+    return Result(
         system=target.name,
         scenario=scenario,
         clients=clients,
@@ -210,9 +207,22 @@ def run_scenario(
         p50_ms=p50 * 1000,
         p99_ms=p99 * 1000,
     )
+
+
+def run_scenario(
+    target: Target,
+    scenario: str,
+    path: str,
+    bodies: list[dict[str, object]],
+    texts_per_request: int,
+    clients: int,
+    duration: float,
+) -> Result:
+    loop = asyncio.run(closed_loop(target, path, bodies, clients, duration, warmup=2.0))
+    result = summarize(target, scenario, texts_per_request, clients, loop)
     print(
         f"  {target.name:28s} {scenario:28s} {result.texts_per_s:8.1f} texts/s "
-        f"p50 {result.p50_ms:7.1f} ms p99 {result.p99_ms:7.1f} ms errors {errors}",
+        f"p50 {result.p50_ms:7.1f} ms p99 {result.p99_ms:7.1f} ms errors {result.errors}",
         flush=True,
     )
     return result

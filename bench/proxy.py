@@ -55,6 +55,7 @@ from bench.load import (
     infinity_server,
     medians,
     sentences,
+    summarize,
     this_service,
 )
 
@@ -200,25 +201,6 @@ async def interleaved_loop(
             i += 1
         elapsed = time.perf_counter() - measure_from
     return [(len(lat), err, elapsed, lat) for lat, err in zip(latencies, errors, strict=True)]
-
-
-def summarize(target: Target, scenario: str, per: int, clients: int, loop: Loop) -> Result:
-    """A Result with bench.load.run_scenario's percentile definitions."""
-    done, errors, elapsed, latencies = loop
-    latencies.sort()
-    p50 = statistics.median(latencies) if latencies else float("nan")
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else 0.0
-    return Result(
-        system=target.name,
-        scenario=scenario,
-        clients=clients,
-        texts_per_request=per,
-        requests=done,
-        errors=errors,
-        texts_per_s=done * per / elapsed,
-        p50_ms=p50 * 1000,
-        p99_ms=p99 * 1000,
-    )
 
 
 def measure(

@@ -27,11 +27,14 @@ __all__ = [
     "Kind",
     "Offer",
     "ProbeFailed",
+    "Usage",
     "base64_row",
+    "cohere_scores",
     "decode",
     "dense_matrix",
     "expect_ok",
     "expect_rows",
+    "logits_by_index",
     "permutation",
 ]
 
@@ -39,6 +42,22 @@ Kind = Literal["tei", "infinity", "self"]
 KIND_NAMES: dict[Kind, str] = {"tei": "TEI", "infinity": "Infinity", "self": "bge-serve"}
 
 T = TypeVar("T")
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+
+
+class _Ranked(msgspec.Struct):
+    index: int
+    relevance_score: float
+
+
+class _Reranked(msgspec.Struct):
+    """Cohere's rerank answer, which Infinity and this service both give."""
+
+    results: list[_Ranked]
+    usage: Usage
 
 
 class ProbeFailed(Exception):
@@ -161,3 +180,23 @@ def base64_row(text: str, client: RemoteClient, path: str) -> NDArray[np.float32
         raise BackendFailure(
             f"the remote {client.url} answered {path} with malformed base64"
         ) from exc
+
+
+def logits_by_index(
+    ranked: Sequence[tuple[int, float]], size: int, client: RemoteClient, path: str
+) -> NDArray[np.float32]:
+    """Rerank answers come sorted by score: put each (index, logit) back at its document."""
+    permutation([index for index, _ in ranked], size, client, path)
+    logits = np.empty(size, dtype=np.float32)
+    for index, logit in ranked:
+        logits[index] = logit
+    return logits
+
+
+def cohere_scores(answer: Answer, size: int, client: RemoteClient, path: str) -> Scores:
+    reranked = decode(answer, _Reranked, client, path)
+    ranked = [(r.index, r.relevance_score) for r in reranked.results]
+    return Scores(
+        logits=logits_by_index(ranked, size, client, path),
+        token_count=reranked.usage.prompt_tokens,
+    )

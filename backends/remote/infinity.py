@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-import numpy as np
 
 from backends.remote.dialect import (
     Kind,
     Offer,
+    Usage,
     base64_row,
+    cohere_scores,
     decode,
     dense_matrix,
     expect_ok,
@@ -43,10 +44,6 @@ class _Models(msgspec.Struct):
     data: list[_Model]
 
 
-class _Usage(msgspec.Struct):
-    prompt_tokens: int
-
-
 class _Embedding(msgspec.Struct):
     embedding: list[float] | str  # str: base64
     index: int
@@ -54,17 +51,7 @@ class _Embedding(msgspec.Struct):
 
 class _Embeddings(msgspec.Struct):
     data: list[_Embedding]
-    usage: _Usage
-
-
-class _Ranked(msgspec.Struct):
-    relevance_score: float
-    index: int
-
-
-class _Reranked(msgspec.Struct):
-    results: list[_Ranked]
-    usage: _Usage
+    usage: Usage
 
 
 class InfinityDialect:
@@ -154,12 +141,7 @@ class InfinityDialect:
             "raw_scores": True,
         }
         answer = await client.post("/rerank", body, deadline)
-        reranked = decode(answer, _Reranked, client, "/rerank")
-        permutation([r.index for r in reranked.results], len(documents), client, "/rerank")
-        logits = np.empty(len(documents), dtype=np.float32)
-        for ranked in reranked.results:
-            logits[ranked.index] = ranked.relevance_score
-        return Scores(logits=logits, token_count=reranked.usage.prompt_tokens)
+        return cohere_scores(answer, len(documents), client, "/rerank")
 
     async def tokenize(
         self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline

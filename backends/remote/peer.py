@@ -19,7 +19,9 @@ from backends.remote.dialect import (
     Kind,
     Offer,
     ProbeFailed,
+    Usage,
     base64_row,
+    cohere_scores,
     decode,
     dense_matrix,
     expect_ok,
@@ -53,10 +55,6 @@ class _Health(msgspec.Struct):
     error: str | None = None
 
 
-class _Usage(msgspec.Struct):
-    prompt_tokens: int
-
-
 class _Embedding(msgspec.Struct):
     index: int
     embedding: str  # base64, little-endian float32
@@ -64,7 +62,7 @@ class _Embedding(msgspec.Struct):
 
 class _Embeddings(msgspec.Struct):
     data: list[_Embedding]
-    usage: _Usage
+    usage: Usage
 
 
 class _Sparse(msgspec.Struct):
@@ -80,7 +78,7 @@ class _SparseRow(msgspec.Struct):
 
 class _SparseEmbeddings(msgspec.Struct):
     data: list[_SparseRow]
-    usage: _Usage
+    usage: Usage
 
 
 class _HybridRow(msgspec.Struct):
@@ -92,17 +90,7 @@ class _HybridRow(msgspec.Struct):
 
 class _HybridEmbeddings(msgspec.Struct):
     data: list[_HybridRow]
-    usage: _Usage
-
-
-class _Ranked(msgspec.Struct):
-    index: int
-    relevance_score: float
-
-
-class _Reranked(msgspec.Struct):
-    results: list[_Ranked]
-    usage: _Usage
+    usage: Usage
 
 
 class PeerDialect:
@@ -203,12 +191,7 @@ class PeerDialect:
     ) -> Scores:
         path = "/v1/rerank"
         body = {"query": query, "documents": list(documents), "raw_scores": True}
-        reranked = decode(await client.post(path, body, deadline), _Reranked, client, path)
-        permutation([r.index for r in reranked.results], len(documents), client, path)
-        logits = np.empty(len(documents), dtype=np.float32)
-        for ranked in reranked.results:
-            logits[ranked.index] = ranked.relevance_score
-        return Scores(logits=logits, token_count=reranked.usage.prompt_tokens)
+        return cohere_scores(await client.post(path, body, deadline), len(documents), client, path)
 
     async def tokenize(
         self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline

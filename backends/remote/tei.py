@@ -21,7 +21,7 @@ from backends.remote.dialect import (
     dense_matrix,
     expect_ok,
     expect_rows,
-    permutation,
+    logits_by_index,
 )
 from backends.remote.transport import Answer, Deadline, RemoteClient
 from engine.errors import Unavailable
@@ -140,10 +140,8 @@ class TeiDialect:
         }
         answer = await client.post("/rerank", body, deadline)
         ranks = decode(answer, list[_Rank], client, "/rerank")
-        permutation([r.index for r in ranks], len(documents), client, "/rerank")
-        logits = np.empty(len(documents), dtype=np.float32)
-        for rank in ranks:
-            logits[rank.index] = rank.score
+        ranked = [(rank.index, rank.score) for rank in ranks]
+        logits = logits_by_index(ranked, len(documents), client, "/rerank")
         header = answer.headers.get("x-compute-tokens", "")
         if header.isdigit():
             tokens = int(header)

@@ -1,15 +1,18 @@
-"""One table from error kind to HTTP status, and one error body for every failure.
+"""One table from error kind to HTTP status, and the error bodies of every dialect.
 
-Every error answers ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's
-envelope, which the openai SDK reads): engine errors through :data:`STATUS`,
-Litestar's own (malformed JSON, schema violations, unknown routes, oversized
-bodies) through :func:`http_error`.
+Every failure becomes a :class:`Problem` (engine errors through :data:`STATUS`,
+Litestar's own — malformed JSON, schema violations, unknown routes, oversized
+bodies — through :func:`problem_of`), then a body in the caller's dialect:
+OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}`` (which the
+openai, cohere and Infinity clients read) everywhere, except TEI's routes, which
+answer TEI's ``{"error", "error_type"}`` with TEI's statuses.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -21,6 +24,7 @@ from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_424_FAILED_DEPENDENCY,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_502_BAD_GATEWAY,
@@ -33,25 +37,71 @@ from engine.errors import EngineError, ErrorKind, Overloaded, Unavailable
 __all__ = [
     "ERROR_RESPONSES",
     "STATUS",
+    "TEI_ERROR_RESPONSES",
     "ErrorBody",
     "ErrorEnvelope",
+    "Problem",
+    "TeiError",
     "client_disconnected",
     "engine_error",
     "http_error",
+    "problem_of",
+    "tei_error",
     "unexpected_error",
 ]
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[ErrorKind, tuple[int, str]] = {
-    ErrorKind.INVALID_INPUT: (HTTP_422_UNPROCESSABLE_ENTITY, "invalid_request_error"),
-    ErrorKind.TOO_LARGE: (HTTP_413_REQUEST_ENTITY_TOO_LARGE, "invalid_request_error"),
-    ErrorKind.MODEL_NOT_FOUND: (HTTP_404_NOT_FOUND, "invalid_request_error"),
-    ErrorKind.OVERLOADED: (HTTP_429_TOO_MANY_REQUESTS, "overloaded_error"),
-    ErrorKind.UNAVAILABLE: (HTTP_503_SERVICE_UNAVAILABLE, "unavailable_error"),
-    ErrorKind.BACKEND: (HTTP_502_BAD_GATEWAY, "backend_error"),
-    ErrorKind.TIMEOUT: (HTTP_504_GATEWAY_TIMEOUT, "timeout_error"),
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    http: int
+    type: str  # the OpenAI envelope's "type"
+    tei_http: int  # TEI answers a failed backend 424, and has no 502/504
+    tei_type: str  # TEI's "error_type"
+
+
+STATUS: dict[ErrorKind, Status] = {
+    ErrorKind.INVALID_INPUT: Status(
+        HTTP_422_UNPROCESSABLE_ENTITY,
+        "invalid_request_error",
+        HTTP_422_UNPROCESSABLE_ENTITY,
+        "Validation",
+    ),
+    ErrorKind.TOO_LARGE: Status(
+        HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        "invalid_request_error",
+        HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        "Validation",
+    ),
+    ErrorKind.MODEL_NOT_FOUND: Status(
+        HTTP_404_NOT_FOUND, "invalid_request_error", HTTP_404_NOT_FOUND, "Validation"
+    ),
+    ErrorKind.OVERLOADED: Status(
+        HTTP_429_TOO_MANY_REQUESTS, "overloaded_error", HTTP_429_TOO_MANY_REQUESTS, "Overloaded"
+    ),
+    ErrorKind.UNAVAILABLE: Status(
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "unavailable_error",
+        HTTP_503_SERVICE_UNAVAILABLE,
+        "Unhealthy",
+    ),
+    ErrorKind.BACKEND: Status(
+        HTTP_502_BAD_GATEWAY, "backend_error", HTTP_424_FAILED_DEPENDENCY, "Backend"
+    ),
+    ErrorKind.TIMEOUT: Status(
+        HTTP_504_GATEWAY_TIMEOUT, "timeout_error", HTTP_424_FAILED_DEPENDENCY, "Backend"
+    ),
 }
+_MALFORMED = Status(
+    HTTP_400_BAD_REQUEST, "invalid_request_error", HTTP_400_BAD_REQUEST, "Validation"
+)
+_INTERNAL = Status(
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    "internal_error",
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    "Backend",
+)
 
 
 class ErrorBody(msgspec.Struct):
@@ -65,99 +115,136 @@ class ErrorEnvelope(msgspec.Struct):
     error: ErrorBody
 
 
-ERROR_RESPONSES: dict[int, ResponseSpec] = {
-    status: ResponseSpec(data_container=ErrorEnvelope, description=description)
-    for status, description in (
-        (HTTP_400_BAD_REQUEST, "The body is not JSON"),
-        (HTTP_404_NOT_FOUND, "The request names a model this service does not serve"),
-        (HTTP_413_REQUEST_ENTITY_TOO_LARGE, "Too many items, characters or bytes"),
-        (HTTP_422_UNPROCESSABLE_ENTITY, "A field is missing, of the wrong type, or empty"),
-        (HTTP_429_TOO_MANY_REQUESTS, "Overloaded; retry after Retry-After seconds"),
-        (HTTP_502_BAD_GATEWAY, "A backend failed, e.g. a remote engine answered nonsense"),
-        (HTTP_503_SERVICE_UNAVAILABLE, "Models are loading, or the operation is not served"),
-        (HTTP_504_GATEWAY_TIMEOUT, "A remote engine did not answer within REMOTE_TIMEOUT_S"),
-    )
+class TeiError(msgspec.Struct):
+    error: str
+    error_type: str
+
+
+def _responses(
+    container: type[msgspec.Struct], statuses: dict[int, str]
+) -> dict[int, ResponseSpec]:
+    return {
+        status: ResponseSpec(data_container=container, description=description)
+        for status, description in statuses.items()
+    }
+
+
+_DESCRIPTIONS: dict[int, str] = {
+    HTTP_400_BAD_REQUEST: "The body is not JSON",
+    HTTP_404_NOT_FOUND: "The request names a model this service does not serve",
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE: "Too many items, characters or bytes",
+    HTTP_422_UNPROCESSABLE_ENTITY: "A field is missing, of the wrong type, or empty",
+    HTTP_429_TOO_MANY_REQUESTS: "Overloaded; retry after Retry-After seconds",
+    HTTP_502_BAD_GATEWAY: "A backend failed, e.g. a remote engine answered nonsense",
+    HTTP_503_SERVICE_UNAVAILABLE: "Models are loading, or the operation is not served",
+    HTTP_504_GATEWAY_TIMEOUT: "A remote engine did not answer within REMOTE_TIMEOUT_S",
 }
+ERROR_RESPONSES = _responses(ErrorEnvelope, _DESCRIPTIONS)
 """Documents the error envelope in the OpenAPI schema of every model route."""
+TEI_ERROR_RESPONSES = _responses(
+    TeiError,
+    {
+        **{
+            status: text
+            for status, text in _DESCRIPTIONS.items()
+            if status not in (HTTP_404_NOT_FOUND, HTTP_502_BAD_GATEWAY, HTTP_504_GATEWAY_TIMEOUT)
+        },
+        HTTP_424_FAILED_DEPENDENCY: "A backend failed or did not answer in time",
+    },
+)
+"""TEI's routes: TEI's error body and statuses."""
 
 
-def _respond(
-    status: int,
-    message: str,
-    *,
-    type_: str,
-    code: str | None,
-    param: str | None = None,
-    retry_after: int | None = None,
-) -> Response[ErrorEnvelope]:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return Response(
-        ErrorEnvelope(ErrorBody(message=message, type=type_, param=param, code=code)),
-        status_code=status,
-        headers=headers,
-    )
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A failure, before it is written in a dialect."""
+
+    status: Status
+    message: str
+    code: str | None
+    param: str | None = None
+    retry_after: int | None = None
+
+    def openai(self) -> Response[ErrorEnvelope]:
+        body = ErrorBody(
+            message=self.message, type=self.status.type, param=self.param, code=self.code
+        )
+        return Response(ErrorEnvelope(body), status_code=self.status.http, headers=self._headers())
+
+    def tei(self) -> Response[TeiError]:
+        body = TeiError(error=self.message, error_type=self.status.tei_type)
+        return Response(body, status_code=self.status.tei_http, headers=self._headers())
+
+    def _headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+
+
+def problem_of(exc: Exception) -> Problem:
+    """The problem behind an engine error or one of Litestar's HTTP errors."""
+    if isinstance(exc, EngineError):
+        retry_after = exc.retry_after if isinstance(exc, Overloaded | Unavailable) else None
+        return Problem(
+            STATUS[exc.kind], exc.message, str(exc.kind), exc.param, retry_after=retry_after
+        )
+    if isinstance(exc, ValidationException):
+        return _validation_problem(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        return _validation_problem(exc)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        if status == HTTP_400_BAD_REQUEST:
+            # Litestar raises a plain 400 when the body is not JSON at all.
+            return Problem(
+                _MALFORMED, f"the request body is not valid JSON: {exc.detail}", "malformed_json"
+            )
+        if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+            return Problem(
+                STATUS[ErrorKind.TOO_LARGE],
+                "the request body is larger than MAX_REQUEST_BYTES",
+                str(ErrorKind.TOO_LARGE),
+            )
+        return Problem(
+            Status(status, "invalid_request_error", status, "Validation"), str(exc.detail), None
+        )
+    return Problem(_INTERNAL, "internal error; see the service log", "internal_error")
 
 
 def engine_error(_: Request[Any, Any, Any], exc: EngineError) -> Response[ErrorEnvelope]:
-    status, type_ = STATUS[exc.kind]
-    retry_after = exc.retry_after if isinstance(exc, Overloaded | Unavailable) else None
-    return _respond(
-        status,
-        exc.message,
-        type_=type_,
-        code=str(exc.kind),
-        param=exc.param,
-        retry_after=retry_after,
-    )
-
-
-# msgspec paths look like "$.data.input[3]"; the client knows the field as "input[3]".
-_PATH = re.compile(r" - at `\$\.data\.?(?P<path>[^`]*)`$")
+    return problem_of(exc).openai()
 
 
 def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
-    if isinstance(exc, ValidationException):
-        return _validation_error(exc)
-    status = exc.status_code
-    if status == HTTP_400_BAD_REQUEST:
-        # Litestar raises a plain 400 when the body is not JSON at all.
-        return _respond(
-            status,
-            f"the request body is not valid JSON: {exc.detail}",
-            type_="invalid_request_error",
-            code="malformed_json",
-        )
-    if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-        return _respond(
-            status,
-            "the request body is larger than MAX_REQUEST_BYTES",
-            type_="invalid_request_error",
-            code=str(ErrorKind.TOO_LARGE),
-        )
-    return _respond(status, str(exc.detail), type_="invalid_request_error", code=None)
+    return problem_of(exc).openai()
 
 
-def _validation_error(exc: ValidationException) -> Response[ErrorEnvelope]:
-    cause = exc.__cause__
-    text = str(cause) if isinstance(cause, msgspec.ValidationError) else str(exc.detail)
+def tei_error(request: Request[Any, Any, Any], exc: Exception) -> Response[TeiError]:
+    if not isinstance(exc, EngineError | HTTPException):
+        _log_bug(request, exc)
+    return problem_of(exc).tei()
+
+
+# msgspec paths look like "$.data.input[3]" (a handler's body) or "$.input[3]" (a body
+# decoded by hand); the client knows the field as "input[3]".
+_PATH = re.compile(r" - at `\$(?:\.data)?\.?(?P<path>[^`]*)`$")
+
+
+def _validation_problem(exc: ValidationException | msgspec.ValidationError) -> Problem:
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc)
+    else:
+        cause = exc.__cause__
+        text = str(cause) if isinstance(cause, msgspec.ValidationError) else str(exc.detail)
     if text == "Object missing required field `data`":
-        return _respond(
-            HTTP_400_BAD_REQUEST,
-            "the request body is empty; send a JSON object",
-            type_="invalid_request_error",
-            code="malformed_json",
+        return Problem(
+            _MALFORMED, "the request body is empty; send a JSON object", "malformed_json"
         )
     match = _PATH.search(text)
     param = match.group("path") or None if match else None
     message = _PATH.sub("", text)
     if param is not None:
         message = f"`{param}`: {message}"
-    return _respond(
-        HTTP_422_UNPROCESSABLE_ENTITY,
-        message,
-        type_="invalid_request_error",
-        code=str(ErrorKind.INVALID_INPUT),
-        param=param,
+    return Problem(
+        STATUS[ErrorKind.INVALID_INPUT], message, str(ErrorKind.INVALID_INPUT), param=param
     )
 
 
@@ -167,11 +254,10 @@ def client_disconnected(_: Request[Any, Any, Any], __: Exception) -> Response[No
 
 
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:
+    _log_bug(request, exc)
+    return problem_of(exc).openai()
+
+
+def _log_bug(request: Request[Any, Any, Any], exc: Exception) -> None:
     # A bug, not a client error: keep the details in the log, off the wire.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _respond(
-        HTTP_500_INTERNAL_SERVER_ERROR,
-        "internal error; see the service log",
-        type_="internal_error",
-        code="internal_error",
-    )

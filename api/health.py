@@ -47,8 +47,8 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
         or state.loaded.get(Operation.SPARSE, False),
         reranker_loaded=state.loaded.get(Operation.RERANK, False),
         device=",".join(devices),
-        embedding_model=settings.embedding_model_name,
-        reranker_model=settings.reranker_model_name,
+        embedding_model=engine.names.embedding,
+        reranker_model=engine.names.reranker,
         routes={str(op): name for op, name in state.serving.items()},
         chains={str(op): names for op, names in state.chains.items()},
         backends={

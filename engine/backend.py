@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = ["Backend", "BackendHealth", "Capabilities"]
 
@@ -61,3 +61,13 @@ class Backend(Protocol):
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         """Token ids (with special tokens, after truncation) of each text."""
+
+    async def tokens(
+        self, texts: Sequence[str], *, add_special_tokens: bool
+    ) -> tuple[tuple[Token, ...], ...]:
+        """Each text's tokens (embedding tokenizer, not truncated) with their text and offsets."""
+
+    async def decode(
+        self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool
+    ) -> tuple[str, ...]:
+        """The text of each row of token ids (embedding tokenizer)."""

@@ -7,21 +7,23 @@ truncation, rerank sorting and top_n) is finished here, the same way for all.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from engine.backend import Backend, BackendHealth
 from engine.errors import (
     InputTooLarge,
     InvalidInput,
-    ModelNotFound,
     StartupError,
     Unavailable,
 )
+from engine.model_names import ModelNames
 from engine.router import CHAIN_SETTING, Router
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapper, SparseMapping
@@ -34,10 +36,12 @@ from engine.types import (
     Output,
     RankedDocument,
     Ranking,
+    Scores,
     SparseVector,
+    Token,
 )
 
-__all__ = ["EngineHealth", "InferenceEngine"]
+__all__ = ["EngineHealth", "InferenceEngine", "sigmoid"]
 
 HealthStatus = Literal["ok", "loading", "degraded"]
 # Seconds a client is told to wait while models load.
@@ -57,6 +61,7 @@ class EngineHealth:
 class InferenceEngine:
     def __init__(self, settings: Settings, chains: Mapping[Operation, Sequence[Backend]]) -> None:
         self._settings = settings
+        self._names = ModelNames.from_settings(settings)
         self._router = Router(
             chains,
             breaker_threshold=settings.breaker_threshold,
@@ -156,45 +161,58 @@ class InferenceEngine:
         return chain[0].model_info(operation)
 
     def served_model(self, operation: Operation, requested: str | None) -> str:
-        """The served model's name; raises ModelNotFound when ``requested`` names another."""
-        name = self.model_name(operation)
-        if requested is None or requested in {"", name, name.rstrip("/").rsplit("/", 1)[-1]}:
-            return name
-        raise ModelNotFound(
-            f"model `{requested}` is not served here; {operation} uses `{name}`", param="model"
-        )
+        """The served model's public name; raises ModelNotFound when ``requested`` names
+        another (the 404 lists the names it accepts)."""
+        return self._names.check(self.model_name(operation), requested, str(operation))
 
     def model_name(self, operation: Operation) -> str:
+        """The public name (EMBEDDING_SERVED_NAME / RERANKER_SERVED_NAME), never a path."""
         if operation not in self._router.operations:
             raise Unavailable(f"{operation} is not served by this deployment")
         if operation is Operation.RERANK:
-            return self._settings.reranker_model_name
-        return self._settings.embedding_model_name
+            return self._names.reranker
+        return self._names.embedding
+
+    @property
+    def names(self) -> ModelNames:
+        return self._names
 
     # -- operations ------------------------------------------------------------------
 
     async def embed_dense(
-        self, texts: Sequence[str], *, dimensions: int | None = None, field: str = "input"
+        self,
+        texts: Sequence[str],
+        *,
+        dimensions: int | None = None,
+        truncate: bool | None = None,
+        field: str = "input",
     ) -> tuple[DenseMatrix, int]:
         result = await self.embed_hybrid(
-            texts, frozenset({Output.DENSE}), dimensions=dimensions, field=field
+            texts, frozenset({Output.DENSE}), dimensions=dimensions, truncate=truncate, field=field
         )
         assert result.dense is not None
         return result.dense, result.prompt_tokens
 
     async def embed_sparse(
-        self, texts: Sequence[str], *, mapping: SparseMapping | None = None, field: str = "input"
+        self,
+        texts: Sequence[str],
+        *,
+        mapping: SparseMapping | None = None,
+        truncate: bool | None = None,
+        field: str = "input",
     ) -> tuple[tuple[SparseVector, ...], int]:
         result = await self.embed_hybrid(
-            texts, frozenset({Output.SPARSE}), mapping=mapping, field=field
+            texts, frozenset({Output.SPARSE}), mapping=mapping, truncate=truncate, field=field
         )
         assert result.sparse is not None
         return result.sparse, result.prompt_tokens
 
     async def embed_colbert(
-        self, texts: Sequence[str], *, field: str = "input"
+        self, texts: Sequence[str], *, truncate: bool | None = None, field: str = "input"
     ) -> tuple[tuple[ColbertMatrix, ...], int]:
-        result = await self.embed_hybrid(texts, frozenset({Output.COLBERT}), field=field)
+        result = await self.embed_hybrid(
+            texts, frozenset({Output.COLBERT}), truncate=truncate, field=field
+        )
         assert result.colbert is not None
         return result.colbert, result.prompt_tokens
 
@@ -205,10 +223,11 @@ class InferenceEngine:
         *,
         dimensions: int | None = None,
         mapping: SparseMapping | None = None,
+        truncate: bool | None = None,
         field: str = "input",
     ) -> HybridEmbeddings:
         """Any subset of dense / sparse / ColBERT for ``texts`` from one forward pass;
-        ``mapping`` overrides SPARSE_TOKEN_MAPPING for this call."""
+        ``mapping`` overrides SPARSE_TOKEN_MAPPING and ``truncate`` TRUNCATE for this call."""
         if not outputs:
             raise InvalidInput("ask for at least one of dense, sparse, colbert")
         operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.SPARSE
@@ -216,7 +235,7 @@ class InferenceEngine:
         self._check_texts(texts, field)
         if dimensions is not None:
             self._check_dimensions(operation, dimensions)
-        if not self._settings.truncate:
+        if not (self._settings.truncate if truncate is None else truncate):
             await self._check_token_counts(operation, texts, field)
         encoding = await self._router.call(operation, lambda b: b.encode(texts, outputs))
         dense = encoding.dense
@@ -251,7 +270,7 @@ class InferenceEngine:
             raise InvalidInput("`top_n` must be at least 1", param="top_n")
         scores = await self._router.call(Operation.RERANK, lambda b: b.score(query, documents))
         logits = scores.logits.astype(np.float64)
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
+        probabilities = sigmoid(logits)
         # Stable sort on the negated logit: ties keep input order.
         order = np.argsort(-logits, kind="stable")[: top_n or len(documents)]
         results = tuple(
@@ -259,6 +278,59 @@ class InferenceEngine:
             for i in order
         )
         return Ranking(results=results, prompt_tokens=scores.token_count)
+
+    async def score_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, field: str = "pairs"
+    ) -> Scores:
+        """Raw logits of (query, passage) pairs in input order. Pairs that share a query go
+        to the backend together, and the groups go at once, so the micro-batcher runs them
+        in shared passes rather than one pass per pair."""
+        self._check_ready(Operation.RERANK)
+        if len(pairs) == 0:
+            raise InvalidInput(f"`{field}` must not be empty", param=field)
+        self._check_texts([q for q, _ in pairs], field, lambda i: f"{field}[{i}].query")
+        self._check_texts([p for _, p in pairs], field, lambda i: f"{field}[{i}].passage")
+        groups: dict[str, list[int]] = {}
+        for position, (query, _) in enumerate(pairs):
+            groups.setdefault(query, []).append(position)
+
+        async def scored(query: str, positions: list[int]) -> Scores:
+            passages = [pairs[i][1] for i in positions]
+            return await self._router.call(Operation.RERANK, lambda b: b.score(query, passages))
+
+        answers = await asyncio.gather(*(scored(q, ps) for q, ps in groups.items()))
+        logits = np.empty(len(pairs), dtype=np.float32)
+        for positions, answer in zip(groups.values(), answers, strict=True):
+            logits[positions] = answer.logits
+        return Scores(logits=logits, token_count=sum(a.token_count for a in answers))
+
+    async def tokens(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True, field: str = "inputs"
+    ) -> tuple[tuple[Token, ...], ...]:
+        """Each text's tokens, ids, text and byte offsets (the embedding tokenizer)."""
+        operation = self._embedding_operation()
+        self._check_ready(operation)
+        self._check_texts(texts, field)
+        return await self._router.call(
+            operation, lambda b: b.tokens(texts, add_special_tokens=add_special_tokens)
+        )
+
+    async def decode(
+        self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True
+    ) -> tuple[str, ...]:
+        operation = self._embedding_operation()
+        self._check_ready(operation)
+        if len(ids) == 0 or any(len(row) == 0 for row in ids):
+            raise InvalidInput("`ids` must hold at least one token id per row", param="ids")
+        if len(ids) > self._settings.max_batch_size:
+            raise InputTooLarge(
+                f"`ids` has {len(ids)} rows; the limit is {self._settings.max_batch_size} "
+                "(MAX_BATCH_SIZE)",
+                param="ids",
+            )
+        return await self._router.call(
+            operation, lambda b: b.decode(ids, skip_special_tokens=skip_special_tokens)
+        )
 
     async def tokenize(
         self, texts: Sequence[str], *, field: str = "input"
@@ -295,8 +367,12 @@ class InferenceEngine:
             mapper = self._mappers[mapping] = SparseMapper(mapping, space)
         return mapper
 
-    def _check_texts(self, texts: Sequence[str], field: str) -> None:
+    def _check_texts(
+        self, texts: Sequence[str], field: str, item: Callable[[int], str] | None = None
+    ) -> None:
+        """``item`` names the text at a position (default ``field[3]``)."""
         settings = self._settings
+        name = item or (lambda position: f"{field}[{position}]")
         if len(texts) == 0:
             raise InvalidInput(f"`{field}` must not be empty", param=field)
         if len(texts) > settings.max_batch_size:
@@ -307,14 +383,14 @@ class InferenceEngine:
             )
         for position, text in enumerate(texts):
             if not text.strip():
-                raise InvalidInput(
-                    f"`{field}[{position}]` is empty or whitespace", param=f"{field}[{position}]"
-                )
+                where = name(position)
+                raise InvalidInput(f"`{where}` is empty or whitespace", param=where)
             if len(text) > settings.max_text_chars:
+                where = name(position)
                 raise InputTooLarge(
-                    f"`{field}[{position}]` has {len(text)} characters; the limit is "
+                    f"`{where}` has {len(text)} characters; the limit is "
                     f"{settings.max_text_chars} (MAX_TEXT_CHARS)",
-                    param=f"{field}[{position}]",
+                    param=where,
                 )
 
     async def _check_token_counts(
@@ -329,7 +405,7 @@ class InferenceEngine:
             if limit and len(row) > limit:
                 raise InputTooLarge(
                     f"`{field}[{position}]` has {len(row)} tokens; the model takes at most "
-                    f"{limit} and TRUNCATE is off",
+                    f"{limit} and truncation is off (TRUNCATE, or the request's truncate)",
                     param=f"{field}[{position}]",
                 )
 
@@ -351,6 +427,13 @@ def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
         healthy=False,
         detail=f"{breaker}; {health.detail}" if health.detail else breaker,
     )
+
+
+def sigmoid(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """A cross-encoder's relevance probability, in [0, 1], from its logit."""
+    wide = logits.astype(np.float64)
+    probabilities: NDArray[np.float64] = 1.0 / (1.0 + np.exp(-wide))
+    return probabilities
 
 
 def _normalize(matrix: DenseMatrix) -> DenseMatrix:

@@ -31,6 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     rerank_backends: Chain = ("flag",)
     embedding_model_name: str = "BAAI/bge-m3"
     reranker_model_name: str = "BAAI/bge-reranker-v2-m3"
+    embedding_served_name: str | None = None
+    reranker_served_name: str | None = None
+    model_aliases: tuple[str, ...] = ()
     embedding_size: Positive | None = None
     sparse_token_mapping: Literal["tokenizer", "hash"] = "hash"
     sparse_index_space: Annotated[int, msgspec.Meta(ge=1, le=2**32)] = 1_048_576
@@ -88,6 +91,13 @@ HELP: dict[str, str] = {
     "embedding_model_name": "bge-m3 model: a Hugging Face repo id or a local folder "
     "(with colbert_linear.pt and sparse_linear.pt for sparse and ColBERT output).",
     "reranker_model_name": "Cross-encoder reranker: a Hugging Face repo id or a local folder.",
+    "embedding_served_name": "The embedding model's name in responses and /v1/models, and what "
+    "a request's model must say (unset: the hub id EMBEDDING_MODEL_NAME is or its folder records, "
+    "else BAAI/<folder name>; never a path).",
+    "reranker_served_name": "The reranker's public name, as EMBEDDING_SERVED_NAME "
+    "(unset: derived from RERANKER_MODEL_NAME the same way).",
+    "model_aliases": "More names a request's model may use for either model, comma-separated "
+    "(e.g. text-embedding-3-small for clients that cannot change it).",
     "embedding_size": "Expected dense dimension; start-up fails if the model differs "
     "(unset: not checked).",
     "sparse_token_mapping": "How sparse indices are made from token ids: tokenizer "

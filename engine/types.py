@@ -20,6 +20,7 @@ __all__ = [
     "Ranking",
     "Scores",
     "SparseVector",
+    "Token",
     "TokenWeights",
 ]
 
@@ -51,6 +52,18 @@ class ModelInfo:
     max_tokens: int
     vocab_size: int
     dimension: int | None = None  # None for a cross-encoder
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One token as TEI's ``/tokenize`` shows it: ``start``/``stop`` are UTF-8 byte offsets
+    into the text (None for a special token, whose ``text`` is its own symbol)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None = None
+    stop: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

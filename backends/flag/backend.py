@@ -26,11 +26,12 @@ from backends.device import resolve_device, resolve_dtype
 from backends.flag.m3 import M3Encoder, M3Row
 from backends.flag.reranker import CrossEncoder
 from backends.model_files import resolve_model_dir
+from backends.tokens import decode_ids, tokens_of
 from engine.backend import BackendHealth, Capabilities
 from engine.batching import MicroBatcher, Unit
 from engine.errors import Overloaded, Unavailable
 from engine.settings import Settings
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = ["FlagBackend"]
 
@@ -209,6 +210,24 @@ class FlagBackend:
         m3 = self._require(self._m3, "embedding")
         rows = await self._tokenize(functools.partial(m3.tokenize, truncate=False), texts)
         return tuple(rows)
+
+    async def tokens(
+        self, texts: Sequence[str], *, add_special_tokens: bool
+    ) -> tuple[tuple[Token, ...], ...]:
+        m3 = self._require(self._m3, "embedding")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenizer_thread, tokens_of, m3.tokenizer, list(texts), add_special_tokens
+        )
+
+    async def decode(
+        self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool
+    ) -> tuple[str, ...]:
+        m3 = self._require(self._m3, "embedding")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenizer_thread, decode_ids, m3.tokenizer, ids, skip_special_tokens
+        )
 
     async def _tokenize(
         self, tokenize: Callable[[Sequence[str]], list[list[int]]], texts: Sequence[str]

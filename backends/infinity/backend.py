@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
@@ -23,10 +23,11 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from backends.device import resolve_device
 from backends.flag.limits import model_max_tokens
 from backends.model_files import resolve_model_dir
+from backends.tokens import decode_ids, tokens_of
 from engine.backend import BackendHealth, Capabilities
 from engine.errors import Overloaded, Unavailable
 from engine.settings import Settings
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
 
 if TYPE_CHECKING:
     from infinity_emb import AsyncEngineArray
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["InfinityBackend"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SERVED = {Operation.EMBED: "embed", Operation.RERANK: "rerank"}
 
@@ -171,12 +174,29 @@ class InfinityBackend:
         return Scores(logits=logits, token_count=int(usage))
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+        encoded = await self._on_tokenizer_thread(lambda tokenizer: tokenizer(list(texts)))
+        return tuple(list(ids) for ids in encoded["input_ids"])
+
+    async def tokens(
+        self, texts: Sequence[str], *, add_special_tokens: bool
+    ) -> tuple[tuple[Token, ...], ...]:
+        return await self._on_tokenizer_thread(
+            lambda tokenizer: tokens_of(tokenizer, texts, add_special_tokens)
+        )
+
+    async def decode(
+        self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool
+    ) -> tuple[str, ...]:
+        return await self._on_tokenizer_thread(
+            lambda tokenizer: decode_ids(tokenizer, ids, skip_special_tokens)
+        )
+
+    async def _on_tokenizer_thread(self, work: Callable[[PreTrainedTokenizerBase], T]) -> T:
         tokenizer = self._tokenizers.get(Operation.EMBED)
         if tokenizer is None:
             raise Unavailable("the infinity backend has no embedding model loaded")
         loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(self._tokenizer_thread, tokenizer, list(texts))
-        return tuple(list(ids) for ids in encoded["input_ids"])
+        return await loop.run_in_executor(self._tokenizer_thread, work, tokenizer)
 
     @contextlib.asynccontextmanager
     async def _admitted(self) -> AsyncIterator[None]:

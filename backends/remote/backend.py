@@ -18,7 +18,7 @@ from engine.backend import BackendHealth, Capabilities
 from engine.errors import StartupError
 from engine.router import CHAIN_SETTING
 from engine.settings import Settings
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = ["RemoteBackend"]
 
@@ -104,8 +104,22 @@ class RemoteBackend:
         return await self._by_operation[Operation.RERANK].score(query, documents)
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+        return await self._tokenizing().tokenize(texts)
+
+    async def tokens(
+        self, texts: Sequence[str], *, add_special_tokens: bool
+    ) -> tuple[tuple[Token, ...], ...]:
+        return await self._tokenizing().tokens(texts, add_special_tokens)
+
+    async def decode(
+        self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool
+    ) -> tuple[str, ...]:
+        return await self._tokenizing().decode(ids, skip_special_tokens)
+
+    def _tokenizing(self) -> Endpoint:
+        """The embedding model's endpoint: tokens are the embedding tokenizer's."""
         operation = Operation.EMBED if Operation.EMBED in self._by_operation else Operation.SPARSE
-        return await self._by_operation[operation].tokenize(texts)
+        return self._by_operation[operation]
 
 
 def _url(settings: Settings, operation: Operation) -> str:

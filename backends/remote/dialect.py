@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from backends.remote.transport import Answer, Deadline, RemoteClient
 from engine.errors import BackendFailure
-from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores
+from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = [
     "KIND_NAMES",
@@ -36,6 +36,8 @@ __all__ = [
     "expect_rows",
     "logits_by_index",
     "permutation",
+    "tei_decode",
+    "tei_tokens",
 ]
 
 Kind = Literal["tei", "infinity", "self"]
@@ -113,6 +115,24 @@ class Dialect(Protocol):
     async def tokenize(
         self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
     ) -> tuple[list[int], ...]: ...
+
+    async def tokens(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        add_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[tuple[Token, ...], ...]: ...
+
+    async def decode(
+        self,
+        client: RemoteClient,
+        ids: Sequence[Sequence[int]],
+        skip_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[str, ...]: ...
 
 
 def decode(answer: Answer, kind: type[T], client: RemoteClient, path: str) -> T:
@@ -200,3 +220,40 @@ def cohere_scores(answer: Answer, size: int, client: RemoteClient, path: str) ->
         logits=logits_by_index(ranked, size, client, path),
         token_count=reranked.usage.prompt_tokens,
     )
+
+
+class _Token(msgspec.Struct):
+    """TEI's SimpleToken."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None = None
+    stop: int | None = None
+
+
+async def tei_tokens(
+    client: RemoteClient, texts: Sequence[str], add_special_tokens: bool, deadline: Deadline
+) -> tuple[tuple[Token, ...], ...]:
+    """``POST /tokenize`` of TEI, or of a bge-serve (which speaks TEI's routes too)."""
+    body = {"inputs": list(texts), "add_special_tokens": add_special_tokens}
+    rows = decode(
+        await client.post("/tokenize", body, deadline), list[list[_Token]], client, "/tokenize"
+    )
+    expect_rows(len(rows), len(texts), client, "/tokenize")
+    return tuple(
+        tuple(Token(t.id, t.text, t.special, t.start, t.stop) for t in row) for row in rows
+    )
+
+
+async def tei_decode(
+    client: RemoteClient,
+    ids: Sequence[Sequence[int]],
+    skip_special_tokens: bool,
+    deadline: Deadline,
+) -> tuple[str, ...]:
+    """``POST /decode`` of TEI or of a bge-serve."""
+    body = {"ids": [list(row) for row in ids], "skip_special_tokens": skip_special_tokens}
+    texts = decode(await client.post("/decode", body, deadline), list[str], client, "/decode")
+    expect_rows(len(texts), len(ids), client, "/decode")
+    return tuple(texts)

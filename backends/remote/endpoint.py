@@ -31,13 +31,14 @@ from backends.remote.transport import (
 from engine.errors import EngineError, StartupError, Unavailable
 from engine.router import CHAIN_SETTING
 from engine.settings import Settings
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores
+from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = ["Endpoint"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 # Probes are small requests; a remote that needs longer than this is not up.
 _PROBE_TIMEOUT_S = 10.0
@@ -135,10 +136,32 @@ class Endpoint:
         )
         return tuple(ids for part in parts for ids in part)
 
+    async def tokens(
+        self, texts: Sequence[str], add_special_tokens: bool
+    ) -> tuple[tuple[Token, ...], ...]:
+        parts = await self._chunked(
+            texts,
+            lambda dialect, offer, chunk, deadline: dialect.tokens(
+                self.client, chunk, add_special_tokens, offer, deadline
+            ),
+        )
+        return tuple(row for part in parts for row in part)
+
+    async def decode(
+        self, ids: Sequence[Sequence[int]], skip_special_tokens: bool
+    ) -> tuple[str, ...]:
+        parts = await self._chunked(
+            ids,
+            lambda dialect, offer, chunk, deadline: dialect.decode(
+                self.client, chunk, skip_special_tokens, offer, deadline
+            ),
+        )
+        return tuple(text for part in parts for text in part)
+
     async def _chunked(
         self,
-        items: Sequence[str],
-        call: Callable[[Dialect, Offer, Sequence[str], Deadline], Coroutine[Any, Any, T]],
+        items: Sequence[Item],
+        call: Callable[[Dialect, Offer, Sequence[Item], Deadline], Coroutine[Any, Any, T]],
     ) -> list[T]:
         """``call`` on chunks of ``items`` no larger than the remote takes, sent at once
         (the client bounds what is in flight), answers in order; the first failure
@@ -255,14 +278,15 @@ class Endpoint:
 
 
 async def identify(client: RemoteClient, deadline: Deadline) -> Kind:
-    """TEI answers ``GET /info`` with its model_id; this service ``GET /health`` with its
-    chains; Infinity ``GET /models`` with a model list."""
-    info = await client.get("/info", deadline)
-    if info.status == 200 and _has_keys(info.content, "model_id", "model_type"):
-        return "tei"
+    """This service answers ``GET /health`` with its chains; TEI ``GET /info`` with its
+    model_id; Infinity ``GET /models`` with a model list."""
+    # /health first: a bge-serve answers /info (and /models) in TEI's (and Infinity's) dialect.
     health = await client.get("/health", deadline)
     if _has_keys(health.content, "chains", "backends"):
         return "self"
+    info = await client.get("/info", deadline)
+    if info.status == 200 and _has_keys(info.content, "model_id", "model_type"):
+        return "tei"
     models = await client.get("/models", deadline)
     if models.status == 200 and _has_keys(models.content, "data"):
         return "infinity"

@@ -24,7 +24,7 @@ from backends.remote.dialect import (
 )
 from backends.remote.transport import Deadline, RemoteClient
 from engine.errors import InvalidInput, StartupError, Unavailable
-from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores
+from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = ["InfinityDialect"]
 
@@ -147,6 +147,26 @@ class InfinityDialect:
         self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
     ) -> tuple[list[int], ...]:
         raise Unavailable(f"the Infinity at {client.url} has no tokenizer route")
+
+    async def tokens(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        add_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[tuple[Token, ...], ...]:
+        raise Unavailable(f"the Infinity at {client.url} has no tokenizer route")
+
+    async def decode(
+        self,
+        client: RemoteClient,
+        ids: Sequence[Sequence[int]],
+        skip_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[str, ...]:
+        raise Unavailable(f"the Infinity at {client.url} has no decode route")
 
     async def _embed(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline

@@ -26,9 +26,11 @@ from backends.remote.dialect import (
     dense_matrix,
     expect_ok,
     permutation,
+    tei_decode,
+    tei_tokens,
 )
 from backends.remote.transport import Deadline, RemoteClient
-from engine.errors import BackendFailure, Unavailable
+from engine.errors import BackendFailure
 from engine.types import (
     ColbertMatrix,
     DenseMatrix,
@@ -37,6 +39,7 @@ from engine.types import (
     Operation,
     Output,
     Scores,
+    Token,
     TokenWeights,
 )
 
@@ -196,7 +199,28 @@ class PeerDialect:
     async def tokenize(
         self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
     ) -> tuple[list[int], ...]:
-        raise Unavailable(f"the bge-serve at {client.url} has no tokenizer route")
+        rows = await tei_tokens(client, texts, True, deadline)
+        return tuple([token.id for token in row] for row in rows)
+
+    async def tokens(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        add_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[tuple[Token, ...], ...]:
+        return await tei_tokens(client, texts, add_special_tokens, deadline)
+
+    async def decode(
+        self,
+        client: RemoteClient,
+        ids: Sequence[Sequence[int]],
+        skip_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[str, ...]:
+        return await tei_decode(client, ids, skip_special_tokens, deadline)
 
     async def _dense(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline

@@ -22,10 +22,21 @@ from backends.remote.dialect import (
     expect_ok,
     expect_rows,
     logits_by_index,
+    tei_decode,
+    tei_tokens,
 )
 from backends.remote.transport import Answer, Deadline, RemoteClient
 from engine.errors import Unavailable
-from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores, TokenWeights
+from engine.types import (
+    DenseMatrix,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+    TokenWeights,
+)
 
 __all__ = ["TeiDialect"]
 
@@ -48,10 +59,6 @@ class _Rank(msgspec.Struct):
 class _SparseValue(msgspec.Struct):
     index: int
     value: float
-
-
-class _Token(msgspec.Struct):
-    id: int
 
 
 class TeiDialect:
@@ -156,13 +163,30 @@ class TeiDialect:
     ) -> tuple[list[int], ...]:
         return await self._ids(client, texts, deadline)
 
+    async def tokens(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        add_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[tuple[Token, ...], ...]:
+        return await tei_tokens(client, texts, add_special_tokens, deadline)
+
+    async def decode(
+        self,
+        client: RemoteClient,
+        ids: Sequence[Sequence[int]],
+        skip_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[str, ...]:
+        return await tei_decode(client, ids, skip_special_tokens, deadline)
+
     async def _ids(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
     ) -> tuple[list[int], ...]:
-        body = {"inputs": list(texts), "add_special_tokens": True}
-        answer = await client.post("/tokenize", body, deadline)
-        rows = decode(answer, list[list[_Token]], client, "/tokenize")
-        expect_rows(len(rows), len(texts), client, "/tokenize")
+        rows = await tei_tokens(client, texts, True, deadline)
         return tuple([token.id for token in row] for row in rows)
 
     async def _embed(

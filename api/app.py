@@ -12,13 +12,17 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 
+from api.bare_rerank import bare_rerank
 from api.cohere import CohereController
 from api.disconnect import ClientDisconnected
 from api.docs import docs_assets, openapi_config
 from api.errors import client_disconnected, engine_error, http_error, unexpected_error
 from api.health import health
+from api.infinity import InfinityController
 from api.native import NativeController
 from api.openai import OpenAIController
+from api.reranker_service import RerankerServiceController
+from api.tei import TeiController
 from engine.errors import EngineError
 from engine.inference import InferenceEngine
 from engine.settings import Settings
@@ -47,6 +51,8 @@ def create_app(
     that fails calls ``on_start_failure``, which the CLI uses to exit non-zero.
     """
 
+    app_version = _version()
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         task = asyncio.create_task(engine.start(), name="load-models")
@@ -74,12 +80,17 @@ def create_app(
             OpenAIController,
             NativeController,
             CohereController,
+            TeiController,
+            InfinityController,
+            RerankerServiceController,
+            bare_rerank,
             health,
             docs_assets(),
         ],
         dependencies={
             "engine": Provide(lambda: engine, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
+            "version": Provide(lambda: app_version, sync_to_thread=False),
         },
         exception_handlers={
             ClientDisconnected: client_disconnected,
@@ -88,6 +99,6 @@ def create_app(
             Exception: unexpected_error,
         },
         lifespan=[lifespan],
-        openapi_config=openapi_config(_version()),
+        openapi_config=openapi_config(app_version),
         request_max_body_size=settings.max_request_bytes,
     )

@@ -1,4 +1,5 @@
-"""Cohere dialect: ``POST /v1/rerank`` (and ``/v2/rerank``, ``/rerank``).
+"""Cohere dialect: ``POST /v1/rerank`` (the shape bge_inference_service clients parse)
+and ``POST /v2/rerank`` (Cohere's v2: ``cohere.ClientV2``).
 
 Scores are the sigmoid of the cross-encoder logit, in [0, 1]; ``raw_scores``
 returns the logit itself, as bge_inference_service did.
@@ -53,15 +54,49 @@ class RerankResponse(msgspec.Struct, kw_only=True):
     usage: Usage
 
 
+class RerankV2Request(msgspec.Struct, kw_only=True):
+    model: str | None = None
+    query: str
+    documents: list[str]
+    top_n: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_tokens_per_doc: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    raw_scores: bool = False  # ours
+
+
+class RerankV2Result(msgspec.Struct, kw_only=True):
+    index: int
+    relevance_score: float
+
+
+class ApiVersion(msgspec.Struct, kw_only=True):
+    version: str = "2"
+
+
+class BilledUnits(msgspec.Struct, kw_only=True):
+    search_units: int
+
+
+class Meta(msgspec.Struct, kw_only=True):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: dict[str, int]
+
+
+class RerankV2Response(msgspec.Struct, kw_only=True):
+    id: str
+    results: list[RerankV2Result]
+    meta: Meta
+
+
 class CohereController(Controller):
     tags = ("Cohere",)
 
     @post(
-        ["/v1/rerank", "/v2/rerank", "/rerank"],
+        "/v1/rerank",
         status_code=200,
         responses=ERROR_RESPONSES,
         raises=[],
-        summary="Rerank documents against a query (Cohere-compatible)",
+        summary="Rerank documents against a query (Cohere v1-compatible)",
     )
     async def rerank(
         self, request: Request[Any, Any, Any], data: RerankRequest, engine: InferenceEngine
@@ -83,4 +118,41 @@ class CohereController(Controller):
                 for ranked in ranking.results
             ],
             usage=Usage(prompt_tokens=ranking.prompt_tokens, total_tokens=ranking.prompt_tokens),
+        )
+
+    @post(
+        "/v2/rerank",
+        status_code=200,
+        responses=ERROR_RESPONSES,
+        raises=[],
+        summary="Rerank documents against a query (Cohere v2-compatible)",
+    )
+    async def rerank_v2(
+        self, request: Request[Any, Any, Any], data: RerankV2Request, engine: InferenceEngine
+    ) -> RerankV2Response:
+        engine.served_model(Operation.RERANK, data.model)
+        ranking = await unless_disconnected(
+            request,
+            engine.rerank(
+                data.query,
+                data.documents,
+                top_n=data.top_n,
+                max_tokens_per_doc=data.max_tokens_per_doc,
+            ),
+        )
+        return RerankV2Response(
+            id=str(uuid.uuid4()),
+            results=[
+                RerankV2Result(
+                    index=ranked.index,
+                    relevance_score=ranked.logit if data.raw_scores else ranked.score,
+                )
+                for ranked in ranking.results
+            ],
+            meta=Meta(
+                api_version=ApiVersion(),
+                # Cohere bills one search unit per query of up to 100 documents.
+                billed_units=BilledUnits(search_units=-(-len(data.documents) // 100)),
+                tokens={"input_tokens": ranking.prompt_tokens},
+            ),
         )

@@ -21,7 +21,7 @@ from engine.errors import InvalidInput
 from engine.inference import InferenceEngine
 from engine.types import DenseMatrix, Operation
 
-__all__ = ["OpenAIController"]
+__all__ = ["EmbeddingRequest", "EmbeddingResponse", "OpenAIController", "create_embeddings"]
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
@@ -83,6 +83,29 @@ def _base64_rows(matrix: DenseMatrix) -> list[str]:
     return [base64.b64encode(row.tobytes()).decode("ascii") for row in little_endian]
 
 
+async def create_embeddings(
+    request: Request[Any, Any, Any],
+    data: EmbeddingRequest,
+    engine: InferenceEngine,
+    *,
+    dimensions: int | None,
+    model: str | None,
+) -> EmbeddingResponse:
+    """The OpenAI answer to ``data``; Infinity's ``/embeddings`` answers the same."""
+    served = engine.served_model(Operation.EMBED, model)
+    dense, tokens = await unless_disconnected(
+        request, engine.embed_dense(data.texts(), dimensions=dimensions)
+    )
+    rows: Sequence[list[float] | str] = (
+        _base64_rows(dense) if data.encoding_format == "base64" else _float_rows(dense)
+    )
+    return EmbeddingResponse(
+        data=[Embedding(index=i, embedding=row) for i, row in enumerate(rows)],
+        model=served,
+        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+    )
+
+
 class OpenAIController(Controller):
     path = "/v1"
     tags = ("OpenAI",)
@@ -97,17 +120,8 @@ class OpenAIController(Controller):
     async def embeddings(
         self, request: Request[Any, Any, Any], data: EmbeddingRequest, engine: InferenceEngine
     ) -> EmbeddingResponse:
-        model = engine.served_model(Operation.EMBED, data.model)
-        dense, tokens = await unless_disconnected(
-            request, engine.embed_dense(data.texts(), dimensions=data.dimensions)
-        )
-        rows: Sequence[list[float] | str] = (
-            _base64_rows(dense) if data.encoding_format == "base64" else _float_rows(dense)
-        )
-        return EmbeddingResponse(
-            data=[Embedding(index=i, embedding=row) for i, row in enumerate(rows)],
-            model=model,
-            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        return await create_embeddings(
+            request, data, engine, dimensions=data.dimensions, model=data.model
         )
 
     @get("/models", summary="Models this service serves (OpenAI-compatible)")

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import HTTPException
 
 from api.disconnect import unless_disconnected
 from api.errors import TEI_ERROR_RESPONSES, tei_error
@@ -161,7 +162,12 @@ async def rerank(
 
 class TeiController(Controller):
     tags = ("TEI",)
-    exception_handlers = {EngineError: tei_error, Exception: tei_error}  # noqa: RUF012
+    # HTTPException too: Litestar picks the handler of the closest class in any layer.
+    exception_handlers = {  # noqa: RUF012
+        EngineError: tei_error,
+        HTTPException: tei_error,
+        Exception: tei_error,
+    }
 
     @post(
         ["/embed", "/"],

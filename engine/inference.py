@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -253,9 +254,15 @@ class InferenceEngine:
         )
 
     async def rerank(
-        self, query: str, documents: Sequence[str], *, top_n: int | None = None
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        max_tokens_per_doc: int | None = None,
     ) -> Ranking:
-        """Documents scored against ``query``, best first, cut to ``top_n``."""
+        """Documents scored against ``query``, best first, cut to ``top_n``; each document
+        first cut to ``max_tokens_per_doc`` tokens (Cohere v2's field)."""
         self._check_ready(Operation.RERANK)
         if not query.strip():
             raise InvalidInput("`query` is empty or whitespace", param="query")
@@ -268,6 +275,8 @@ class InferenceEngine:
         self._check_texts(documents, "documents")
         if top_n is not None and top_n < 1:
             raise InvalidInput("`top_n` must be at least 1", param="top_n")
+        if max_tokens_per_doc is not None:
+            documents = await self._cut_documents(documents, max_tokens_per_doc)
         scores = await self._router.call(Operation.RERANK, lambda b: b.score(query, documents))
         logits = scores.logits.astype(np.float64)
         probabilities = sigmoid(logits)
@@ -280,16 +289,22 @@ class InferenceEngine:
         return Ranking(results=results, prompt_tokens=scores.token_count)
 
     async def score_pairs(
-        self, pairs: Sequence[tuple[str, str]], *, field: str = "pairs"
+        self, pairs: Sequence[tuple[str, str]], *, field: str | None = "pairs"
     ) -> Scores:
         """Raw logits of (query, passage) pairs in input order. Pairs that share a query go
         to the backend together, and the groups go at once, so the micro-batcher runs them
-        in shared passes rather than one pass per pair."""
+        in shared passes rather than one pass per pair. ``field`` names the pairs in errors
+        (``pairs[3].query``); None: one pair whose fields are ``query`` and ``passage``."""
         self._check_ready(Operation.RERANK)
+        where = field or "pairs"
         if len(pairs) == 0:
-            raise InvalidInput(f"`{field}` must not be empty", param=field)
-        self._check_texts([q for q, _ in pairs], field, lambda i: f"{field}[{i}].query")
-        self._check_texts([p for _, p in pairs], field, lambda i: f"{field}[{i}].passage")
+            raise InvalidInput(f"`{where}` must not be empty", param=where)
+        for part, key in enumerate(("query", "passage")):
+            self._check_texts(
+                [pair[part] for pair in pairs],
+                where,
+                functools.partial(_pair_field, field, key),
+            )
         groups: dict[str, list[int]] = {}
         for position, (query, _) in enumerate(pairs):
             groups.setdefault(query, []).append(position)
@@ -303,6 +318,21 @@ class InferenceEngine:
         for positions, answer in zip(groups.values(), answers, strict=True):
             logits[positions] = answer.logits
         return Scores(logits=logits, token_count=sum(a.token_count for a in answers))
+
+    async def _cut_documents(self, documents: Sequence[str], limit: int) -> Sequence[str]:
+        if limit < 1:
+            raise InvalidInput(
+                "`max_tokens_per_doc` must be at least 1", param="max_tokens_per_doc"
+            )
+        if limit >= self.model_info(Operation.RERANK).max_tokens:
+            return documents  # the reranker cuts pairs to its own limit anyway
+        # Counted by the embedding tokenizer: bge-m3 and bge-reranker-v2-m3 share XLM-R's.
+        rows = await self.tokens(documents, add_special_tokens=False, field="documents")
+        cut: list[str] = []
+        for document, row in zip(documents, rows, strict=True):
+            stop = row[limit - 1].stop if len(row) > limit else None
+            cut.append(document if stop is None else document.encode()[:stop].decode())
+        return cut
 
     async def tokens(
         self, texts: Sequence[str], *, add_special_tokens: bool = True, field: str = "inputs"
@@ -427,6 +457,10 @@ def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
         healthy=False,
         detail=f"{breaker}; {health.detail}" if health.detail else breaker,
     )
+
+
+def _pair_field(field: str | None, key: str, position: int) -> str:
+    return key if field is None else f"{field}[{position}].{key}"
 
 
 def sigmoid(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:

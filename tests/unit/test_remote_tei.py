@@ -104,7 +104,8 @@ def test_auto_finds_tei_and_declares_what_each_container_serves(
         assert (info.name, info.dimension, info.max_tokens) == ("BAAI/bge-m3", 8, 512)
 
     with_backend(work)
-    assert [r.path for r in embedder.requests][:1] == ["/info"]
+    # /health first (a bge-serve answers /info too, in TEI's dialect), then /info says TEI.
+    assert [r.path for r in embedder.requests][:2] == ["/health", "/info"]
 
 
 def test_dense_is_split_at_max_client_batch_size_and_merged_in_order(

@@ -1,0 +1,92 @@
+"""The BAAI reranker service's dialect: ``POST /rerank`` with ``{query, passage, normalize}``
+(one score) and ``POST /rerank/batch`` with ``{pairs, normalize}`` (scores in input order).
+
+``normalize`` (default false, as there) turns the cross-encoder's logit into its
+sigmoid. A batch is scored in shared forward passes, not pair by pair.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, post
+
+from api.disconnect import unless_disconnected
+from api.errors import ERROR_RESPONSES
+from engine.inference import InferenceEngine, sigmoid
+
+__all__ = ["PairRerankRequest", "RerankerServiceController", "rerank"]
+
+
+class PairRerankRequest(msgspec.Struct, kw_only=True):
+    query: str
+    passage: str
+    normalize: bool = False
+
+
+class Pair(msgspec.Struct, kw_only=True):
+    query: str
+    passage: str
+
+
+class BatchRerankRequest(msgspec.Struct, kw_only=True):
+    pairs: Annotated[list[Pair], msgspec.Meta(min_length=1)]
+    normalize: bool = False
+
+
+class PairRerankResponse(msgspec.Struct, kw_only=True):
+    score: float
+    normalized: bool
+    query_length: int  # characters, as the reranker service counts them
+    passage_length: int
+
+
+class BatchRerankResponse(msgspec.Struct, kw_only=True):
+    scores: list[float]
+    normalized: bool
+    pairs_count: int
+
+
+async def _scores(
+    request: Request[Any, Any, Any],
+    engine: InferenceEngine,
+    pairs: list[tuple[str, str]],
+    normalize: bool,
+    field: str | None,
+) -> list[float]:
+    scored = await unless_disconnected(request, engine.score_pairs(pairs, field=field))
+    values = sigmoid(scored.logits) if normalize else scored.logits
+    return [float(v) for v in values]
+
+
+async def rerank(
+    request: Request[Any, Any, Any], data: PairRerankRequest, engine: InferenceEngine
+) -> PairRerankResponse:
+    (score,) = await _scores(
+        request, engine, [(data.query, data.passage)], data.normalize, field=None
+    )
+    return PairRerankResponse(
+        score=score,
+        normalized=data.normalize,
+        query_length=len(data.query),
+        passage_length=len(data.passage),
+    )
+
+
+class RerankerServiceController(Controller):
+    tags = ("BAAI reranker service",)
+
+    @post(
+        "/rerank/batch",
+        status_code=200,
+        responses=ERROR_RESPONSES,
+        raises=[],
+        summary="Scores of (query, passage) pairs, in input order (BAAI reranker service)",
+    )
+    async def rerank_batch(
+        self, request: Request[Any, Any, Any], data: BatchRerankRequest, engine: InferenceEngine
+    ) -> BatchRerankResponse:
+        pairs = [(pair.query, pair.passage) for pair in data.pairs]
+        scores = await _scores(request, engine, pairs, data.normalize, field="pairs")
+        return BatchRerankResponse(scores=scores, normalized=data.normalize, pairs_count=len(pairs))

@@ -26,7 +26,8 @@ def test_health_reports_models_routes_and_device(client: httpx.Client, models: M
     assert body["embedder_loaded"] is True
     assert body["reranker_loaded"] is True
     assert body["device"] == "cpu"
-    assert body["embedding_model"] == str(models.m3)
+    # Public names, never the folders the models were loaded from.
+    assert (body["embedding_model"], body["reranker_model"]) == ("BAAI/tiny-bge-m3", "BAAI/tiny-rr")
     assert body["routes"] == {"embed": "flag", "sparse": "flag", "rerank": "flag"}
     assert body["chains"] == {"embed": ["flag"], "sparse": ["flag"], "rerank": ["flag"]}
     assert body["backends"]["flag"]["stats"]["embed.forward_passes"] >= 0
@@ -34,9 +35,9 @@ def test_health_reports_models_routes_and_device(client: httpx.Client, models: M
 
 def test_embeddings_shape_usage_and_norm(client: httpx.Client, models: ModelDirs) -> None:
     texts = ["hello world", "the cat", LONG_TEXT]
-    body = client.post("/v1/embeddings", json={"input": texts, "model": str(models.m3)}).json()
+    body = client.post("/v1/embeddings", json={"input": texts, "model": "BAAI/tiny-bge-m3"}).json()
     assert body["object"] == "list"
-    assert body["model"] == str(models.m3)
+    assert body["model"] == "BAAI/tiny-bge-m3"
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     assert all(d["object"] == "embedding" for d in body["data"])
     vectors = np.array([d["embedding"] for d in body["data"]])
@@ -64,10 +65,16 @@ def test_embeddings_dimensions_truncate_and_renormalize(client: httpx.Client) ->
     np.testing.assert_allclose(short, prefix / np.linalg.norm(prefix), atol=1e-6)
 
 
-def test_models_list(client: httpx.Client, models: ModelDirs) -> None:
+def test_models_list(client: httpx.Client) -> None:
     body = client.get("/v1/models").json()
     assert body["object"] == "list"
-    assert {m["id"] for m in body["data"]} == {str(models.m3), str(models.reranker)}
+    assert {m["id"] for m in body["data"]} == {"BAAI/tiny-bge-m3", "BAAI/tiny-rr"}
+
+
+def test_a_folder_path_is_not_a_model_name(client: httpx.Client, models: ModelDirs) -> None:
+    response = client.post("/v1/embeddings", json={"input": "a", "model": str(models.m3)})
+    assert response.status_code == 404
+    assert "answers to `BAAI/tiny-bge-m3`, `tiny-bge-m3`" in response.json()["error"]["message"]
 
 
 def test_sparse_embeddings_are_qdrant_ready(client: httpx.Client) -> None:

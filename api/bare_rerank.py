@@ -16,6 +16,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body
 
 from api import infinity, reranker_service, tei
+from api.docs import answers
 from api.errors import ERROR_RESPONSES, problem_of
 from engine.errors import EngineError, InvalidInput
 from engine.inference import InferenceEngine
@@ -46,9 +47,9 @@ _EXAMPLES = [
 
 
 @post(
-    "/rerank",
+    ["/rerank", "/reranker/rerank"],
     status_code=200,
-    responses=ERROR_RESPONSES,
+    responses=answers(infinity.InfinityRerankResponse, infinity.RERANK_ANSWER, ERROR_RESPONSES),
     raises=[],
     tags=["Infinity", "TEI", "BAAI reranker service"],
     summary="Rerank in the dialect the body speaks: Infinity, TEI or the BAAI reranker service",

@@ -14,6 +14,7 @@ import msgspec
 from litestar import Controller, Request, post
 
 from api.disconnect import unless_disconnected
+from api.docs import answers, sends
 from api.errors import ERROR_RESPONSES
 from api.usage import Usage
 from engine.inference import InferenceEngine
@@ -88,18 +89,60 @@ class RerankV2Response(msgspec.Struct, kw_only=True):
     meta: Meta
 
 
+_DOCUMENTS = ["BGE M3 is an embedding model.", "Paris is in France.", "Rerankers score pairs."]
+_V1_ASKED = sends(
+    {
+        "model": "BAAI/bge-reranker-v2-m3",
+        "query": "What is BGE M3?",
+        "documents": _DOCUMENTS,
+        "top_n": 2,
+        "return_documents": True,
+    }
+)
+_V1_ANSWER = {
+    "id": "5b5f4a0c-3d0e-4b8e-9a65-1d0c2f3e4a5b",
+    "model": "BAAI/bge-reranker-v2-m3",
+    "results": [
+        {"index": 0, "relevance_score": 0.9804, "document": {"text": _DOCUMENTS[0]}},
+        {"index": 2, "relevance_score": 0.0412, "document": {"text": _DOCUMENTS[2]}},
+    ],
+    "usage": {"prompt_tokens": 41, "total_tokens": 41},
+}
+_V2_ASKED = sends(
+    {
+        "model": "bge-reranker-v2-m3",
+        "query": "What is BGE M3?",
+        "documents": _DOCUMENTS,
+        "top_n": 2,
+        "max_tokens_per_doc": 4096,
+    }
+)
+_V2_ANSWER = {
+    "id": "5b5f4a0c-3d0e-4b8e-9a65-1d0c2f3e4a5b",
+    "results": [{"index": 0, "relevance_score": 0.9804}, {"index": 2, "relevance_score": 0.0412}],
+    "meta": {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": 1},
+        "tokens": {"input_tokens": 41},
+    },
+}
+
+
 class CohereController(Controller):
     tags = ("Cohere",)
 
     @post(
         "/v1/rerank",
         status_code=200,
-        responses=ERROR_RESPONSES,
+        responses=answers(RerankResponse, _V1_ANSWER, ERROR_RESPONSES),
         raises=[],
         summary="Rerank documents against a query (Cohere v1-compatible)",
     )
     async def rerank(
-        self, request: Request[Any, Any, Any], data: RerankRequest, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[RerankRequest, _V1_ASKED],
+        engine: InferenceEngine,
     ) -> RerankResponse:
         model = engine.served_model(Operation.RERANK, data.model)
         texts = [doc if isinstance(doc, str) else doc.text for doc in data.documents]
@@ -123,12 +166,15 @@ class CohereController(Controller):
     @post(
         "/v2/rerank",
         status_code=200,
-        responses=ERROR_RESPONSES,
+        responses=answers(RerankV2Response, _V2_ANSWER, ERROR_RESPONSES),
         raises=[],
         summary="Rerank documents against a query (Cohere v2-compatible)",
     )
     async def rerank_v2(
-        self, request: Request[Any, Any, Any], data: RerankV2Request, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[RerankV2Request, _V2_ASKED],
+        engine: InferenceEngine,
     ) -> RerankV2Response:
         engine.served_model(Operation.RERANK, data.model)
         ranking = await unless_disconnected(

@@ -19,6 +19,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
@@ -120,39 +121,95 @@ class TeiError(msgspec.Struct):
     error_type: str
 
 
-def _responses(
-    container: type[msgspec.Struct], statuses: dict[int, str]
-) -> dict[int, ResponseSpec]:
-    return {
-        status: ResponseSpec(data_container=container, description=description)
-        for status, description in statuses.items()
-    }
+@dataclass(frozen=True, slots=True)
+class _Documented:
+    description: str
+    kind: ErrorKind | None  # None: malformed JSON
+    example: str
+    param: str | None = None
 
 
-_DESCRIPTIONS: dict[int, str] = {
-    HTTP_400_BAD_REQUEST: "The body is not JSON",
-    HTTP_404_NOT_FOUND: "The request names a model this service does not serve",
-    HTTP_413_REQUEST_ENTITY_TOO_LARGE: "Too many items, characters or bytes",
-    HTTP_422_UNPROCESSABLE_ENTITY: "A field is missing, of the wrong type, or empty",
-    HTTP_429_TOO_MANY_REQUESTS: "Overloaded; retry after Retry-After seconds",
-    HTTP_502_BAD_GATEWAY: "A backend failed, e.g. a remote engine answered nonsense",
-    HTTP_503_SERVICE_UNAVAILABLE: "Models are loading, or the operation is not served",
-    HTTP_504_GATEWAY_TIMEOUT: "A remote engine did not answer within REMOTE_TIMEOUT_S",
+_DOCUMENTED: dict[int, _Documented] = {
+    HTTP_400_BAD_REQUEST: _Documented(
+        "The body is not JSON", None, "the request body is not valid JSON: Expected `,`"
+    ),
+    HTTP_404_NOT_FOUND: _Documented(
+        "The request names a model this service does not serve",
+        ErrorKind.MODEL_NOT_FOUND,
+        "model `text-embedding-3-small` is not served here; embed answers to `BAAI/bge-m3`, "
+        "`bge-m3`",
+        "model",
+    ),
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE: _Documented(
+        "Too many items, characters, tokens or bytes",
+        ErrorKind.TOO_LARGE,
+        "`input` has 4096 items; the limit is 2048 (MAX_BATCH_SIZE)",
+        "input",
+    ),
+    HTTP_422_UNPROCESSABLE_ENTITY: _Documented(
+        "A field is missing, of the wrong type, or empty",
+        ErrorKind.INVALID_INPUT,
+        "`input[1]` is empty or whitespace",
+        "input[1]",
+    ),
+    HTTP_429_TOO_MANY_REQUESTS: _Documented(
+        "Overloaded; retry after Retry-After seconds",
+        ErrorKind.OVERLOADED,
+        "256 requests are queued for the embedding model (MAX_QUEUED_REQUESTS); retry shortly",
+    ),
+    HTTP_502_BAD_GATEWAY: _Documented(
+        "A backend failed, e.g. a remote engine answered nonsense",
+        ErrorKind.BACKEND,
+        "the remote http://tei:80 answered /embed with 2 rows for 3 texts",
+    ),
+    HTTP_503_SERVICE_UNAVAILABLE: _Documented(
+        "Models are loading, or the operation is not served",
+        ErrorKind.UNAVAILABLE,
+        "the models are still loading",
+    ),
+    HTTP_504_GATEWAY_TIMEOUT: _Documented(
+        "A remote engine did not answer within REMOTE_TIMEOUT_S",
+        ErrorKind.TIMEOUT,
+        "the remote http://tei:80 did not answer within 30 s (REMOTE_TIMEOUT_S)",
+    ),
 }
-ERROR_RESPONSES = _responses(ErrorEnvelope, _DESCRIPTIONS)
-"""Documents the error envelope in the OpenAPI schema of every model route."""
-TEI_ERROR_RESPONSES = _responses(
-    TeiError,
-    {
-        **{
-            status: text
-            for status, text in _DESCRIPTIONS.items()
-            if status not in (HTTP_404_NOT_FOUND, HTTP_502_BAD_GATEWAY, HTTP_504_GATEWAY_TIMEOUT)
-        },
-        HTTP_424_FAILED_DEPENDENCY: "A backend failed or did not answer in time",
-    },
-)
-"""TEI's routes: TEI's error body and statuses."""
+
+
+def _documented_problem(status: int, documented: _Documented) -> Problem:
+    if documented.kind is None:
+        return Problem(_MALFORMED, documented.example, "malformed_json")
+    return Problem(
+        STATUS[documented.kind], documented.example, str(documented.kind), documented.param
+    )
+
+
+def _openai_responses() -> dict[int, ResponseSpec]:
+    responses: dict[int, ResponseSpec] = {}
+    for status, documented in _DOCUMENTED.items():
+        problem = _documented_problem(status, documented)
+        responses[status] = ResponseSpec(
+            data_container=ErrorEnvelope,
+            description=documented.description,
+            generate_examples=False,
+            examples=[Example(summary=documented.description, value=problem.openai_body())],
+        )
+    return responses
+
+
+def _tei_responses() -> dict[int, ResponseSpec]:
+    responses: dict[int, ResponseSpec] = {}
+    for status, documented in _DOCUMENTED.items():
+        problem = _documented_problem(status, documented)
+        tei_status = problem.status.tei_http
+        if status == HTTP_404_NOT_FOUND or tei_status in responses:
+            continue  # TEI's routes take no model; 502 and 504 are both TEI's 424
+        responses[tei_status] = ResponseSpec(
+            data_container=TeiError,
+            description=documented.description,
+            generate_examples=False,
+            examples=[Example(summary=documented.description, value=problem.tei_body())],
+        )
+    return responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,18 +222,28 @@ class Problem:
     param: str | None = None
     retry_after: int | None = None
 
-    def openai(self) -> Response[ErrorEnvelope]:
-        body = ErrorBody(
-            message=self.message, type=self.status.type, param=self.param, code=self.code
+    def openai_body(self) -> ErrorEnvelope:
+        return ErrorEnvelope(
+            ErrorBody(message=self.message, type=self.status.type, param=self.param, code=self.code)
         )
-        return Response(ErrorEnvelope(body), status_code=self.status.http, headers=self._headers())
+
+    def tei_body(self) -> TeiError:
+        return TeiError(error=self.message, error_type=self.status.tei_type)
+
+    def openai(self) -> Response[ErrorEnvelope]:
+        return Response(self.openai_body(), status_code=self.status.http, headers=self._headers())
 
     def tei(self) -> Response[TeiError]:
-        body = TeiError(error=self.message, error_type=self.status.tei_type)
-        return Response(body, status_code=self.status.tei_http, headers=self._headers())
+        return Response(self.tei_body(), status_code=self.status.tei_http, headers=self._headers())
 
     def _headers(self) -> dict[str, str] | None:
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+
+
+ERROR_RESPONSES = _openai_responses()
+"""Documents the error envelope in the OpenAPI schema of every model route."""
+TEI_ERROR_RESPONSES = _tei_responses()
+"""TEI's routes: TEI's error body and statuses."""
 
 
 def problem_of(exc: Exception) -> Problem:

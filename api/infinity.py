@@ -13,13 +13,14 @@ import msgspec
 from litestar import Controller, Request, get, post
 
 from api.disconnect import unless_disconnected
+from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.openai import Embedding, EmbeddingRequest, create_embeddings
 from api.usage import Usage
 from engine.inference import InferenceEngine
 from engine.types import Operation
 
-__all__ = ["InfinityController", "InfinityRerankRequest", "rerank"]
+__all__ = ["RERANK_ANSWER", "InfinityController", "InfinityRerankRequest", "rerank"]
 
 # What Infinity's clients send when the caller names no model.
 _UNNAMED = "default/not-specified"
@@ -105,20 +106,58 @@ async def rerank(
     )
 
 
+_EMBEDDINGS_ASKED = sends(
+    {"model": "default/not-specified", "input": ["What is BGE M3?"], "modality": "text"}
+)
+_EMBEDDINGS_ANSWER = {
+    "object": "list",
+    "data": [{"object": "embedding", "index": 0, "embedding": VECTOR}],
+    "model": "BAAI/bge-m3",
+    "usage": {"prompt_tokens": 9, "total_tokens": 9},
+    "id": "infinity-5b5f4a0c-3d0e-4b8e-9a65-1d0c2f3e4a5b",
+    "created": 1767225600,
+}
+RERANK_ANSWER = {
+    "object": "rerank",
+    "results": [
+        {"relevance_score": 0.9804, "index": 0, "document": "BGE M3 is an embedding model."},
+        {"relevance_score": 0.0127, "index": 1, "document": "Hi"},
+    ],
+    "model": "BAAI/bge-reranker-v2-m3",
+    "usage": {"prompt_tokens": 24, "total_tokens": 24},
+    "id": "infinity-5b5f4a0c-3d0e-4b8e-9a65-1d0c2f3e4a5b",
+    "created": 1767225600,
+}
+_MODELS_ANSWER = {
+    "object": "list",
+    "data": [
+        {
+            "id": "BAAI/bge-m3",
+            "stats": {},
+            "object": "model",
+            "owned_by": "infinity",
+            "created": 1767225600,
+            "backend": "bge-serve",
+            "capabilities": ["embed"],
+        }
+    ],
+}
+
+
 class InfinityController(Controller):
     tags = ("Infinity",)
 
     @post(
         "/embeddings",
         status_code=200,
-        responses=ERROR_RESPONSES,
+        responses=answers(InfinityEmbeddingResponse, _EMBEDDINGS_ANSWER, ERROR_RESPONSES),
         raises=[],
         summary="Dense embeddings (Infinity-compatible: OpenAI's shape without /v1)",
     )
     async def embeddings(
         self,
         request: Request[Any, Any, Any],
-        data: InfinityEmbeddingRequest,
+        data: Annotated[InfinityEmbeddingRequest, _EMBEDDINGS_ASKED],
         engine: InferenceEngine,
     ) -> InfinityEmbeddingResponse:
         answer = await create_embeddings(
@@ -132,7 +171,11 @@ class InfinityController(Controller):
             created=int(time.time()),
         )
 
-    @get("/models", summary="Models this service serves (Infinity-compatible)")
+    @get(
+        "/models",
+        summary="Models this service serves (Infinity-compatible)",
+        responses=answers(InfinityModels, _MODELS_ANSWER, {}),
+    )
     async def models(self, engine: InferenceEngine) -> InfinityModels:
         created = int(time.time())
         capabilities: dict[str, list[str]] = {}

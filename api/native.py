@@ -5,12 +5,13 @@ Sparse vectors come ready for Qdrant's ``SparseVector(indices, values)``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, post
 
 from api.disconnect import unless_disconnected
+from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.usage import Usage
 from engine.inference import InferenceEngine
@@ -67,6 +68,26 @@ class HybridResponse(msgspec.Struct, kw_only=True):
     usage: Usage
 
 
+_SPARSE = {
+    "indices": [6, 4865, 75842, 186],
+    "values": [0.0412, 0.2265, 0.1859, 0.0301],
+    "mapping": "tokenizer",
+    "index_space": 250002,
+}
+_SPARSE_ASKED = sends({"input": ["What is BGE M3?"], "mapping": "tokenizer"})
+_SPARSE_ANSWER = {
+    "model": "BAAI/bge-m3",
+    "data": [{"index": 0, "sparse": _SPARSE}],
+    "usage": {"prompt_tokens": 9, "total_tokens": 9},
+}
+_HYBRID_ASKED = sends({"input": ["What is BGE M3?"], "return_colbert": True})
+_HYBRID_ANSWER = {
+    "model": "BAAI/bge-m3",
+    "data": [{"index": 0, "dense": VECTOR, "sparse": _SPARSE, "colbert": [VECTOR, VECTOR]}],
+    "usage": {"prompt_tokens": 9, "total_tokens": 9},
+}
+
+
 class NativeController(Controller):
     path = "/v1"
     tags = ("bge-m3",)
@@ -74,14 +95,14 @@ class NativeController(Controller):
     @post(
         "/sparse-embeddings",
         status_code=200,
-        responses=ERROR_RESPONSES,
+        responses=answers(SparseResponse, _SPARSE_ANSWER, ERROR_RESPONSES),
         raises=[],
         summary="bge-m3 sparse (lexical) vectors",
     )
     async def sparse_embeddings(
         self,
         request: Request[Any, Any, Any],
-        data: SparseRequest,
+        data: Annotated[SparseRequest, _SPARSE_ASKED],
         engine: InferenceEngine,
         settings: Settings,
     ) -> SparseResponse:
@@ -103,14 +124,14 @@ class NativeController(Controller):
     @post(
         "/hybrid-embeddings",
         status_code=200,
-        responses=ERROR_RESPONSES,
+        responses=answers(HybridResponse, _HYBRID_ANSWER, ERROR_RESPONSES),
         raises=[],
         summary="bge-m3 dense + sparse (+ ColBERT) vectors from one forward pass",
     )
     async def hybrid_embeddings(
         self,
         request: Request[Any, Any, Any],
-        data: HybridRequest,
+        data: Annotated[HybridRequest, _HYBRID_ASKED],
         engine: InferenceEngine,
         settings: Settings,
     ) -> HybridResponse:

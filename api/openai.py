@@ -15,6 +15,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 
 from api.disconnect import unless_disconnected
+from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.usage import Usage
 from engine.errors import InvalidInput
@@ -106,6 +107,29 @@ async def create_embeddings(
     )
 
 
+_EMBEDDINGS_ASKED = sends(
+    {"model": "BAAI/bge-m3", "input": ["What is BGE M3?", "Paris is in France."]}
+)
+_EMBEDDINGS_ANSWER = {
+    "object": "list",
+    "data": [{"object": "embedding", "index": 0, "embedding": VECTOR}],
+    "model": "BAAI/bge-m3",
+    "usage": {"prompt_tokens": 9, "total_tokens": 9},
+}
+_MODELS_ANSWER = {
+    "object": "list",
+    "data": [
+        {"id": "BAAI/bge-m3", "object": "model", "created": 1767225600, "owned_by": "BAAI"},
+        {
+            "id": "BAAI/bge-reranker-v2-m3",
+            "object": "model",
+            "created": 1767225600,
+            "owned_by": "BAAI",
+        },
+    ],
+}
+
+
 class OpenAIController(Controller):
     path = "/v1"
     tags = ("OpenAI",)
@@ -113,18 +137,25 @@ class OpenAIController(Controller):
     @post(
         "/embeddings",
         status_code=200,
-        responses=ERROR_RESPONSES,
+        responses=answers(EmbeddingResponse, _EMBEDDINGS_ANSWER, ERROR_RESPONSES),
         raises=[],
         summary="Dense embeddings (OpenAI-compatible)",
     )
     async def embeddings(
-        self, request: Request[Any, Any, Any], data: EmbeddingRequest, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[EmbeddingRequest, _EMBEDDINGS_ASKED],
+        engine: InferenceEngine,
     ) -> EmbeddingResponse:
         return await create_embeddings(
             request, data, engine, dimensions=data.dimensions, model=data.model
         )
 
-    @get("/models", summary="Models this service serves (OpenAI-compatible)")
+    @get(
+        "/models",
+        summary="Models this service serves (OpenAI-compatible)",
+        responses=answers(ModelList, _MODELS_ANSWER, {}),
+    )
     async def models(self, engine: InferenceEngine) -> ModelList:
         created = int(time.time())
         names = dict.fromkeys(engine.model_name(op) for op in sorted(engine.operations))

@@ -13,6 +13,7 @@ import msgspec
 from litestar import Controller, Request, post
 
 from api.disconnect import unless_disconnected
+from api.docs import answers, sends
 from api.errors import ERROR_RESPONSES
 from engine.inference import InferenceEngine, sigmoid
 
@@ -74,18 +75,33 @@ async def rerank(
     )
 
 
+_BATCH_ASKED = sends(
+    {
+        "pairs": [
+            {"query": "What is BGE M3?", "passage": "BGE M3 is an embedding model."},
+            {"query": "Where is Paris?", "passage": "Paris is in France."},
+        ],
+        "normalize": True,
+    }
+)
+_BATCH_ANSWER = {"scores": [0.9804, 0.9911], "normalized": True, "pairs_count": 2}
+
+
 class RerankerServiceController(Controller):
     tags = ("BAAI reranker service",)
 
     @post(
         "/rerank/batch",
         status_code=200,
-        responses=ERROR_RESPONSES,
+        responses=answers(BatchRerankResponse, _BATCH_ANSWER, ERROR_RESPONSES),
         raises=[],
         summary="Scores of (query, passage) pairs, in input order (BAAI reranker service)",
     )
     async def rerank_batch(
-        self, request: Request[Any, Any, Any], data: BatchRerankRequest, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[BatchRerankRequest, _BATCH_ASKED],
+        engine: InferenceEngine,
     ) -> BatchRerankResponse:
         pairs = [(pair.query, pair.passage) for pair in data.pairs]
         scores = await _scores(request, engine, pairs, data.normalize, field="pairs")

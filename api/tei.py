@@ -16,6 +16,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 
 from api.disconnect import unless_disconnected
+from api.docs import VECTOR, answers, sends
 from api.errors import TEI_ERROR_RESPONSES, tei_error
 from engine.errors import EngineError, InvalidInput
 from engine.inference import InferenceEngine, sigmoid
@@ -139,6 +140,51 @@ class Info(msgspec.Struct, kw_only=True):
     docker_label: str | None = None
 
 
+_EMBEDDING_TYPE: dict[str, dict[str, Any]] = {"embedding": {"pooling": "cls"}}
+_RERANKER_TYPE: dict[str, dict[str, Any]] = {
+    "reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
+}
+_INFO_ANSWER = {
+    "model_id": "BAAI/bge-m3",
+    "model_sha": None,
+    "model_dtype": "float16",
+    "served_model_name": "BAAI/bge-m3",
+    "model_type": _EMBEDDING_TYPE,
+    "max_concurrent_requests": 256,
+    "max_input_length": 8192,
+    "max_batch_tokens": 16384,
+    "max_batch_requests": None,
+    "max_client_batch_size": 2048,
+    "auto_truncate": True,
+    "tokenization_workers": 1,
+    "version": "0.1.0",
+}
+_RERANKER_INFO_ANSWER = {
+    **_INFO_ANSWER,
+    "model_id": "BAAI/bge-reranker-v2-m3",
+    "served_model_name": "BAAI/bge-reranker-v2-m3",
+    "model_type": _RERANKER_TYPE,
+    "max_input_length": 512,
+}
+_TEXTS = ["What is BGE M3?", "Paris is in France."]
+_EMBED_ASKED = sends({"inputs": _TEXTS, "normalize": True, "truncate": True})
+_SPARSE_ASKED = sends({"inputs": _TEXTS[:1]})
+_SPARSE_ANSWER = [[{"index": 6, "value": 0.0412}, {"index": 186, "value": 0.0301}]]
+_ALL_ASKED = sends({"inputs": _TEXTS[:1]})
+_PREDICT_ASKED = sends({"inputs": [["What is BGE M3?", "BGE M3 is an embedding model."]]})
+_PREDICT_ANSWER = [[{"score": 0.9804, "label": "LABEL_0"}]]
+_TOKENIZE_ASKED = sends({"inputs": "Grüße", "add_special_tokens": True})
+_TOKENIZE_ANSWER = [
+    [
+        {"id": 0, "text": "<s>", "special": True, "start": None, "stop": None},
+        {"id": 2009, "text": "Grü", "special": False, "start": 0, "stop": 4},
+        {"id": 13946, "text": "ße", "special": False, "start": 4, "stop": 7},
+        {"id": 2, "text": "</s>", "special": True, "start": None, "stop": None},
+    ]
+]
+_DECODE_ASKED = sends({"ids": [0, 2009, 13946, 2], "skip_special_tokens": True})
+
+
 def _counted(body: Any, tokens: int) -> Response[Any]:
     # TEI reports the tokens it computed in a header (a bge-serve behind another reads it).
     return Response(body, headers={"x-compute-tokens": str(tokens)})
@@ -172,12 +218,15 @@ class TeiController(Controller):
     @post(
         ["/embed", "/"],
         status_code=200,
-        responses=TEI_ERROR_RESPONSES,
+        responses=answers(list[list[float]], [VECTOR, VECTOR], TEI_ERROR_RESPONSES),
         raises=[],
         summary="Dense embeddings (TEI-compatible; POST / is the same)",
     )
     async def embed(
-        self, request: Request[Any, Any, Any], data: EmbedRequest, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[EmbedRequest, _EMBED_ASKED],
+        engine: InferenceEngine,
     ) -> Response[list[list[float]]]:
         dense, tokens = await unless_disconnected(
             request,
@@ -191,12 +240,15 @@ class TeiController(Controller):
     @post(
         "/embed_sparse",
         status_code=200,
-        responses=TEI_ERROR_RESPONSES,
+        responses=answers(list[list[SparseValue]], _SPARSE_ANSWER, TEI_ERROR_RESPONSES),
         raises=[],
         summary="bge-m3 lexical weights, index = token id (TEI-compatible)",
     )
     async def embed_sparse(
-        self, request: Request[Any, Any, Any], data: EmbedSparseRequest, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[EmbedSparseRequest, _SPARSE_ASKED],
+        engine: InferenceEngine,
     ) -> Response[list[list[SparseValue]]]:
         vectors, tokens = await unless_disconnected(
             request,
@@ -216,12 +268,15 @@ class TeiController(Controller):
     @post(
         "/embed_all",
         status_code=200,
-        responses=TEI_ERROR_RESPONSES,
+        responses=answers(list[list[list[float]]], [[VECTOR, VECTOR]], TEI_ERROR_RESPONSES),
         raises=[],
         summary="bge-m3 ColBERT vectors, one per token after CLS (TEI-compatible)",
     )
     async def embed_all(
-        self, request: Request[Any, Any, Any], data: EmbedAllRequest, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[EmbedAllRequest, _ALL_ASKED],
+        engine: InferenceEngine,
     ) -> Response[list[list[list[float]]]]:
         matrices, tokens = await unless_disconnected(
             request, engine.embed_colbert(data.texts(), truncate=data.truncate, field="inputs")
@@ -229,14 +284,17 @@ class TeiController(Controller):
         return _counted([matrix.tolist() for matrix in matrices], tokens)
 
     @post(
-        "/predict",
+        ["/predict", "/reranker/predict"],
         status_code=200,
-        responses=TEI_ERROR_RESPONSES,
+        responses=answers(list[list[Prediction]], _PREDICT_ANSWER, TEI_ERROR_RESPONSES),
         raises=[],
         summary="Cross-encoder scores of (query, passage) pairs (TEI-compatible)",
     )
     async def predict(
-        self, request: Request[Any, Any, Any], data: PredictRequest, engine: InferenceEngine
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[PredictRequest, _PREDICT_ASKED],
+        engine: InferenceEngine,
     ) -> Response[list[Prediction] | list[list[Prediction]]]:
         single = all(isinstance(item, str) for item in data.inputs)
         rows = [data.inputs] if single else data.inputs
@@ -264,12 +322,12 @@ class TeiController(Controller):
     @post(
         "/tokenize",
         status_code=200,
-        responses=TEI_ERROR_RESPONSES,
+        responses=answers(list[list[SimpleToken]], _TOKENIZE_ANSWER, TEI_ERROR_RESPONSES),
         raises=[],
         summary="Tokens with their text and byte offsets (TEI-compatible)",
     )
     async def tokenize(
-        self, data: TokenizeRequest, engine: InferenceEngine
+        self, data: Annotated[TokenizeRequest, _TOKENIZE_ASKED], engine: InferenceEngine
     ) -> list[list[SimpleToken]]:
         if data.prompt_name is not None:
             raise InvalidInput("`prompt_name`: bge-m3 has no prompts", param="prompt_name")
@@ -280,11 +338,13 @@ class TeiController(Controller):
     @post(
         "/decode",
         status_code=200,
-        responses=TEI_ERROR_RESPONSES,
+        responses=answers(list[str], ["Grüße"], TEI_ERROR_RESPONSES),
         raises=[],
         summary="Text of token ids (TEI-compatible)",
     )
-    async def decode(self, data: DecodeRequest, engine: InferenceEngine) -> list[str]:
+    async def decode(
+        self, data: Annotated[DecodeRequest, _DECODE_ASKED], engine: InferenceEngine
+    ) -> list[str]:
         ids = data.ids
         if all(isinstance(item, int) for item in ids):
             rows: list[list[int]] = [[item for item in ids if isinstance(item, int)]]
@@ -302,37 +362,49 @@ class TeiController(Controller):
                     raise InvalidInput(f"`{where}` is negative", param=where)
         return list(await engine.decode(rows, skip_special_tokens=data.skip_special_tokens))
 
-    @get("/info", summary="The model and the limits clients must respect (TEI-compatible)")
+    @get(
+        "/info",
+        summary="The model and the limits clients must respect (TEI-compatible)",
+        responses=answers(Info, _INFO_ANSWER, {}),
+    )
     async def info(self, engine: InferenceEngine, settings: Settings, version: str) -> Info:
         operation = next(
             (op for op in (Operation.EMBED, Operation.SPARSE) if op in engine.operations),
             Operation.RERANK,
         )
-        model = engine.model_info(operation)
-        name = engine.model_name(operation)
-        health = engine.health()
-        on_gpu = any(b.device.startswith("cuda") for b in health.backends.values())
-        if operation is Operation.RERANK:
-            model_type: dict[str, dict[str, Any]] = {
-                "reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}
-            }
-        else:
-            model_type = {"embedding": {"pooling": "cls"}}
-        return Info(
-            model_id=name,
-            model_sha=None,
-            model_dtype="float16" if on_gpu and settings.use_fp16 else "float32",
-            served_model_name=name,
-            model_type=model_type,
-            max_concurrent_requests=settings.max_queued_requests,
-            max_input_length=model.max_tokens,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_batch_requests=None,
-            max_client_batch_size=settings.max_batch_size,
-            auto_truncate=settings.truncate,
-            tokenization_workers=1,
-            version=version,
-        )
+        return _info(engine, settings, version, operation)
+
+    @get(
+        "/reranker/info",
+        summary="/info as a TEI reranker container answers it: for TEI clients that check "
+        "the model type before they rerank (base URL …/reranker)",
+        responses=answers(Info, _RERANKER_INFO_ANSWER, {}),
+    )
+    async def reranker_info(
+        self, engine: InferenceEngine, settings: Settings, version: str
+    ) -> Info:
+        return _info(engine, settings, version, Operation.RERANK)
+
+
+def _info(engine: InferenceEngine, settings: Settings, version: str, operation: Operation) -> Info:
+    model = engine.model_info(operation)
+    name = engine.model_name(operation)
+    on_gpu = any(b.device.startswith("cuda") for b in engine.health().backends.values())
+    return Info(
+        model_id=name,
+        model_sha=None,
+        model_dtype="float16" if on_gpu and settings.use_fp16 else "float32",
+        served_model_name=name,
+        model_type=_RERANKER_TYPE if operation is Operation.RERANK else _EMBEDDING_TYPE,
+        max_concurrent_requests=settings.max_queued_requests,
+        max_input_length=model.max_tokens,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_requests=None,
+        max_client_batch_size=settings.max_batch_size,
+        auto_truncate=settings.truncate,
+        tokenization_workers=1,
+        version=version,
+    )
 
 
 def _simple(token: Token) -> SimpleToken:

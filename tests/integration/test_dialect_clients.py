@@ -70,12 +70,13 @@ def tei(server: Server) -> Iterator[HttpClient]:
     client.client.close()
 
 
-def as_reranker(client: HttpClient) -> HttpClient:
-    # tei-client checks /info's model type before each call, as TEI serves one model per
-    # port; this port serves both, and /info describes the embedder.
-    assert client.model_type is ModelType.Embedding
-    client._ModelTypeMixin__model_type = ModelType.Reranker  # type: ignore[attr-defined]
-    return client
+@pytest.fixture
+def tei_reranker(server: Server) -> Iterator[HttpClient]:
+    # tei-client checks /info's model type before it reranks, as TEI serves one model per
+    # port; the service's /reranker/info answers as a reranker container does.
+    client = HttpClient(f"{server.url}/reranker", timeout=60)
+    yield client
+    client.client.close()
 
 
 def test_tei_client_embed(tei: HttpClient, reference: M3Reference) -> None:
@@ -83,26 +84,32 @@ def test_tei_client_embed(tei: HttpClient, reference: M3Reference) -> None:
     rows = tei.embed(EMBED_TEXTS, truncate=True)
     np.testing.assert_allclose(np.array(rows), reference.dense, atol=2e-5)
     assert tei.info().server_model_id == EMBEDDER
+    assert tei.model_type is ModelType.Embedding
 
 
-def test_tei_client_rerank(tei: HttpClient, logits: NDArray[np.float64]) -> None:
-    reranker = as_reranker(tei)
-    ranks = reranker.rerank(QUERY, DOCUMENTS).ranks
+def test_tei_client_rerank(tei_reranker: HttpClient, logits: NDArray[np.float64]) -> None:
+    assert tei_reranker.model_type is ModelType.Reranker
+    assert tei_reranker.info().server_model_id == RERANKER
+    ranks = tei_reranker.rerank(QUERY, DOCUMENTS).ranks
     assert_ranked([r.index for r in ranks], [r.score for r in ranks], logits)
-    raw = reranker.rerank(QUERY, DOCUMENTS, raw_scores=True, return_text=True).ranks
+    raw = tei_reranker.rerank(QUERY, DOCUMENTS, raw_scores=True, return_text=True).ranks
     assert_ranked([r.index for r in raw], [r.score for r in raw], logits, raw=True)
     assert [r.text for r in raw] == [DOCUMENTS[r.index] for r in raw]
 
 
 def test_tei_client_async(
-    tei: HttpClient, reference: M3Reference, logits: NDArray[np.float64]
+    tei: HttpClient,
+    tei_reranker: HttpClient,
+    reference: M3Reference,
+    logits: NDArray[np.float64],
 ) -> None:
     async def both() -> tuple[list[list[float]], Any]:
         try:
             rows = await tei.async_embed(EMBED_TEXTS, truncate=True)
-            return rows, await as_reranker(tei).async_rerank(QUERY, DOCUMENTS)
+            return rows, await tei_reranker.async_rerank(QUERY, DOCUMENTS)
         finally:
             await tei.async_client.aclose()
+            await tei_reranker.async_client.aclose()
 
     rows, ranking = asyncio.run(both())
     np.testing.assert_allclose(np.array(rows), reference.dense, atol=2e-5)
@@ -121,7 +128,8 @@ class NoNetwork(HTTPAdapter):
 def hub_reaches_only(server: Server) -> Iterator[None]:
     """huggingface_hub's sessions reach the live server and nothing else.
 
-    Under HF_HUB_OFFLINE its default sessions refuse every URL, localhost included.
+    With HF_HUB_OFFLINE=1 in the environment when huggingface_hub is imported, its
+    default sessions refuse every URL, localhost included.
     """
 
     def session() -> requests.Session:

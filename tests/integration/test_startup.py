@@ -50,7 +50,15 @@ def test_embedding_size_is_checked_against_the_model(models: ModelDirs) -> None:
 @pytest.fixture(scope="module")
 def tokenizer_server(models: ModelDirs) -> Iterator[Server]:
     live = start_server(
-        models, {"SPARSE_TOKEN_MAPPING": "tokenizer", "TRUNCATE": "false", "EMBEDDING_SIZE": "32"}
+        models,
+        {
+            "SPARSE_TOKEN_MAPPING": "tokenizer",
+            "TRUNCATE": "false",
+            "EMBEDDING_SIZE": "32",
+            "EMBEDDING_SERVED_NAME": "acme/embedder",
+            "RERANKER_SERVED_NAME": "acme/reranker",
+            "MODEL_ALIASES": "text-embedding-3-small, rerank-v3.5",
+        },
     )
     yield live
     stop_server(live)
@@ -77,3 +85,22 @@ def test_truncate_off_refuses_long_text(tokenizer_server: Server) -> None:
     error = response.json()["error"]
     assert error["param"] == "input[1]"
     assert "tokens" in error["message"]
+
+
+def test_served_names_and_aliases(tokenizer_server: Server) -> None:
+    url = tokenizer_server.url
+    assert {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]} == {
+        "acme/embedder",
+        "acme/reranker",
+    }
+    for name in ("acme/embedder", "embedder", "text-embedding-3-small"):
+        body = httpx.post(f"{url}/v1/embeddings", json={"input": "hi", "model": name}).json()
+        assert body["model"] == "acme/embedder", name
+    rerank = {"query": "q", "documents": ["d"], "model": "rerank-v3.5"}
+    assert httpx.post(f"{url}/v1/rerank", json=rerank).json()["model"] == "acme/reranker"
+    assert httpx.get(f"{url}/info").json()["model_id"] == "acme/embedder"
+    refused = httpx.post(f"{url}/v1/embeddings", json={"input": "hi", "model": "BAAI/bge-m3"})
+    assert refused.status_code == 404
+    assert refused.json()["error"]["message"].endswith(
+        "embed answers to `acme/embedder`, `embedder`, `text-embedding-3-small`, `rerank-v3.5`"
+    )

@@ -75,6 +75,35 @@ def test_answers_equal_the_peers_own(
     assert through_front == direct
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tokenize", {"inputs": TEXTS[:5]}),
+        ("/tokenize", {"inputs": "hello world", "add_special_tokens": False}),
+        ("/decode", {"ids": [[0, 5, 6, 7, 2], [8, 9]], "skip_special_tokens": False}),
+        ("/embed", {"inputs": TEXTS}),
+        ("/embed_sparse", {"inputs": TEXTS}),
+        ("/rerank", {"query": QUERY, "texts": DOCUMENTS, "raw_scores": True}),
+        ("/predict", {"inputs": [[QUERY, DOCUMENTS[0]], ["berlin", DOCUMENTS[1]]]}),
+    ],
+)
+def test_tei_routes_through_a_peer_equal_the_peers_own(
+    front: Server, server: Server, path: str, body: dict[str, Any]
+) -> None:
+    # Tokens and decoding travel too: the peer's own TEI routes answer them.
+    through_front = httpx.post(f"{front.url}{path}", json=body, timeout=120)
+    direct = httpx.post(f"{server.url}{path}", json=body, timeout=120)
+    assert through_front.status_code == direct.status_code == 200, through_front.text
+    if path == "/predict":
+        # Its pairs go to the peer as one call per query, which the peer may batch its
+        # own way: equal within float noise.
+        got = [row[0]["score"] for row in through_front.json()]
+        want = [row[0]["score"] for row in direct.json()]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    else:
+        assert through_front.json() == direct.json()
+
+
 def test_sparse_index_space_follows_the_front_ends_mapping(front: Server, server: Server) -> None:
     hashed = post(front.url, "/v1/sparse-embeddings", {"input": ["hello world"]})["data"][0]
     assert hashed["sparse"]["mapping"] == "hash"

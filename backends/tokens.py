@@ -5,6 +5,7 @@ Callers run these on their tokenizer thread: a fast tokenizer is not safe to sha
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -33,25 +34,33 @@ def tokens_of(
         strict=True,
     ):
         symbols = tokenizer.convert_ids_to_tokens(ids)
+        # TEI reports byte offsets (what its Rust tokenizer counts); Python counts characters.
+        byte_at = _byte_offsets(text)
         row: list[Token] = []
         for token_id, (start, stop), is_special, symbol in zip(
             ids, offsets, special, symbols, strict=True
         ):
             if is_special:
                 row.append(Token(id=int(token_id), text=str(symbol), special=True))
-                continue
-            # TEI reports byte offsets (what its Rust tokenizer counts); Python counts characters.
-            row.append(
-                Token(
-                    id=int(token_id),
-                    text=text[start:stop],
-                    special=False,
-                    start=len(text[:start].encode()),
-                    stop=len(text[:stop].encode()),
+            else:
+                row.append(
+                    Token(
+                        id=int(token_id),
+                        text=text[start:stop],
+                        special=False,
+                        start=byte_at[start],
+                        stop=byte_at[stop],
+                    )
                 )
-            )
         rows.append(tuple(row))
     return tuple(rows)
+
+
+def _byte_offsets(text: str) -> Sequence[int]:
+    """The UTF-8 byte offset of each character offset, in one pass over ``text``."""
+    if text.isascii():
+        return range(len(text) + 1)
+    return list(itertools.accumulate((len(char.encode()) for char in text), initial=0))
 
 
 def decode_ids(

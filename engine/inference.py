@@ -47,6 +47,8 @@ __all__ = ["EngineHealth", "InferenceEngine", "sigmoid"]
 HealthStatus = Literal["ok", "loading", "degraded"]
 # Seconds a client is told to wait while models load.
 _LOADING_RETRY_AFTER = 5
+# Query groups of one score_pairs call sent to the backend at once.
+_PAIR_GROUPS_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +311,14 @@ class InferenceEngine:
         for position, (query, _) in enumerate(pairs):
             groups.setdefault(query, []).append(position)
 
+        # Bounded: each group is one request in the backend's queue (MAX_QUEUED_REQUESTS),
+        # and a batch of distinct queries must not fill it alone.
+        in_flight = asyncio.Semaphore(_PAIR_GROUPS_IN_FLIGHT)
+
         async def scored(query: str, positions: list[int]) -> Scores:
             passages = [pairs[i][1] for i in positions]
-            return await self._router.call(Operation.RERANK, lambda b: b.score(query, passages))
+            async with in_flight:
+                return await self._router.call(Operation.RERANK, lambda b: b.score(query, passages))
 
         answers = await asyncio.gather(*(scored(q, ps) for q, ps in groups.items()))
         logits = np.empty(len(pairs), dtype=np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from engine import (
     InvalidInput,
     ModelNotFound,
     Operation,
+    Scores,
     Settings,
     StartupError,
     Unavailable,
@@ -142,3 +144,67 @@ def test_truncate_off_refuses_texts_over_the_token_limit() -> None:
         asyncio.run(engine.embed_dense(["fine", words]))
     assert info.value.param == "input[1]"
     assert "TRUNCATE" in info.value.message
+
+
+def test_a_requests_truncate_overrides_the_setting() -> None:
+    words = " ".join(["w"] * 15)
+    lenient = run(make_engine(truncate=False))
+    asyncio.run(lenient.embed_dense([words], truncate=True))
+    strict = run(make_engine(truncate=True))
+    with pytest.raises(InputTooLarge):
+        asyncio.run(strict.embed_dense([words], truncate=False))
+
+
+class CountingBackend(FakeBackend):
+    """Records each score call's query and the most calls in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[str] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def score(self, query: str, documents: Sequence[str]) -> Scores:
+        self.queries.append(query)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.001)
+        self.in_flight -= 1
+        return await super().score(query, documents)
+
+
+def test_pairs_are_scored_in_input_order_one_call_per_query() -> None:
+    backend = CountingBackend()
+    engine = run(make_engine(backend))
+    pairs = [("q1", "apple"), ("q2", "zebra"), ("q1", "mango"), ("q2", "kiwi")]
+    scores = asyncio.run(engine.score_pairs(pairs))
+    expected = [float(ord(passage[0]) - ord("m")) for _, passage in pairs]
+    assert scores.logits.tolist() == expected
+    assert sorted(backend.queries) == ["q1", "q2"]
+
+
+def test_many_distinct_queries_do_not_flood_the_backend() -> None:
+    backend = CountingBackend()
+    engine = InferenceEngine(Settings(), {op: [backend] for op in Operation})
+    asyncio.run(engine.start())
+    asyncio.run(engine.score_pairs([(f"q{i}", "apple") for i in range(100)]))
+    assert len(backend.queries) == 100
+    assert 1 < backend.most_in_flight <= 16
+
+
+@pytest.mark.parametrize(
+    ("pairs", "field", "param"),
+    [
+        ([("q", " ")], "pairs", "pairs[0].passage"),
+        ([("q", "p"), ("", "p")], "pairs", "pairs[1].query"),
+        ([("q", "")], None, "passage"),
+        ([], "inputs", "inputs"),
+    ],
+)
+def test_bad_pairs_name_the_field(
+    pairs: list[tuple[str, str]], field: str | None, param: str
+) -> None:
+    engine = run(make_engine())
+    with pytest.raises(InvalidInput) as info:
+        asyncio.run(engine.score_pairs(pairs, field=field))
+    assert info.value.param == param

@@ -53,7 +53,9 @@ _EXAMPLES = [
     raises=[],
     tags=["Infinity", "TEI", "BAAI reranker service"],
     summary="Rerank in the dialect the body speaks: Infinity, TEI or the BAAI reranker service",
-    description=f"The body is one of {_SHAPES}; anything else is answered 422.",
+    description=f"The body is one of {_SHAPES}; anything else is answered 422. Each "
+    "answers, errors included, in its own dialect's shape (TEI: a bare array, and "
+    '`{"error", "error_type"}` errors).',
 )
 async def bare_rerank(
     request: Request[Any, Any, Any],

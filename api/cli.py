@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from api.app import create_app
+from api.download import download_main
 from backends import build_chains
 from engine.errors import StartupError
 from engine.inference import InferenceEngine
@@ -19,7 +20,10 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = load_settings(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["download"]:
+        return download_main(args[1:])
+    settings = load_settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

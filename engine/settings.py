@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bge-serve",
         description="BGE Inference Service: bge-m3 dense, sparse and ColBERT vectors and "
-        "bge-reranker scores behind OpenAI- and Cohere-compatible routes.",
+        "bge-reranker scores behind OpenAI-, Cohere-, TEI- and Infinity-compatible routes.",
+        epilog="bge-serve download --to DIR fetches the models these settings name into DIR "
+        "(see bge-serve download --help).",
     )
     defaults = Settings()
     for field in msgspec.structs.fields(Settings):

@@ -1,7 +1,9 @@
 """``bge-serve download --to DIR``: the models the settings name, fetched into ``DIR``.
 
 Progress goes to stderr; the settings to use go to stdout, one ``NAME=value``
-line each, so ``bge-serve download --to /models > models.env`` gives an env file.
+line each, so ``bge-serve download --to /models > models.env`` gives an env file:
+``MODELS_DIR=DIR`` and the repo ids, which then load from ``DIR`` and keep their
+hub names as public names.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from pathlib import Path
 
 from backends.download import ModelSpec, check_folder, download
 from engine.errors import StartupError
-from engine.model_names import served_name
 from engine.settings import Settings, load_settings
 
 __all__ = ["download_main", "models_to_fetch"]
@@ -47,28 +48,31 @@ def download_main(argv: Sequence[str]) -> int:
         "settings that use them. Other options: as bge-serve's (env or flags). HF_TOKEN and "
         "HF_ENDPOINT are read as huggingface_hub reads them.",
     )
-    parser.add_argument("--to", required=True, type=Path, metavar="DIR", help="Models folder.")
+    parser.add_argument(
+        "--to", type=Path, metavar="DIR", help="Models folder (default: MODELS_DIR)."
+    )
     known, rest = parser.parse_known_args(argv)
     settings = load_settings(rest)
-    to: Path = known.to
+    where: Path | str | None = known.to or settings.models_dir
+    if where is None:
+        parser.error("say where: --to DIR, or MODELS_DIR")
+    to = Path(where)
 
     def say(line: str) -> None:
         print(f"bge-serve download: {line}", file=sys.stderr, flush=True)
 
-    lines: list[str] = []
+    specs = models_to_fetch(settings)
+    if not specs:
+        say("every chain is remote: no model to fetch")
+        return 0
     try:
-        remote = [spec for spec in models_to_fetch(settings) if not _is_folder(spec)]
-        folders = download(remote, to, progress=say)
-        for spec in models_to_fetch(settings):
-            folder = folders.get(spec.setting, Path(spec.repo_id))
-            public = served_name(spec.repo_id, None)
-            served = spec.setting.replace("MODEL_NAME", "SERVED_NAME")
-            lines += [f"{spec.setting}={folder}", f"{served}={public}"]
+        fetched = download([spec for spec in specs if not _is_folder(spec)], to, progress=say)
     except StartupError as exc:
         say(str(exc))
         return 1
-    if not lines:
-        say("every chain is remote: no model to fetch")
+    lines = [f"MODELS_DIR={to}"] if fetched else []
+    # A repo id loads from MODELS_DIR; a folder setting stays the folder it names.
+    lines += [f"{spec.setting}={spec.repo_id}" for spec in specs]
     print("\n".join(lines))
     return 0
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.model_files import model_folder_name
 from engine.errors import StartupError
 
 __all__ = ["ModelSpec", "check_folder", "download", "files_to_fetch"]
@@ -37,7 +38,7 @@ class ModelSpec:
 
     @property
     def folder_name(self) -> str:
-        return self.repo_id.rstrip("/").rsplit("/", 1)[-1]
+        return model_folder_name(self.repo_id)
 
 
 def files_to_fetch(repo_files: Sequence[str], heads: bool) -> list[str]:

@@ -6,11 +6,18 @@ from pathlib import Path
 
 from engine.errors import StartupError
 
-__all__ = ["resolve_model_dir"]
+__all__ = ["model_folder_name", "resolve_model_dir"]
 
 
-def resolve_model_dir(name: str, setting: str) -> Path:
-    """A local folder for ``name``: the folder itself, the HF cache, or a fresh download.
+def model_folder_name(repo_id: str) -> str:
+    """The folder a repo's files go to under MODELS_DIR: its name without the owner."""
+    return repo_id.rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve_model_dir(name: str, setting: str, models_dir: str | None = None) -> Path:
+    """A local folder for ``name``: the folder itself; with ``models_dir`` (MODELS_DIR), a
+    repo id's folder there as ``bge-serve download`` lays it out; else the HF cache, or a
+    fresh download.
 
     Fails fast, naming ``setting`` (the env var to change), when none of these works:
     a service that cannot reach the hub must not hang or die later on first request.
@@ -20,6 +27,14 @@ def resolve_model_dir(name: str, setting: str) -> Path:
         return folder
     if folder.is_absolute() or name.startswith((".", "~")):
         raise StartupError(f"{setting}={name}: no such folder")
+    if models_dir is not None:
+        downloaded = Path(models_dir).expanduser() / model_folder_name(name)
+        if downloaded.is_dir():
+            return downloaded
+        raise StartupError(
+            f"{setting}={name}: MODELS_DIR={models_dir} has no {downloaded.name}; fetch it "
+            f"with `bge-serve download --to {models_dir}`"
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 

@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     rerank_backends: Chain = ("flag",)
     embedding_model_name: str = "BAAI/bge-m3"
     reranker_model_name: str = "BAAI/bge-reranker-v2-m3"
+    models_dir: str | None = None
     embedding_served_name: str | None = None
     reranker_served_name: str | None = None
     model_aliases: tuple[str, ...] = ()
@@ -91,6 +92,9 @@ HELP: dict[str, str] = {
     "embedding_model_name": "bge-m3 model: a Hugging Face repo id or a local folder "
     "(with colbert_linear.pt and sparse_linear.pt for sparse and ColBERT output).",
     "reranker_model_name": "Cross-encoder reranker: a Hugging Face repo id or a local folder.",
+    "models_dir": "Folder that bge-serve download filled: a repo id in EMBEDDING_MODEL_NAME / "
+    "RERANKER_MODEL_NAME loads MODELS_DIR/<its name> (BAAI/bge-m3: MODELS_DIR/bge-m3), never "
+    "the hub; start-up fails if it is missing. Also download's default --to.",
     "embedding_served_name": "The embedding model's name in responses and /v1/models, and what "
     "a request's model must say (unset: the hub id EMBEDDING_MODEL_NAME is or its folder records, "
     "else BAAI/<folder name>; never a path).",

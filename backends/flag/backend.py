@@ -128,7 +128,9 @@ class FlagBackend:
         dtype = resolve_dtype(self._device, settings.use_fp16)
         caps = self._capabilities
         if caps.embedding_model is not None:
-            folder = resolve_model_dir(caps.embedding_model, "EMBEDDING_MODEL_NAME")
+            folder = resolve_model_dir(
+                caps.embedding_model, "EMBEDDING_MODEL_NAME", settings.models_dir
+            )
             log.info(
                 "flag: loading %s from %s on %s (%s)",
                 caps.embedding_model,
@@ -147,7 +149,9 @@ class FlagBackend:
                 need_sparse_heads=Operation.SPARSE in caps.operations,
             )
         if caps.reranker_model is not None:
-            folder = resolve_model_dir(caps.reranker_model, "RERANKER_MODEL_NAME")
+            folder = resolve_model_dir(
+                caps.reranker_model, "RERANKER_MODEL_NAME", settings.models_dir
+            )
             log.info(
                 "flag: loading %s from %s on %s (%s)",
                 caps.reranker_model,

@@ -77,11 +77,17 @@ class InfinityBackend:
         caps = self._capabilities
         if caps.embedding_model is not None:
             folders[Operation.EMBED] = await asyncio.to_thread(
-                resolve_model_dir, caps.embedding_model, "EMBEDDING_MODEL_NAME"
+                resolve_model_dir,
+                caps.embedding_model,
+                "EMBEDDING_MODEL_NAME",
+                self._settings.models_dir,
             )
         if caps.reranker_model is not None:
             folders[Operation.RERANK] = await asyncio.to_thread(
-                resolve_model_dir, caps.reranker_model, "RERANKER_MODEL_NAME"
+                resolve_model_dir,
+                caps.reranker_model,
+                "RERANKER_MODEL_NAME",
+                self._settings.models_dir,
             )
         # Building the array loads the weights: off the event loop.
         self._array = await asyncio.to_thread(self._build, folders)

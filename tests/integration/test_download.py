@@ -136,13 +136,14 @@ def test_the_command_prints_the_settings_to_use(repos: dict[str, Path], tmp_path
             timeout=300,
         )
     assert result.returncode == 0, result.stderr
+    # Repo ids that load from MODELS_DIR keep their hub names as public names.
     assert result.stdout.splitlines() == [
-        f"EMBEDDING_MODEL_NAME={tmp_path / 'models' / 'bge-m3'}",
-        "EMBEDDING_SERVED_NAME=BAAI/bge-m3",
-        f"RERANKER_MODEL_NAME={tmp_path / 'models' / 'bge-reranker-v2-m3'}",
-        "RERANKER_SERVED_NAME=BAAI/bge-reranker-v2-m3",
+        f"MODELS_DIR={tmp_path / 'models'}",
+        "EMBEDDING_MODEL_NAME=BAAI/bge-m3",
+        "RERANKER_MODEL_NAME=BAAI/bge-reranker-v2-m3",
     ]
     assert "checked" in result.stderr
+    assert check_folder(tmp_path / "models" / "bge-m3", heads=True) == []
 
 
 def test_the_command_fails_with_what_to_do(tmp_path: Path) -> None:

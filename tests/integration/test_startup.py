@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -40,6 +41,14 @@ def test_missing_folder_fails_fast(models: ModelDirs) -> None:
     assert "RERANKER_MODEL_NAME=/nonexistent/reranker: no such folder" in result.stderr
 
 
+def test_a_model_missing_from_models_dir_fails_fast(models: ModelDirs, tmp_path: Path) -> None:
+    result = run_to_exit(
+        models, {"MODELS_DIR": str(tmp_path), "EMBEDDING_MODEL_NAME": "BAAI/bge-m3"}
+    )
+    assert result.returncode != 0
+    assert f"has no bge-m3; fetch it with `bge-serve download --to {tmp_path}`" in result.stderr
+
+
 def test_embedding_size_is_checked_against_the_model(models: ModelDirs) -> None:
     result = run_to_exit(models, {"EMBEDDING_SIZE": "1024"})
     assert result.returncode != 0
@@ -55,6 +64,10 @@ def tokenizer_server(models: ModelDirs) -> Iterator[Server]:
             "SPARSE_TOKEN_MAPPING": "tokenizer",
             "TRUNCATE": "false",
             "EMBEDDING_SIZE": "32",
+            # Repo ids loaded from the layout `bge-serve download` leaves.
+            "MODELS_DIR": str(models.m3.parent),
+            "EMBEDDING_MODEL_NAME": f"BAAI/{models.m3.name}",
+            "RERANKER_MODEL_NAME": f"BAAI/{models.reranker.name}",
             "EMBEDDING_SERVED_NAME": "acme/embedder",
             "RERANKER_SERVED_NAME": "acme/reranker",
             "MODEL_ALIASES": "text-embedding-3-small, rerank-v3.5",

@@ -26,7 +26,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from backends.download import ModelSpec
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,17 +61,16 @@ def test_compose_file_fits_the_compose_specification(accelerator: str) -> None:
 def test_models_are_downloaded_before_the_service_starts(accelerator: str) -> None:
     services = compose(accelerator)["services"]
     models, bge = services["models"], services["bge"]
-    assert models["command"] == ["download", "--to", "/models"]
+    assert models["command"] == ["download"]
     assert models["restart"] == "no"
-    assert "models:/models" in models["volumes"]
     assert bge["depends_on"]["models"]["condition"] == "service_completed_successfully"
-    assert "models:/models:ro" in bge["volumes"]
-    # The folders the service loads are the ones `bge-serve download --to /models` fills.
-    environment = bge["environment"]
-    for setting, default in (("EMBEDDING", "BAAI/bge-m3"), ("RERANKER", "BAAI/bge-reranker-v2-m3")):
-        folder = ModelSpec(f"{setting}_MODEL_NAME", default, heads=False).folder_name
-        assert environment[f"{setting}_MODEL_NAME"] == f"/models/{folder}"
-        assert environment[f"{setting}_SERVED_NAME"].endswith(f":-{default}}}")
+    # The download fills MODELS_DIR on the volume; the service reads the same models
+    # (same repo ids) from the same folder, read-only.
+    directory = models["environment"]["MODELS_DIR"]
+    assert f"models:{directory}" in models["volumes"]
+    assert f"models:{directory}:ro" in bge["volumes"]
+    for key in ("MODELS_DIR", "EMBEDDING_MODEL_NAME", "RERANKER_MODEL_NAME"):
+        assert bge["environment"][key] == models["environment"][key], key
 
 
 @pytest.mark.parametrize("accelerator", ["cuda", "rocm"])
@@ -255,11 +253,12 @@ def test_probes_rollout_and_scaling_fit_a_model_server() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     job = by_kind(objects, "Job")
     (download,) = job["spec"]["template"]["spec"]["containers"]
-    assert download["args"] == ["download", "--to", "/models"]
+    assert download["args"] == ["download"]
     job_env = {e["name"]: e["value"] for e in download["env"]}
-    for setting in ("EMBEDDING", "RERANKER"):
-        folder = ModelSpec(setting, job_env[f"{setting}_MODEL_NAME"], heads=False).folder_name
-        assert env[f"{setting}_MODEL_NAME"] == f"/models/{folder}"
+    for key in ("MODELS_DIR", "EMBEDDING_MODEL_NAME", "RERANKER_MODEL_NAME"):
+        assert env[key] == job_env[key], key
+    assert mounts["models"]["mountPath"] == env["MODELS_DIR"]
+    assert download["volumeMounts"][0]["mountPath"] == env["MODELS_DIR"]
     claims = {
         v["persistentVolumeClaim"]["claimName"]
         for spec in (pod, job["spec"]["template"]["spec"])
@@ -355,10 +354,9 @@ def test_image_defaults_are_settings_the_service_knows() -> None:
     )
     known = {name.upper() for name in Settings.__struct_fields__}
     service = {key for key in defaults if key in known}
-    assert {"HOST", "PORT", "DEVICE", "EMBEDDING_MODEL_NAME", "RERANKER_MODEL_NAME"} <= service
-    assert (
-        defaults["EMBEDDING_MODEL_NAME"]
-        == compose("cuda")["services"]["bge"]["environment"]["EMBEDDING_MODEL_NAME"]
-    )
+    assert {"HOST", "PORT", "DEVICE", "MODELS_DIR"} <= service
+    assert defaults["MODELS_DIR"] == compose("cuda")["services"]["bge"]["environment"]["MODELS_DIR"]
+    volumes = [rest for keyword, rest in instructions(DOCKERFILE) if keyword == "VOLUME"]
+    assert json.loads(volumes[0]) == [defaults["MODELS_DIR"], "/data"]
     exposed = [rest for keyword, rest in instructions(DOCKERFILE) if keyword == "EXPOSE"]
     assert exposed == [defaults["PORT"]]

@@ -76,7 +76,9 @@ def test_models_are_downloaded_before_the_service_starts(accelerator: str) -> No
 @pytest.mark.parametrize("accelerator", ["cuda", "rocm"])
 def test_service_is_health_checked_restarted_and_configurable(accelerator: str) -> None:
     bge = compose(accelerator)["services"]["bge"]
-    assert any("/health" in part for part in bge["healthcheck"]["test"])
+    test = bge["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "/health" in test[3]
+    compile(test[3], "healthcheck", "exec")
     assert bge["healthcheck"]["start_period"] == "180s"
     assert bge["restart"] == "unless-stopped"
     assert bge["env_file"] == [{"path": "deploy/bge.env", "required": False}]
@@ -327,7 +329,9 @@ def test_entrypoint_is_the_installed_command_and_runs_unprivileged() -> None:
     users = [rest for keyword, rest in found if keyword == "USER"]
     assert users and users[-1] not in {"root", "0"}
     health = next(rest for keyword, rest in found if keyword == "HEALTHCHECK")
-    assert "/health" in health
+    command = json.loads(health[health.index("CMD") + 3 :])  # exec form: JSON
+    assert command[:2] == ["python", "-c"] and "/health" in command[2]
+    compile(command[2], "HEALTHCHECK", "exec")  # the quoting survived
     assert sum(1 for keyword, _ in found if keyword == "FROM") == 2  # build, then runtime
 
 

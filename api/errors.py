@@ -175,7 +175,7 @@ _DOCUMENTED: dict[int, _Documented] = {
 }
 
 
-def _documented_problem(status: int, documented: _Documented) -> Problem:
+def _documented_problem(documented: _Documented) -> Problem:
     if documented.kind is None:
         return Problem(_MALFORMED, documented.example, "malformed_json")
     return Problem(
@@ -186,7 +186,7 @@ def _documented_problem(status: int, documented: _Documented) -> Problem:
 def _openai_responses() -> dict[int, ResponseSpec]:
     responses: dict[int, ResponseSpec] = {}
     for status, documented in _DOCUMENTED.items():
-        problem = _documented_problem(status, documented)
+        problem = _documented_problem(documented)
         responses[status] = ResponseSpec(
             data_container=ErrorEnvelope,
             description=documented.description,
@@ -199,7 +199,7 @@ def _openai_responses() -> dict[int, ResponseSpec]:
 def _tei_responses() -> dict[int, ResponseSpec]:
     responses: dict[int, ResponseSpec] = {}
     for status, documented in _DOCUMENTED.items():
-        problem = _documented_problem(status, documented)
+        problem = _documented_problem(documented)
         tei_status = problem.status.tei_http
         if status == HTTP_404_NOT_FOUND or tei_status in responses:
             continue  # TEI's routes take no model; 502 and 504 are both TEI's 424
@@ -253,9 +253,7 @@ def problem_of(exc: Exception) -> Problem:
         return Problem(
             STATUS[exc.kind], exc.message, str(exc.kind), exc.param, retry_after=retry_after
         )
-    if isinstance(exc, ValidationException):
-        return _validation_problem(exc)
-    if isinstance(exc, msgspec.ValidationError):
+    if isinstance(exc, ValidationException | msgspec.ValidationError):
         return _validation_problem(exc)
     if isinstance(exc, HTTPException):
         status = exc.status_code

@@ -17,7 +17,7 @@ from api.cohere import CohereController
 from api.disconnect import ClientDisconnected
 from api.docs import docs_assets, openapi_config
 from api.errors import client_disconnected, engine_error, http_error, unexpected_error
-from api.health import health
+from api.health import health, live, ready
 from api.infinity import InfinityController
 from api.native import NativeController
 from api.openai import OpenAIController
@@ -85,6 +85,8 @@ def create_app(
             RerankerServiceController,
             bare_rerank,
             health,
+            live,
+            ready,
             docs_assets(),
         ],
         dependencies={

@@ -1,4 +1,6 @@
-"""``GET /health``: 200 when every model is loaded and every backend healthy, else 503."""
+"""Health: ``GET /health`` (200 when every model is loaded and every backend healthy, else
+503, with what serves what), ``/health/live`` (the process serves HTTP) and
+``/health/ready`` (every served operation has a backend that can take work now)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from engine.inference import InferenceEngine
 from engine.settings import Settings
 from engine.types import Operation
 
-__all__ = ["health"]
+__all__ = ["health", "live", "ready"]
 
 
 class BackendStatus(msgspec.Struct, kw_only=True):
@@ -101,4 +103,54 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
         error=state.error,
     )
     status = HTTP_200_OK if state.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE
+    return Response(body, status_code=status)
+
+
+class Liveness(msgspec.Struct, kw_only=True):
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: Literal["ready", "loading", "not_ready"]
+    reasons: list[str] = msgspec.field(default_factory=list)
+
+
+@get(
+    "/health/live",
+    tags=["Service"],
+    summary="Liveness: the process serves HTTP (a down remote or a loading model is not death)",
+    cache=False,
+    responses=answers(Liveness, {"status": "alive"}, {}),
+)
+async def live() -> Liveness:
+    return Liveness()
+
+
+@get(
+    "/health/ready",
+    tags=["Service"],
+    summary="Readiness: 200 when every served operation has a loaded, healthy backend; "
+    "else 503 with the reasons",
+    cache=False,
+    responses=answers(Readiness, {"status": "ready"}, {}),
+)
+async def ready(engine: InferenceEngine) -> Response[Readiness]:
+    state = engine.health()
+    if state.status == "loading":
+        body = Readiness(status="loading", reasons=["the models are still loading"])
+    elif state.error is not None:
+        body = Readiness(status="not_ready", reasons=[f"start-up failed: {state.error}"])
+    else:
+        # A chain is ready when one of its backends is: the router falls through to it.
+        reasons = [
+            f"{operation}: no loaded, healthy backend ("
+            + "; ".join(f"{name}: {state.backends[name].detail or 'down'}" for name in names)
+            + ")"
+            for operation, names in state.chains.items()
+            if not any(state.backends[n].loaded and state.backends[n].healthy for n in names)
+        ]
+        body = (
+            Readiness(status="not_ready", reasons=reasons) if reasons else Readiness(status="ready")
+        )
+    status = HTTP_200_OK if body.status == "ready" else HTTP_503_SERVICE_UNAVAILABLE
     return Response(body, status_code=status)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 from litestar.testing import TestClient
 
 from api.app import create_app
-from engine import InferenceEngine, Operation, Settings
+from engine import BackendHealth, InferenceEngine, Operation, Settings
 from tests.fake_backend import FakeBackend
 
 
@@ -31,6 +32,9 @@ def test_loading_then_ready() -> None:
         health = client.get("/health")
         assert health.status_code == 503
         assert health.json()["status"] == "loading"
+        assert client.get("/health/live").status_code == 200
+        not_ready = client.get("/health/ready")
+        assert (not_ready.status_code, not_ready.json()["status"]) == (503, "loading")
         busy = client.post("/v1/embeddings", json={"input": "hello"})
         assert busy.status_code == 503
         assert int(busy.headers["retry-after"]) >= 1
@@ -42,6 +46,7 @@ def test_loading_then_ready() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert client.post("/v1/embeddings", json={"input": "hello"}).status_code == 200
+        assert client.get("/health/ready").json() == {"status": "ready"}
 
 
 def test_failed_start_is_reported_and_degraded() -> None:
@@ -60,6 +65,49 @@ def test_failed_start_is_reported_and_degraded() -> None:
         body = client.get("/health").json()
         assert body["status"] == "degraded"
         assert "weights are corrupt" in body["error"]
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert "weights are corrupt" in ready.json()["reasons"][0]
+        assert client.get("/health/live").status_code == 200
         refused = client.post("/v1/embeddings", json={"input": "hello"})
         assert refused.status_code == 503
     assert "weights are corrupt" in str(failures[0])
+
+
+class Unhealthy(FakeBackend):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def health(self) -> BackendHealth:
+        return BackendHealth(loaded=True, healthy=False, device="remote", detail="unreachable")
+
+
+def test_ready_while_a_chain_can_fall_through_and_not_once_it_cannot() -> None:
+    settings = Settings()
+    fallback = {op: [Unhealthy("remote"), FakeBackend()] for op in Operation}
+    engine = InferenceEngine(settings, fallback)
+    with TestClient(create_app(settings, engine)) as client:
+        wait_started(client)
+        assert client.get("/health").status_code == 503  # a backend is down...
+        assert client.get("/health/ready").json() == {"status": "ready"}  # ...but covered
+
+    alone = InferenceEngine(settings, {op: [Unhealthy("remote")] for op in Operation})
+    with TestClient(create_app(settings, alone)) as client:
+        wait_started(client)
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["reasons"] == [
+            f"{op}: no loaded, healthy backend (remote: unreachable)" for op in sorted(Operation)
+        ]
+
+
+def wait_started(client: TestClient[Any]) -> None:
+    deadline = time.monotonic() + 10
+    while client.get("/health").json()["status"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

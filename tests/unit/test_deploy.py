@@ -77,7 +77,7 @@ def test_models_are_downloaded_before_the_service_starts(accelerator: str) -> No
 def test_service_is_health_checked_restarted_and_configurable(accelerator: str) -> None:
     bge = compose(accelerator)["services"]["bge"]
     test = bge["healthcheck"]["test"]
-    assert test[:3] == ["CMD", "python", "-c"] and "/health" in test[3]
+    assert test[:3] == ["CMD", "python", "-c"] and "/health/ready" in test[3]
     compile(test[3], "healthcheck", "exec")
     assert bge["healthcheck"]["start_period"] == "180s"
     assert bge["restart"] == "unless-stopped"
@@ -245,8 +245,9 @@ def test_probes_rollout_and_scaling_fit_a_model_server() -> None:
     startup = container["startupProbe"]
     # A model load may take minutes; liveness must not kill it meanwhile.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
-    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert container["livenessProbe"]["httpGet"]["path"] != "/health"  # a down remote ≠ dead
+    assert startup["httpGet"]["path"] == container["readinessProbe"]["httpGet"]["path"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"  # a down remote ≠ dead
     assert pod["terminationGracePeriodSeconds"] >= 30
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -330,7 +331,7 @@ def test_entrypoint_is_the_installed_command_and_runs_unprivileged() -> None:
     assert users and users[-1] not in {"root", "0"}
     health = next(rest for keyword, rest in found if keyword == "HEALTHCHECK")
     command = json.loads(health[health.index("CMD") + 3 :])  # exec form: JSON
-    assert command[:2] == ["python", "-c"] and "/health" in command[2]
+    assert command[:2] == ["python", "-c"] and "/health/ready" in command[2]
     compile(command[2], "HEALTHCHECK", "exec")  # the quoting survived
     assert sum(1 for keyword, _ in found if keyword == "FROM") == 2  # build, then runtime
 

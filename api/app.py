@@ -12,6 +12,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 
+from api.access import cors_config, key_guard
 from api.bare_rerank import bare_rerank
 from api.cohere import CohereController
 from api.disconnect import ClientDisconnected
@@ -101,6 +102,8 @@ def create_app(
             Exception: unexpected_error,
         },
         lifespan=[lifespan],
+        guards=[key_guard(settings)] if settings.api_key else [],
+        cors_config=cors_config(settings),
         openapi_config=openapi_config(app_version),
         request_max_body_size=settings.max_request_bytes,
     )

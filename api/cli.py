@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ import uvicorn
 
 from api.app import create_app
 from api.download import download_main
+from api.logs import configure_logging
 from backends import build_chains
 from engine.errors import StartupError
 from engine.inference import InferenceEngine
@@ -24,12 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["download"]:
         return download_main(args[1:])
     settings = load_settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # httpx logs every remote call at INFO with its URL: noise, and a URL may carry credentials.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    log_config = configure_logging(settings)
     # Tokenizers' own thread pool fights torch's for the same cores under a server.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -53,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
-            timeout_graceful_shutdown=10,
+            log_config=log_config,
+            # On SIGTERM uvicorn stops accepting, then waits this long for the requests
+            # it has (queued ones included) before the lifespan stops the engine.
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
     )
     server.run()

@@ -22,6 +22,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
+    HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
@@ -97,6 +98,9 @@ STATUS: dict[ErrorKind, Status] = {
 _MALFORMED = Status(
     HTTP_400_BAD_REQUEST, "invalid_request_error", HTTP_400_BAD_REQUEST, "Validation"
 )
+_UNAUTHORIZED = Status(
+    HTTP_401_UNAUTHORIZED, "authentication_error", HTTP_401_UNAUTHORIZED, "Validation"
+)
 _INTERNAL = Status(
     HTTP_500_INTERNAL_SERVER_ERROR,
     "internal_error",
@@ -124,7 +128,7 @@ class TeiError(msgspec.Struct):
 @dataclass(frozen=True, slots=True)
 class _Documented:
     description: str
-    kind: ErrorKind | None  # None: malformed JSON
+    kind: ErrorKind | None  # None: not an engine error (malformed JSON, no key)
     example: str
     param: str | None = None
 
@@ -132,6 +136,11 @@ class _Documented:
 _DOCUMENTED: dict[int, _Documented] = {
     HTTP_400_BAD_REQUEST: _Documented(
         "The body is not JSON", None, "the request body is not valid JSON: Expected `,`"
+    ),
+    HTTP_401_UNAUTHORIZED: _Documented(
+        "API_KEY is set and the request has no valid key",
+        None,
+        "the API key is not valid",
     ),
     HTTP_404_NOT_FOUND: _Documented(
         "The request names a model this service does not serve",
@@ -175,7 +184,9 @@ _DOCUMENTED: dict[int, _Documented] = {
 }
 
 
-def _documented_problem(documented: _Documented) -> Problem:
+def _documented_problem(status: int, documented: _Documented) -> Problem:
+    if status == HTTP_401_UNAUTHORIZED:
+        return Problem(_UNAUTHORIZED, documented.example, "invalid_api_key")
     if documented.kind is None:
         return Problem(_MALFORMED, documented.example, "malformed_json")
     return Problem(
@@ -186,7 +197,7 @@ def _documented_problem(documented: _Documented) -> Problem:
 def _openai_responses() -> dict[int, ResponseSpec]:
     responses: dict[int, ResponseSpec] = {}
     for status, documented in _DOCUMENTED.items():
-        problem = _documented_problem(documented)
+        problem = _documented_problem(status, documented)
         responses[status] = ResponseSpec(
             data_container=ErrorEnvelope,
             description=documented.description,
@@ -199,7 +210,7 @@ def _openai_responses() -> dict[int, ResponseSpec]:
 def _tei_responses() -> dict[int, ResponseSpec]:
     responses: dict[int, ResponseSpec] = {}
     for status, documented in _DOCUMENTED.items():
-        problem = _documented_problem(documented)
+        problem = _documented_problem(status, documented)
         tei_status = problem.status.tei_http
         if status == HTTP_404_NOT_FOUND or tei_status in responses:
             continue  # TEI's routes take no model; 502 and 504 are both TEI's 424
@@ -221,6 +232,7 @@ class Problem:
     code: str | None
     param: str | None = None
     retry_after: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
     def openai_body(self) -> ErrorEnvelope:
         return ErrorEnvelope(
@@ -237,7 +249,10 @@ class Problem:
         return Response(self.tei_body(), status_code=self.status.tei_http, headers=self._headers())
 
     def _headers(self) -> dict[str, str] | None:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers or None
 
 
 ERROR_RESPONSES = _openai_responses()
@@ -261,6 +276,13 @@ def problem_of(exc: Exception) -> Problem:
             # Litestar raises a plain 400 when the body is not JSON at all.
             return Problem(
                 _MALFORMED, f"the request body is not valid JSON: {exc.detail}", "malformed_json"
+            )
+        if status == HTTP_401_UNAUTHORIZED:
+            return Problem(
+                _UNAUTHORIZED,
+                str(exc.detail),
+                "invalid_api_key",
+                headers=tuple((exc.headers or {}).items()),
             )
         if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
             return Problem(

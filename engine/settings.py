@@ -67,18 +67,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     remote_probe_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
     breaker_threshold: Positive = 5
     breaker_cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    api_key: tuple[str, ...] = ()
+    protect_metrics: bool = False
+    cors_origins: tuple[str, ...] = ()
+    log_format: Literal["text", "json"] = "text"
+    shutdown_timeout_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; a credential must not.
         shown = ", ".join(
-            f"{f.name}={'***' if f.name in _SECRETS and v is not None else v!r}"
+            f"{f.name}={'***' if f.name in _SECRETS and v else v!r}"
             for f in msgspec.structs.fields(self)
             for v in (getattr(self, f.name),)
         )
         return f"Settings({shown})"
 
 
-_SECRETS = frozenset({"remote_api_key"})
+_SECRETS = frozenset({"remote_api_key", "api_key"})
 
 
 HELP: dict[str, str] = {
@@ -152,6 +157,14 @@ HELP: dict[str, str] = {
     "breaker_threshold": "Consecutive failures after which a backend is skipped for "
     "BREAKER_COOLDOWN_S (its calls go to the next backend of the chain).",
     "breaker_cooldown_s": "Seconds a failing backend is skipped before one call probes it.",
+    "api_key": "Keys clients must send (comma-separated; Authorization: Bearer <key> or "
+    "X-API-Key: <key>); unset: no key needed. Never logged.",
+    "protect_metrics": "Require a key for /health*, /metrics and /docs too (probes then send one).",
+    "cors_origins": "Browser origins allowed to call the API (comma-separated, e.g. "
+    "https://app.example.com; * for any); unset: no cross-origin access.",
+    "log_format": "text, or json for one JSON object per line.",
+    "shutdown_timeout_s": "On SIGTERM, how long requests already accepted may take to get "
+    "their answers before the process exits.",
 }
 
 

@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import pytest
+from litestar.testing import TestClient
 
 from tests.fixtures.tiny_models import build_m3, build_reranker
 
@@ -132,3 +133,11 @@ def server(models: ModelDirs) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http
+
+
+def wait_started(client: TestClient[Any]) -> None:
+    """Until the app's engine has finished loading (in-process tests)."""
+    deadline = time.monotonic() + 10
+    while client.get("/health").json()["status"] == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
 
 from litestar.testing import TestClient
 
 from api.app import create_app
 from engine import BackendHealth, InferenceEngine, Operation, Settings
+from tests.conftest import wait_started
 from tests.fake_backend import FakeBackend
 
 
@@ -104,10 +104,3 @@ def test_ready_while_a_chain_can_fall_through_and_not_once_it_cannot() -> None:
         assert ready.json()["reasons"] == [
             f"{op}: no loaded, healthy backend (remote: unreachable)" for op in sorted(Operation)
         ]
-
-
-def wait_started(client: TestClient[Any]) -> None:
-    deadline = time.monotonic() + 10
-    while client.get("/health").json()["status"] == "loading":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)

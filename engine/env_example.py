@@ -32,7 +32,8 @@ def env_example() -> str:
         )
         value = getattr(defaults, field.name)
         name = env_name(field.name)
-        if value is None:
+        # Unset, or an empty list (no keys, no aliases): shown commented out, to fill in.
+        if value is None or value == ():
             lines.append(f"# {name}=")
         else:
             lines.append(f"{name}={_env_value(value)}")
@@ -43,7 +44,7 @@ def _env_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
-        return ",".join(str(item) for item in value) or "none"
+        return ",".join(str(item) for item in value)
     return str(value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
     )
+    # uvicorn re-raises the signal it drained on once it is done; the drain finished,
+    # so that signal now ends the process cleanly (exit 0) instead of killing it.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     if failures:
         print(f"bge-serve: {failures[0]}", file=sys.stderr)

@@ -20,6 +20,7 @@ from api.docs import docs_assets, openapi_config
 from api.errors import client_disconnected, engine_error, http_error, unexpected_error
 from api.health import health, live, ready
 from api.infinity import InfinityController
+from api.metrics import Metrics, metrics_route
 from api.native import NativeController
 from api.openai import OpenAIController
 from api.reranker_service import RerankerServiceController
@@ -53,6 +54,7 @@ def create_app(
     """
 
     app_version = _version()
+    metrics = Metrics(engine)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -88,6 +90,7 @@ def create_app(
             health,
             live,
             ready,
+            metrics_route(metrics),
             docs_assets(),
         ],
         dependencies={
@@ -102,6 +105,7 @@ def create_app(
             Exception: unexpected_error,
         },
         lifespan=[lifespan],
+        middleware=[metrics.middleware()],
         guards=[key_guard(settings)] if settings.api_key else [],
         cors_config=cors_config(settings),
         openapi_config=openapi_config(app_version),

@@ -18,6 +18,7 @@ from litestar.params import Body
 from api import infinity, reranker_service, tei
 from api.docs import answers
 from api.errors import ERROR_RESPONSES, problem_of
+from api.metrics import DIALECT_KEY
 from engine.errors import EngineError, InvalidInput
 from engine.inference import InferenceEngine
 
@@ -66,14 +67,17 @@ async def bare_rerank(
     engine: InferenceEngine,
 ) -> Response[Any]:
     if "passage" in data:
+        request.scope[DIALECT_KEY] = "BAAI reranker service"  # type: ignore[literal-required]
         pair = _decoded(data, reranker_service.PairRerankRequest)
         return Response(await reranker_service.rerank(request, pair, engine))
     if "texts" in data:
+        request.scope[DIALECT_KEY] = "TEI"  # type: ignore[literal-required]
         try:
             return await tei.rerank(request, _decoded(data, tei.TeiRerankRequest), engine)
         except EngineError as exc:
             return problem_of(exc).tei()
     if "documents" in data:
+        request.scope[DIALECT_KEY] = "Infinity"  # type: ignore[literal-required]
         ranked = _decoded(data, infinity.InfinityRerankRequest)
         return Response(await infinity.rerank(request, ranked, engine))
     raise InvalidInput(f"the body is none of the rerank shapes this route takes: {_SHAPES}")

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.telemetry import SizeHistogram
 from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = ["Backend", "BackendHealth", "Capabilities"]
@@ -34,6 +35,7 @@ class BackendHealth:
     device: str
     detail: str = ""
     stats: Mapping[str, int] = field(default_factory=dict)  # counters, e.g. forward passes
+    batch_sizes: Mapping[str, SizeHistogram] = field(default_factory=dict)  # per model
 
 
 class Backend(Protocol):

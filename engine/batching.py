@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from engine.errors import Overloaded
+from engine.telemetry import SizeHistogram
 
 __all__ = ["BatchStats", "MicroBatcher", "Unit"]
 
@@ -99,6 +100,7 @@ class MicroBatcher(Generic[P, R]):
         self._ready = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self.stats = BatchStats()
+        self.batch_sizes = SizeHistogram()
 
     def start(self) -> None:
         # More than one worker only helps if ``executor`` runs as many passes at once.
@@ -161,6 +163,7 @@ class MicroBatcher(Generic[P, R]):
             self.stats.forward_passes += 1
             self.stats.units_computed += len(batch)
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.batch_sizes.observe(len(batch))
             for queued, result in zip(batch, results, strict=True):
                 request = queued.request
                 if request.future.done():

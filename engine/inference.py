@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from engine.model_names import ModelNames
 from engine.router import CHAIN_SETTING, Router
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapper, SparseMapping
+from engine.telemetry import Telemetry
 from engine.types import (
     ColbertMatrix,
     DenseMatrix,
@@ -65,10 +67,12 @@ class InferenceEngine:
     def __init__(self, settings: Settings, chains: Mapping[Operation, Sequence[Backend]]) -> None:
         self._settings = settings
         self._names = ModelNames.from_settings(settings)
+        self.telemetry = Telemetry()
         self._router = Router(
             chains,
             breaker_threshold=settings.breaker_threshold,
             breaker_cooldown_s=settings.breaker_cooldown_s,
+            telemetry=self.telemetry,
         )
         self._started = False
         self._start_error: str | None = None
@@ -80,7 +84,9 @@ class InferenceEngine:
         """Start every backend (each loads its models once), then check them against settings."""
         try:
             for backend in self._router.backends:
+                began = time.perf_counter()
                 await backend.start()
+                self.telemetry.load_seconds[backend.name] = time.perf_counter() - began
             self._check_models()
         except BaseException as exc:
             self._start_error = str(exc) or type(exc).__name__
@@ -176,6 +182,9 @@ class InferenceEngine:
             return self._names.reranker
         return self._names.embedding
 
+    def breaker_open(self, backend: str) -> bool:
+        return self._router.breaker_open(backend)
+
     @property
     def names(self) -> ModelNames:
         return self._names
@@ -241,6 +250,7 @@ class InferenceEngine:
         if not (self._settings.truncate if truncate is None else truncate):
             await self._check_token_counts(operation, texts, field)
         encoding = await self._router.call(operation, lambda b: b.encode(texts, outputs))
+        self._count(operation, len(texts), encoding.token_count)
         dense = encoding.dense
         if dense is not None and dimensions is not None and dimensions < dense.shape[1]:
             dense = _normalize(dense[:, :dimensions])
@@ -280,6 +290,7 @@ class InferenceEngine:
         if max_tokens_per_doc is not None:
             documents = await self._cut_documents(documents, max_tokens_per_doc)
         scores = await self._router.call(Operation.RERANK, lambda b: b.score(query, documents))
+        self._count(Operation.RERANK, len(documents), scores.token_count)
         logits = scores.logits.astype(np.float64)
         probabilities = sigmoid(logits)
         # Stable sort on the negated logit: ties keep input order.
@@ -324,7 +335,9 @@ class InferenceEngine:
         logits = np.empty(len(pairs), dtype=np.float32)
         for positions, answer in zip(groups.values(), answers, strict=True):
             logits[positions] = answer.logits
-        return Scores(logits=logits, token_count=sum(a.token_count for a in answers))
+        tokens = sum(a.token_count for a in answers)
+        self._count(Operation.RERANK, len(pairs), tokens)
+        return Scores(logits=logits, token_count=tokens)
 
     async def _cut_documents(self, documents: Sequence[str], limit: int) -> Sequence[str]:
         if limit < 1:
@@ -378,6 +391,10 @@ class InferenceEngine:
         return await self._router.call(operation, lambda b: b.tokenize(texts))
 
     # -- internals -------------------------------------------------------------------
+
+    def _count(self, operation: Operation, items: int, tokens: int) -> None:
+        self.telemetry.items[operation] += items
+        self.telemetry.tokens[operation] += tokens
 
     def _embedding_operation(self) -> Operation:
         return Operation.EMBED if Operation.EMBED in self._router.operations else Operation.SPARSE

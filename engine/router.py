@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from engine.backend import Backend
 from engine.errors import BackendFailure, EngineError, Overloaded, StartupError, Unavailable
+from engine.telemetry import Telemetry
 from engine.types import Operation
 
 __all__ = ["CHAIN_SETTING", "CircuitBreaker", "Router"]
@@ -65,6 +66,7 @@ class Router:
         breaker_threshold: int = 5,
         breaker_cooldown_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if not chains:
             raise StartupError(
@@ -90,6 +92,7 @@ class Router:
             b.name: CircuitBreaker(breaker_threshold, breaker_cooldown_s) for b in self.backends
         }
         self._clock = clock
+        self.telemetry = telemetry or Telemetry()
 
     @property
     def operations(self) -> frozenset[Operation]:
@@ -115,19 +118,19 @@ class Router:
 
     async def call(self, operation: Operation, work: Callable[[Backend], Awaitable[T]]) -> T:
         last: EngineError | None = None
+        telemetry = self.telemetry
         for backend in self.chain(operation):
             breaker = self._breakers[backend.name]
             if not breaker.allows(self._clock()):
+                telemetry.fall_throughs[(operation, backend.name)] += 1
                 continue
             try:
                 result = await work(backend)
             except (Overloaded, Unavailable) as exc:
                 last = exc
-                continue
             except BackendFailure as exc:
                 breaker.failure(self._clock())
                 last = exc
-                continue
             except EngineError:
                 raise
             except Exception as exc:
@@ -137,9 +140,11 @@ class Router:
                 last = BackendFailure(
                     f"the {backend.name} backend failed ({type(exc).__name__}); see the service log"
                 )
-                continue
-            breaker.success()
-            return result
+            else:
+                breaker.success()
+                return result
+            telemetry.backend_errors[(backend.name, str(last.kind))] += 1
+            telemetry.fall_throughs[(operation, backend.name)] += 1
         if last is not None:
             raise last
         raise Unavailable(

@@ -31,6 +31,7 @@ from engine.backend import BackendHealth, Capabilities
 from engine.batching import MicroBatcher, Unit
 from engine.errors import Overloaded, Unavailable
 from engine.settings import Settings
+from engine.telemetry import SizeHistogram
 from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
 
 __all__ = ["FlagBackend"]
@@ -182,11 +183,15 @@ class FlagBackend:
             caps.reranker_model is None or self._rerank_batcher is not None
         )
         stats: dict[str, int] = {}
+        sizes: dict[str, SizeHistogram] = {}
         for name, batcher in (("embed", self._m3_batcher), ("rerank", self._rerank_batcher)):
             if batcher is not None:
                 for key, value in dataclasses.asdict(batcher.stats).items():
                     stats[f"{name}.{key}"] = value
-        return BackendHealth(loaded=loaded, healthy=True, device=self._device, stats=stats)
+                sizes[name] = batcher.batch_sizes
+        return BackendHealth(
+            loaded=loaded, healthy=True, device=self._device, stats=stats, batch_sizes=sizes
+        )
 
     def model_info(self, operation: Operation) -> ModelInfo:
         if operation is Operation.RERANK:

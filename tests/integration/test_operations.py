@@ -13,6 +13,7 @@ import cohere
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ModelDirs, Server, start_server, stop_server
 from tests.fixtures.tiny_models import corpus
@@ -58,6 +59,25 @@ def test_logs_are_json_lines_without_keys_or_texts(locked: Server) -> None:
     assert any(r["logger"] == "uvicorn.access" for r in records)
     assert KEY not in locked.log.read_text()
     assert secret_text not in locked.log.read_text()
+
+
+def test_metrics_scrape_shows_the_flag_backends_passes(locked: Server) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for size in (1, 3, 5):
+        httpx.post(f"{locked.url}/v1/embeddings", json={"input": ["hello"] * size}, headers=headers)
+    text = httpx.get(f"{locked.url}/metrics").text  # open: no key needed to scrape
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    embed = (("backend", "flag"), ("model", "embed"))
+    passes = samples[("bge_forward_passes_total", embed)]
+    assert passes >= 3
+    assert samples[("bge_batch_size_count", embed)] == passes
+    assert samples[("bge_batch_size_sum", embed)] >= 9  # every text went through a pass
+    assert samples[("bge_queue_depth", embed)] == 0  # idle now
+    assert samples[("bge_items_total", (("operation", "embed"),))] >= 9
 
 
 async def _ask(port: int, body: bytes) -> tuple[float, int, bytes]:

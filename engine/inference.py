@@ -19,6 +19,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.backend import Backend, BackendHealth
+from engine.cache import (
+    CacheStats,
+    Entry,
+    LruStore,
+    RedisStore,
+    Store,
+    decode_entry,
+    encode_entry,
+    entry_key,
+)
 from engine.errors import (
     InputTooLarge,
     InvalidInput,
@@ -33,6 +43,7 @@ from engine.telemetry import Telemetry
 from engine.types import (
     ColbertMatrix,
     DenseMatrix,
+    Encoding,
     HybridEmbeddings,
     ModelInfo,
     Operation,
@@ -68,6 +79,8 @@ class InferenceEngine:
         self._settings = settings
         self._names = ModelNames.from_settings(settings)
         self.telemetry = Telemetry()
+        self.cache_stats = CacheStats()
+        self._cache = _cache_store(settings, self.cache_stats)
         self._router = Router(
             chains,
             breaker_threshold=settings.breaker_threshold,
@@ -124,6 +137,8 @@ class InferenceEngine:
     async def stop(self) -> None:
         for backend in self._router.backends:
             await backend.stop()
+        if self._cache is not None:
+            await self._cache.close()
 
     def health(self) -> EngineHealth:
         router = self._router
@@ -249,7 +264,7 @@ class InferenceEngine:
             self._check_dimensions(operation, dimensions)
         if not (self._settings.truncate if truncate is None else truncate):
             await self._check_token_counts(operation, texts, field)
-        encoding = await self._router.call(operation, lambda b: b.encode(texts, outputs))
+        encoding = await self._encode(operation, texts, outputs)
         self._count(operation, len(texts), encoding.token_count)
         dense = encoding.dense
         if dense is not None and dimensions is not None and dimensions < dense.shape[1]:
@@ -392,6 +407,47 @@ class InferenceEngine:
 
     # -- internals -------------------------------------------------------------------
 
+    async def _encode(
+        self, operation: Operation, texts: Sequence[str], outputs: frozenset[Output]
+    ) -> Encoding:
+        """The backend's encoding of ``texts``, from the cache for every text it holds all
+        asked heads of; the rest computed in one call, and stored where the backend says
+        how many tokens each text took."""
+        store = self._cache
+        if store is None:
+            return await self._router.call(operation, lambda b: b.encode(texts, outputs))
+        heads = [head for head in _HEADS if head in outputs]
+        model = self._settings.embedding_model_name
+        limit = self.model_info(operation).max_tokens
+        keys = [[entry_key(model, head, limit, text) for head in heads] for text in texts]
+        found = await store.get_many([key for row in keys for key in row])
+        cached: dict[int, dict[Output, Entry]] = {}
+        for position in range(len(texts)):
+            values = found[position * len(heads) : (position + 1) * len(heads)]
+            if all(value is not None for value in values):
+                cached[position] = dict(decode_entry(v) for v in values if v is not None)
+        missing = [position for position in range(len(texts)) if position not in cached]
+        self.cache_stats.hits += len(cached)
+        self.cache_stats.misses += len(missing)
+        computed: Encoding | None = None
+        if missing:
+            asked = [texts[position] for position in missing]
+            computed = await self._router.call(operation, lambda b: b.encode(asked, outputs))
+            counts = computed.text_tokens
+            if counts is None and len(asked) == 1:
+                counts = (computed.token_count,)
+            if counts is not None:
+                await store.set_many(
+                    [
+                        (keys[position][h], encode_entry(head, count, _head(computed, head, i)))
+                        for i, (position, count) in enumerate(zip(missing, counts, strict=True))
+                        for h, head in enumerate(heads)
+                    ]
+                )
+        if computed is not None and not cached:
+            return computed
+        return _merged(len(texts), heads, cached, missing, computed)
+
     def _count(self, operation: Operation, items: int, tokens: int) -> None:
         self.telemetry.items[operation] += items
         self.telemetry.tokens[operation] += tokens
@@ -480,6 +536,57 @@ def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
         health,
         healthy=False,
         detail=f"{breaker}; {health.detail}" if health.detail else breaker,
+    )
+
+
+_HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
+
+
+def _cache_store(settings: Settings, stats: CacheStats) -> Store | None:
+    if settings.redis_url:
+        return RedisStore(settings.redis_url, settings.cache_ttl_s, stats)
+    if settings.cache_max_items == 0:
+        return None
+    return LruStore(settings.cache_max_items, settings.cache_max_mb * 1024 * 1024, stats)
+
+
+def _head(encoding: Encoding, head: Output, index: int) -> Any:
+    if head is Output.DENSE:
+        assert encoding.dense is not None
+        return encoding.dense[index]
+    if head is Output.SPARSE:
+        assert encoding.lexical is not None
+        return encoding.lexical[index]
+    assert encoding.colbert is not None
+    return encoding.colbert[index]
+
+
+def _merged(
+    size: int,
+    heads: Sequence[Output],
+    cached: Mapping[int, Mapping[Output, Entry]],
+    missing: Sequence[int],
+    computed: Encoding | None,
+) -> Encoding:
+    """One Encoding in input order from cached entries and the computed rest."""
+    rows: list[dict[Output, Any]] = [{} for _ in range(size)]
+    tokens = 0
+    for position, entries in cached.items():
+        for head, (_, value) in entries.items():
+            rows[position][head] = value
+        tokens += next(iter(entries.values()))[0]  # every head of a text has its count
+    if computed is not None:
+        tokens += computed.token_count
+        for i, position in enumerate(missing):
+            for head in heads:
+                rows[position][head] = _head(computed, head, i)
+    return Encoding(
+        token_count=tokens,
+        dense=np.stack([row[Output.DENSE] for row in rows]).astype(np.float32)
+        if Output.DENSE in heads
+        else None,
+        lexical=tuple(row[Output.SPARSE] for row in rows) if Output.SPARSE in heads else None,
+        colbert=tuple(row[Output.COLBERT] for row in rows) if Output.COLBERT in heads else None,
     )
 
 

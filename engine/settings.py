@@ -72,6 +72,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     cors_origins: tuple[str, ...] = ()
     log_format: Literal["text", "json"] = "text"
     shutdown_timeout_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
+    cache_max_items: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    cache_max_mb: Positive = 256
+    redis_url: str | None = None
+    cache_ttl_s: Positive = 86_400
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; a credential must not.
@@ -83,7 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         return f"Settings({shown})"
 
 
-_SECRETS = frozenset({"remote_api_key", "api_key"})
+_SECRETS = frozenset({"remote_api_key", "api_key", "redis_url"})  # a URL may hold a password
 
 
 HELP: dict[str, str] = {
@@ -163,6 +167,13 @@ HELP: dict[str, str] = {
     "cors_origins": "Browser origins allowed to call the API (comma-separated, e.g. "
     "https://app.example.com; * for any); unset: no cross-origin access.",
     "log_format": "text, or json for one JSON object per line.",
+    "cache_max_items": "Embedding cache entries kept in process (one per text and output: dense, "
+    "sparse or ColBERT); 0 disables the cache.",
+    "cache_max_mb": "Most memory the in-process embedding cache holds (ColBERT entries are "
+    "large); the least recently used entries go first.",
+    "redis_url": "Cache embeddings in Redis instead (redis://host:6379/0), shared by replicas; "
+    "a Redis that is down costs cache hits, never answers. Never logged.",
+    "cache_ttl_s": "How long a Redis cache entry lives.",
     "shutdown_timeout_s": "On SIGTERM, how long requests already accepted may take to get "
     "their answers before the process exits.",
 }

@@ -82,6 +82,8 @@ class Encoding:
     dense: DenseMatrix | None = None
     lexical: tuple[TokenWeights, ...] | None = None
     colbert: tuple[ColbertMatrix, ...] | None = None
+    # Each text's share of token_count, where the backend knows it (the cache needs it).
+    text_tokens: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

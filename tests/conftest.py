@@ -28,6 +28,9 @@ SERVER_ENV = {
     "MAX_TEXT_CHARS": "20000",
     "MAX_REQUEST_BYTES": "2000000",
     "LOG_LEVEL": "warning",
+    # The live tests measure computation (passes shared, equality with FlagEmbedding);
+    # the cache's own tests turn it on.
+    "CACHE_MAX_ITEMS": "0",
 }
 
 

@@ -204,7 +204,7 @@ class FlagBackend:
         rows = await self._tokenize(functools.partial(m3.tokenize, truncate=True), texts)
         units = [Unit((row, outputs), len(row)) for row in rows]
         results = await batcher.submit(units)
-        return m3.assemble(results, outputs, sum(len(row) for row in rows))
+        return m3.assemble(results, outputs, [len(row) for row in rows])
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
         reranker = self._require(self._reranker, "reranker")

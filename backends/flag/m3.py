@@ -108,7 +108,7 @@ class M3Encoder:
                 batch, self.run_batch([(rows[i], outputs) for i in batch]), strict=True
             ):
                 results[position] = result
-        return self.assemble(_complete(results), outputs, sum(lengths))
+        return self.assemble(_complete(results), outputs, lengths)
 
     @torch.inference_mode()
     def run_batch(self, items: Sequence[tuple[list[int], frozenset[Output]]]) -> list[M3Row]:
@@ -144,11 +144,12 @@ class M3Encoder:
         return results
 
     def assemble(
-        self, rows: Sequence[M3Row], outputs: frozenset[Output], token_count: int
+        self, rows: Sequence[M3Row], outputs: frozenset[Output], text_tokens: Sequence[int]
     ) -> Encoding:
         """Per-text rows, in input order, into one Encoding."""
         return Encoding(
-            token_count=token_count,
+            token_count=sum(text_tokens),
+            text_tokens=tuple(text_tokens),
             dense=np.stack([_present(r.dense) for r in rows]) if Output.DENSE in outputs else None,
             lexical=tuple(_present(r.lexical) for r in rows) if Output.SPARSE in outputs else None,
             colbert=tuple(_present(r.colbert) for r in rows) if Output.COLBERT in outputs else None,

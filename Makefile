@@ -15,7 +15,7 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,infinity,bench]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,infinity,redis,bench]"
 	touch $@
 
 install: $(VENV)/.installed

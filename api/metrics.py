@@ -113,6 +113,17 @@ class _EngineCollector(Collector):
                 )
         yield from (up, breaker, load, passes, queued, sizes)
 
+        cache = engine.cache_stats
+        for name, value, what in (
+            ("bge_cache_hits", cache.hits, "Texts answered from the embedding cache"),
+            ("bge_cache_misses", cache.misses, "Texts the cache did not hold, computed"),
+            ("bge_cache_evictions", cache.evictions, "In-process cache entries pushed out"),
+            ("bge_cache_errors", cache.errors, "Redis calls that failed (served uncached)"),
+        ):
+            family = CounterMetricFamily(name, what, labels=["store"])
+            family.add_metric([engine.cache_store], value)
+            yield family
+
 
 class Metrics:
     """One app's registry: the HTTP counters and the engine's collector."""

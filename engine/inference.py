@@ -197,6 +197,11 @@ class InferenceEngine:
             return self._names.reranker
         return self._names.embedding
 
+    @property
+    def cache_store(self) -> str:
+        """Where embeddings are cached: memory, redis, or none."""
+        return self._cache.name if self._cache is not None else "none"
+
     def breaker_open(self, backend: str) -> bool:
         return self._router.breaker_open(backend)
 

@@ -71,6 +71,9 @@ def test_requests_items_tokens_errors_and_fall_throughs_are_counted() -> None:
     assert value("bge_circuit_breaker_open", backend="remote") == 1
     assert value("bge_backend_up", backend="fake") == 1
     assert value("bge_model_load_seconds", backend="fake") >= 0
+    # The fake does not split token counts by text: two misses, nothing stored.
+    assert value("bge_cache_misses_total", store="memory") == 2
+    assert value("bge_cache_hits_total", store="memory") == 0
 
 
 def test_metrics_are_open_unless_protected() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from engine.types import (
 
 __all__ = ["EngineHealth", "InferenceEngine", "sigmoid"]
 
+log = logging.getLogger(__name__)
+
 HealthStatus = Literal["ok", "loading", "degraded"]
 # Seconds a client is told to wait while models load.
 _LOADING_RETRY_AFTER = 5
@@ -99,7 +102,8 @@ class InferenceEngine:
             for backend in self._router.backends:
                 began = time.perf_counter()
                 await backend.start()
-                self.telemetry.load_seconds[backend.name] = time.perf_counter() - began
+                took = self.telemetry.load_seconds[backend.name] = time.perf_counter() - began
+                log.info("%s backend: started in %.1f s", backend.name, took)
             self._check_models()
         except BaseException as exc:
             self._start_error = str(exc) or type(exc).__name__

@@ -139,7 +139,7 @@ class Metrics:
         self.latency = Histogram(
             "bge_http_request_duration_seconds",
             "Time from a request's arrival to the end of its answer",
-            ["route", "dialect"],
+            ["route", "dialect", "status"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -176,7 +176,7 @@ class _HttpMetrics(ASGIMiddleware):
             dialect = str(scope.get(DIALECT_KEY) or _dialect(scope.get("route_handler")))
             metrics = self._metrics
             metrics.requests.labels(route, dialect, str(status)).inc()
-            metrics.latency.labels(route, dialect).observe(time.perf_counter() - began)
+            metrics.latency.labels(route, dialect, str(status)).observe(time.perf_counter() - began)
 
 
 def _dialect(handler: object) -> str:

@@ -211,7 +211,10 @@ class Endpoint:
         was_down = self.down_reason != _NOT_PROBED
         self.offer = offer
         self.down_reason = None
-        log.info("remote %s: %s%s", self.url, offer.describe(), " - back up" if was_down else "")
+        if was_down:  # as loud as the outage it ends
+            log.warning("remote %s: %s - back up", self.url, offer.describe())
+        else:
+            log.info("remote %s: %s", self.url, offer.describe())
 
     async def _identify(self, deadline: Deadline) -> Dialect:
         kind = self._settings.remote_kind

@@ -60,7 +60,8 @@ def test_requests_items_tokens_errors_and_fall_throughs_are_counted() -> None:
     assert value("bge_http_requests_total", status="200", **route) == 1
     assert value("bge_http_requests_total", status="422", **route) == 1
     assert value("bge_http_requests_total", route="/rerank", dialect="TEI", status="200") == 3
-    assert value("bge_http_request_duration_seconds_count", **route) == 2
+    assert value("bge_http_request_duration_seconds_count", status="200", **route) == 1
+    assert value("bge_http_request_duration_seconds_count", status="422", **route) == 1
     assert not any(dict(labels).get("route") == "/metrics" for _, labels in samples)
     assert value("bge_items_total", operation="embed") == 2
     assert value("bge_tokens_total", operation="embed") == 4 + 5  # the fake's count

@@ -17,7 +17,13 @@ from api.bare_rerank import bare_rerank
 from api.cohere import CohereController
 from api.disconnect import ClientDisconnected
 from api.docs import docs_assets, openapi_config
-from api.errors import client_disconnected, engine_error, http_error, unexpected_error
+from api.errors import (
+    client_disconnected,
+    engine_error,
+    http_error,
+    malformed_body,
+    unexpected_error,
+)
 from api.health import health, live, ready
 from api.infinity import InfinityController
 from api.metrics import Metrics, metrics_route
@@ -102,6 +108,8 @@ def create_app(
             ClientDisconnected: client_disconnected,
             EngineError: engine_error,
             HTTPException: http_error,
+            UnicodeDecodeError: malformed_body,
+            RecursionError: malformed_body,
             Exception: unexpected_error,
         },
         lifespan=[lifespan],

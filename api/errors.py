@@ -47,6 +47,7 @@ __all__ = [
     "client_disconnected",
     "engine_error",
     "http_error",
+    "malformed_body",
     "problem_of",
     "tei_error",
     "unexpected_error",
@@ -270,6 +271,15 @@ def problem_of(exc: Exception) -> Problem:
         )
     if isinstance(exc, ValidationException | msgspec.ValidationError):
         return _validation_problem(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return Problem(
+            _MALFORMED,
+            f"the request body is not UTF-8: byte {exc.start} cannot start or continue a "
+            "character (JSON is UTF-8)",
+            "malformed_json",
+        )
+    if isinstance(exc, RecursionError):
+        return Problem(_MALFORMED, "the request body is nested too deeply", "malformed_json")
     if isinstance(exc, HTTPException):
         status = exc.status_code
         if status == HTTP_400_BAD_REQUEST:
@@ -290,8 +300,12 @@ def problem_of(exc: Exception) -> Problem:
                 "the request body is larger than MAX_REQUEST_BYTES",
                 str(ErrorKind.TOO_LARGE),
             )
+        # Litestar's own headers come along: Allow on a 405, for one.
         return Problem(
-            Status(status, "invalid_request_error", status, "Validation"), str(exc.detail), None
+            Status(status, "invalid_request_error", status, "Validation"),
+            str(exc.detail),
+            None,
+            headers=tuple((exc.headers or {}).items()),
         )
     return Problem(_INTERNAL, "internal error; see the service log", "internal_error")
 
@@ -305,9 +319,17 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorE
 
 
 def tei_error(request: Request[Any, Any, Any], exc: Exception) -> Response[TeiError]:
-    if not isinstance(exc, EngineError | HTTPException):
+    if not isinstance(exc, EngineError | HTTPException | MalformedBody):
         _log_bug(request, exc)
     return problem_of(exc).tei()
+
+
+MalformedBody = UnicodeDecodeError | RecursionError
+"""What Litestar's JSON decoder raises, unwrapped, for invalid UTF-8 and deep nesting."""
+
+
+def malformed_body(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:
+    return problem_of(exc).openai()
 
 
 # msgspec paths look like "$.data.input[3]" (a handler's body) or "$.input[3]" (a body

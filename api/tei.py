@@ -208,10 +208,13 @@ async def rerank(
 
 class TeiController(Controller):
     tags = ("TEI",)
-    # HTTPException too: Litestar picks the handler of the closest class in any layer.
+    # Each class the app handles too: Litestar picks the handler of the closest class,
+    # whichever layer has it.
     exception_handlers = {  # noqa: RUF012
         EngineError: tei_error,
         HTTPException: tei_error,
+        UnicodeDecodeError: tei_error,
+        RecursionError: tei_error,
         Exception: tei_error,
     }
 

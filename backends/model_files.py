@@ -24,6 +24,8 @@ def resolve_model_dir(name: str, setting: str, models_dir: str | None = None) ->
     """
     folder = Path(name).expanduser()
     if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise StartupError(f"{setting}={name}: no config.json in {folder}: not a model folder")
         return folder
     if folder.is_absolute() or name.startswith((".", "~")):
         raise StartupError(f"{setting}={name}: no such folder")

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -300,8 +301,8 @@ class InferenceEngine:
         """Documents scored against ``query``, best first, cut to ``top_n``; each document
         first cut to ``max_tokens_per_doc`` tokens (Cohere v2's field)."""
         self._check_ready(Operation.RERANK)
-        if not query.strip():
-            raise InvalidInput("`query` is empty or whitespace", param="query")
+        if not _visible(query):
+            raise InvalidInput(f"`query` {_INVISIBLE_TEXT}", param="query")
         if len(query) > self._settings.max_text_chars:
             raise InputTooLarge(
                 f"`query` has {len(query)} characters; the limit is "
@@ -501,9 +502,9 @@ class InferenceEngine:
                 param=field,
             )
         for position, text in enumerate(texts):
-            if not text.strip():
+            if not _visible(text):
                 where = name(position)
-                raise InvalidInput(f"`{where}` is empty or whitespace", param=where)
+                raise InvalidInput(f"`{where}` {_INVISIBLE_TEXT}", param=where)
             if len(text) > settings.max_text_chars:
                 where = name(position)
                 raise InputTooLarge(
@@ -596,6 +597,17 @@ def _merged(
         else None,
         lexical=tuple(row[Output.SPARSE] for row in rows) if Output.SPARSE in heads else None,
         colbert=tuple(row[Output.COLBERT] for row in rows) if Output.COLBERT in heads else None,
+    )
+
+
+_INVISIBLE_TEXT = "is empty or whitespace (or only control and format characters)"
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` has a character a model could read: a zero-width space, a NUL or a
+    byte-order mark alone would all embed as the same empty text."""
+    return any(
+        not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf") for char in text
     )
 
 

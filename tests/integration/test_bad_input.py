@@ -31,6 +31,11 @@ CASES = [
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 0}, 422, "top_n"),
     ("/v1/rerank", {"query": "q", "documents": ["a"] * 65}, 413, "documents"),
     ("/v1/rerank", {"documents": ["a"]}, 422, None),
+    # No visible character: each would embed as the same empty text.
+    ("/v1/embeddings", {"input": "\u200b"}, 422, "input[0]"),
+    ("/v1/embeddings", {"input": ["ok", "\u0000"]}, 422, "input[1]"),
+    ("/v1/embeddings", {"input": "\ufeff\u200d "}, 422, "input[0]"),
+    ("/v1/rerank", {"query": "\u200b", "documents": ["a"]}, 422, "query"),
 ]
 
 
@@ -81,7 +86,47 @@ def test_body_over_max_request_bytes_is_413(client: httpx.Client) -> None:
 
 def test_unknown_route_and_method_use_the_envelope(client: httpx.Client) -> None:
     assert_envelope(client.get("/v1/nothing"), 404)
-    assert_envelope(client.get("/v1/embeddings"), 405)
+    wrong = client.get("/v1/embeddings")
+    assert_envelope(wrong, 405)
+    assert "POST" in wrong.headers["allow"]
+    assert "POST" in client.put("/embed", json={"inputs": "a"}).headers["allow"]
+
+
+POST_ROUTES = [
+    "/v1/embeddings",
+    "/v1/sparse-embeddings",
+    "/v1/hybrid-embeddings",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/rerank",
+    "/embeddings",
+    "/rerank/batch",
+]
+NOT_UTF8 = [
+    b'{"input": ["\xff"]}',
+    b'{"input": ["\xc3"]}',
+    b'{"input": ["\xc0\xaf"]}',
+    b'{"input": ["\xed\xa0\x80"]}',
+]
+DEEP = b'{"input": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+@pytest.mark.parametrize("body", [*NOT_UTF8, DEEP])
+def test_undecodable_bodies_are_400_on_every_route(
+    client: httpx.Client, path: str, body: bytes
+) -> None:
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    error = assert_envelope(response, 400)
+    assert error["code"] == "malformed_json"
+
+
+@pytest.mark.parametrize("body", [NOT_UTF8[0], DEEP])
+def test_undecodable_bodies_are_teis_400_on_teis_routes(client: httpx.Client, body: bytes) -> None:
+    for path in ("/embed", "/embed_sparse", "/tokenize"):
+        response = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400
+        assert response.json()["error_type"] == "Validation"
 
 
 def test_text_over_the_token_limit_is_truncated(client: httpx.Client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -29,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Tokenizers' own thread pool fights torch's for the same cores under a server.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        # The port first: a taken port must not cost a model load to find out.
+        listener = _listen(settings.host, settings.port)
         engine = InferenceEngine(settings, build_chains(settings))
     except StartupError as exc:
         print(f"bge-serve: {exc}", file=sys.stderr)
@@ -58,11 +61,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # uvicorn re-raises the signal it drained on once it is done; the drain finished,
     # so that signal now ends the process cleanly (exit 0) instead of killing it.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run()
+    server.run(sockets=[listener])
     if failures:
         print(f"bge-serve: {failures[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); set PORT (--port) to a free "
+            "port, or HOST (--host) to an address of this machine"
+        ) from exc
+    return listener
 
 
 if __name__ == "__main__":

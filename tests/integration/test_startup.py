@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +49,20 @@ def test_a_model_missing_from_models_dir_fails_fast(models: ModelDirs, tmp_path:
     )
     assert result.returncode != 0
     assert f"has no bge-m3; fetch it with `bge-serve download --to {tmp_path}`" in result.stderr
+
+
+def test_a_taken_port_fails_before_any_model_loads(models: ModelDirs) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        began = time.monotonic()
+        result = run_to_exit(models, {"PORT": str(port)})
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "set PORT (--port) to a free port" in result.stderr
+    assert "loading" not in result.stderr
+    assert time.monotonic() - began < 60
 
 
 def test_embedding_size_is_checked_against_the_model(models: ModelDirs) -> None:

@@ -25,6 +25,7 @@ from tests.reference import m3_reference
 
 # Seconds a client waits before the test calls a request hung.
 HANG = 30
+PER_REQUEST = 4
 FAST_RECOVERY = {"REMOTE_PROBE_INTERVAL_S": "0.3", "BREAKER_COOLDOWN_S": "0.5"}
 DENSE_ONLY = {"SPARSE_BACKENDS": "none", "RERANK_BACKENDS": "none"}
 
@@ -119,6 +120,11 @@ def test_remote_killed_under_load_loses_no_request_then_traffic_returns(
     pool = corpus(25, seed=31)
     reference = m3_reference(models.m3, pool).dense
 
+    def texts(i: int) -> list[str]:
+        # Several texts per request: enough work for the remote that requests are still
+        # in flight when it dies, however fast this machine happens to be at the time.
+        return [pool[(i + k) % 25] for k in range(PER_REQUEST)]
+
     async def load() -> list[tuple[int, httpx.Response]]:
         limits = httpx.Limits(max_connections=500)
         async with httpx.AsyncClient(base_url=front.url, timeout=HANG, limits=limits) as http:
@@ -126,7 +132,7 @@ def test_remote_killed_under_load_loses_no_request_then_traffic_returns(
 
             async def one(i: int) -> tuple[int, httpx.Response]:
                 nonlocal answered
-                response = await http.post("/v1/embeddings", json={"input": [pool[i % 25]]})
+                response = await http.post("/v1/embeddings", json={"input": texts(i)})
                 answered += 1
                 return i, response
 
@@ -147,7 +153,8 @@ def test_remote_killed_under_load_loses_no_request_then_traffic_returns(
         errors = [(r.status_code, r.text[:200]) for _, r in results if r.status_code != 200]
         assert errors == []
         for i, response in results:
-            np.testing.assert_allclose(dense(response)[0], reference[i % 25], atol=1e-5)
+            rows = [(i + k) % 25 for k in range(PER_REQUEST)]
+            np.testing.assert_allclose(dense(response), reference[rows], atol=1e-5)
         state = health(front)
         assert peer.process.wait(timeout=5) == -signal.SIGKILL
         assert state["backends"]["flag"]["stats"]["embed.forward_passes"] > 0  # fell through

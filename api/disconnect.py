@@ -31,6 +31,8 @@ async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T
     finally:
         if not job.done():
             job.cancel()
+            # cancel() only asks: the job is done once its engine call has unwound.
+            await asyncio.wait({job})
         watcher.cancel()
     if job.cancelled():
         raise ClientDisconnected

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import httpx
 import pytest
+
+from tests.conftest import Server
 
 CASES = [
     # path, body, status, param
@@ -133,3 +138,35 @@ def test_text_over_the_token_limit_is_truncated(client: httpx.Client) -> None:
     response = client.post("/v1/embeddings", json={"input": "cat " * 4000})
     assert response.status_code == 200
     assert response.json()["usage"]["prompt_tokens"] == 512
+
+
+def test_clients_that_leave_early_cost_no_error_log(server: Server) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    body = json.dumps({"input": ["word " * 400]}).encode()
+    head = (
+        "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    async def leave() -> None:
+        writers = []
+        for _ in range(30):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head + body)
+            await writer.drain()
+            writers.append(writer)
+        await asyncio.sleep(0.05)
+        for writer in writers:
+            writer.transport.abort()  # gone before the answer
+        await asyncio.sleep(2)
+
+    asyncio.run(leave())
+    assert "unhandled error" not in server.log.read_text()
+    metrics = httpx.get(f"{server.url}/metrics").text
+    dropped = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("bge_http_requests_total{") and 'status="499"' in line
+    ]
+    assert dropped, "the requests whose clients left are counted as 499"
+    assert httpx.get(f"{server.url}/health").status_code == 200

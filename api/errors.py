@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, Response
@@ -195,31 +195,26 @@ def _documented_problem(status: int, documented: _Documented) -> Problem:
     )
 
 
-def _openai_responses() -> dict[int, ResponseSpec]:
+def _error_responses(dialect: Literal["openai", "tei"]) -> dict[int, ResponseSpec]:
     responses: dict[int, ResponseSpec] = {}
     for status, documented in _DOCUMENTED.items():
         problem = _documented_problem(status, documented)
-        responses[status] = ResponseSpec(
-            data_container=ErrorEnvelope,
-            description=documented.description,
-            generate_examples=False,
-            examples=[Example(summary=documented.description, value=problem.openai_body())],
-        )
-    return responses
-
-
-def _tei_responses() -> dict[int, ResponseSpec]:
-    responses: dict[int, ResponseSpec] = {}
-    for status, documented in _DOCUMENTED.items():
-        problem = _documented_problem(status, documented)
-        tei_status = problem.status.tei_http
-        if status == HTTP_404_NOT_FOUND or tei_status in responses:
-            continue  # TEI's routes take no model; 502 and 504 are both TEI's 424
-        responses[tei_status] = ResponseSpec(
-            data_container=TeiError,
-            description=documented.description,
-            generate_examples=False,
-            examples=[Example(summary=documented.description, value=problem.tei_body())],
+        body: msgspec.Struct
+        if dialect == "openai":
+            body = problem.openai_body()
+        elif status == HTTP_404_NOT_FOUND:
+            continue  # TEI's routes take no model
+        else:
+            status, body = problem.status.tei_http, problem.tei_body()
+        # TEI answers 502 and 504 both as 424: the first description stays.
+        responses.setdefault(
+            status,
+            ResponseSpec(
+                data_container=type(body),
+                description=documented.description,
+                generate_examples=False,
+                examples=[Example(summary=documented.description, value=body)],
+            ),
         )
     return responses
 
@@ -256,9 +251,9 @@ class Problem:
         return headers or None
 
 
-ERROR_RESPONSES = _openai_responses()
+ERROR_RESPONSES = _error_responses("openai")
 """Documents the error envelope in the OpenAPI schema of every model route."""
-TEI_ERROR_RESPONSES = _tei_responses()
+TEI_ERROR_RESPONSES = _error_responses("tei")
 """TEI's routes: TEI's error body and statuses."""
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "Kind",
     "Offer",
     "ProbeFailed",
+    "TeiTokenRoutes",
     "Usage",
     "base64_row",
     "cohere_scores",
@@ -257,3 +258,28 @@ async def tei_decode(
     texts = decode(await client.post("/decode", body, deadline), list[str], client, "/decode")
     expect_rows(len(texts), len(ids), client, "/decode")
     return tuple(texts)
+
+
+class TeiTokenRoutes:
+    """``tokens`` and ``decode`` through ``/tokenize`` and ``/decode``: TEI's routes, which
+    a bge-serve peer speaks too."""
+
+    async def tokens(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        add_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[tuple[Token, ...], ...]:
+        return await tei_tokens(client, texts, add_special_tokens, deadline)
+
+    async def decode(
+        self,
+        client: RemoteClient,
+        ids: Sequence[Sequence[int]],
+        skip_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[str, ...]:
+        return await tei_decode(client, ids, skip_special_tokens, deadline)

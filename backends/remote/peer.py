@@ -19,6 +19,7 @@ from backends.remote.dialect import (
     Kind,
     Offer,
     ProbeFailed,
+    TeiTokenRoutes,
     Usage,
     base64_row,
     cohere_scores,
@@ -26,7 +27,6 @@ from backends.remote.dialect import (
     dense_matrix,
     expect_ok,
     permutation,
-    tei_decode,
     tei_tokens,
 )
 from backends.remote.transport import Deadline, RemoteClient
@@ -39,7 +39,6 @@ from engine.types import (
     Operation,
     Output,
     Scores,
-    Token,
     TokenWeights,
 )
 
@@ -96,7 +95,7 @@ class _HybridEmbeddings(msgspec.Struct):
     usage: Usage
 
 
-class PeerDialect:
+class PeerDialect(TeiTokenRoutes):
     kind: Kind = "self"
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
@@ -201,26 +200,6 @@ class PeerDialect:
     ) -> tuple[list[int], ...]:
         rows = await tei_tokens(client, texts, True, deadline)
         return tuple([token.id for token in row] for row in rows)
-
-    async def tokens(
-        self,
-        client: RemoteClient,
-        texts: Sequence[str],
-        add_special_tokens: bool,
-        offer: Offer,
-        deadline: Deadline,
-    ) -> tuple[tuple[Token, ...], ...]:
-        return await tei_tokens(client, texts, add_special_tokens, deadline)
-
-    async def decode(
-        self,
-        client: RemoteClient,
-        ids: Sequence[Sequence[int]],
-        skip_special_tokens: bool,
-        offer: Offer,
-        deadline: Deadline,
-    ) -> tuple[str, ...]:
-        return await tei_decode(client, ids, skip_special_tokens, deadline)
 
     async def _dense(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline

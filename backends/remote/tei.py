@@ -17,12 +17,12 @@ import numpy as np
 from backends.remote.dialect import (
     Kind,
     Offer,
+    TeiTokenRoutes,
     decode,
     dense_matrix,
     expect_ok,
     expect_rows,
     logits_by_index,
-    tei_decode,
     tei_tokens,
 )
 from backends.remote.transport import Answer, Deadline, RemoteClient
@@ -34,7 +34,6 @@ from engine.types import (
     Operation,
     Output,
     Scores,
-    Token,
     TokenWeights,
 )
 
@@ -61,7 +60,7 @@ class _SparseValue(msgspec.Struct):
     value: float
 
 
-class TeiDialect:
+class TeiDialect(TeiTokenRoutes):
     kind: Kind = "tei"
 
     def __init__(self, *, truncate: bool) -> None:
@@ -162,26 +161,6 @@ class TeiDialect:
         self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
     ) -> tuple[list[int], ...]:
         return await self._ids(client, texts, deadline)
-
-    async def tokens(
-        self,
-        client: RemoteClient,
-        texts: Sequence[str],
-        add_special_tokens: bool,
-        offer: Offer,
-        deadline: Deadline,
-    ) -> tuple[tuple[Token, ...], ...]:
-        return await tei_tokens(client, texts, add_special_tokens, deadline)
-
-    async def decode(
-        self,
-        client: RemoteClient,
-        ids: Sequence[Sequence[int]],
-        skip_special_tokens: bool,
-        offer: Offer,
-        deadline: Deadline,
-    ) -> tuple[str, ...]:
-        return await tei_decode(client, ids, skip_special_tokens, deadline)
 
     async def _ids(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline

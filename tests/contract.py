@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
@@ -181,3 +182,16 @@ def validate_request(contract: Contract, method: str, path: str, instance: objec
     media_type = _media_type(operation["requestBody"]["content"])
     pointer = _pointer("paths", template, method.lower(), "requestBody", "content", media_type)
     _check(contract, pointer + "/schema", f"{contract} {method.upper()} {path} body", instance)
+
+
+def post_checked(
+    client: httpx.Client, contract: Contract, path: str, body: dict[str, Any], status: int = 200
+) -> Any:
+    """POST ``body`` (checked against the contract first) and return the answer, checked
+    to be ``status`` and what the contract documents for it."""
+    validate_request(contract, "POST", path, body)
+    response = client.post(path, json=body)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    validate_response(contract, "POST", path, status, answer)
+    return answer

@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from tei_client import HttpClient, ModelType
 
 from tests.conftest import ModelDirs, Server
-from tests.contract import validate_request, validate_response
+from tests.contract import post_checked, validate_response
 from tests.reference import M3Reference, m3_reference, rerank_reference
 from tests.texts import DOCUMENTS, QUERY, TEXTS
 
@@ -180,12 +180,7 @@ def test_langchain_openai_embeddings(
 
 
 def post_infinity(client: httpx.Client, path: str, body: dict[str, Any]) -> Any:
-    validate_request("infinity", "POST", path, body)
-    response = client.post(path, json=body)
-    assert response.status_code == 200, response.text
-    answer = response.json()
-    validate_response("infinity", "POST", path, 200, answer)
-    return answer
+    return post_checked(client, "infinity", path, body)
 
 
 @pytest.mark.parametrize("encoding_format", ["float", "base64"])

@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tests.conftest import ModelDirs
-from tests.contract import validate, validate_request, validate_response
+from tests.contract import post_checked, validate, validate_response
 from tests.texts import DOCUMENTS, LONG_TEXT, QUERY, TEXTS
 
 INPUTS = TEXTS[:5]  # includes non-ASCII text and one longer than the model takes
@@ -24,21 +24,11 @@ def tokenizer(models: ModelDirs) -> PreTrainedTokenizerBase:
 
 
 def tei(client: httpx.Client, path: str, body: dict[str, Any], status: int = 200) -> Any:
-    validate_request("tei", "POST", path, body)
-    response = client.post(path, json=body)
-    assert response.status_code == status, response.text
-    answer = response.json()
-    validate_response("tei", "POST", path, status, answer)
-    return answer
+    return post_checked(client, "tei", path, body, status)
 
 
 def infinity(client: httpx.Client, path: str, body: dict[str, Any]) -> Any:
-    validate_request("infinity", "POST", path, body)
-    response = client.post(path, json=body)
-    assert response.status_code == 200, response.text
-    answer = response.json()
-    validate_response("infinity", "POST", path, 200, answer)
-    return answer
+    return post_checked(client, "infinity", path, body)
 
 
 def native_dense(client: httpx.Client, texts: list[str], **extra: Any) -> np.ndarray[Any, Any]:

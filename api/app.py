@@ -25,6 +25,7 @@ from api.errors import (
     unexpected_error,
 )
 from api.health import health, live, ready
+from api.http_limits import ConnectionStats
 from api.infinity import InfinityController
 from api.metrics import Metrics, metrics_route
 from api.native import NativeController
@@ -51,16 +52,18 @@ def create_app(
     settings: Settings,
     engine: InferenceEngine,
     on_start_failure: Callable[[BaseException], None] | None = None,
+    connections: ConnectionStats | None = None,
 ) -> Litestar:
     """An app whose lifespan loads ``engine`` in the background.
 
     The port answers at once (``/health`` says "loading", model routes 503 with
     Retry-After) so orchestrators can tell a slow start from a dead one; a load
     that fails calls ``on_start_failure``, which the CLI uses to exit non-zero.
+    ``connections`` are the server protocol's counts, exported in ``/metrics``.
     """
 
     app_version = _version()
-    metrics = Metrics(engine)
+    metrics = Metrics(engine, connections)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

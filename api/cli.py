@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -12,6 +14,7 @@ import uvicorn
 
 from api.app import create_app
 from api.download import download_main
+from api.http_limits import ConnectionStats, guarded_protocol
 from api.logs import configure_logging
 from backends import build_chains
 from engine.errors import StartupError
@@ -19,6 +22,11 @@ from engine.inference import InferenceEngine
 from engine.settings import load_settings
 
 __all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+# Descriptors beyond the connections: model files, the log, Redis, remote backends.
+_SPARE_FILES = 256
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, engine, on_start_failure=stop)
+    connections = ConnectionStats()
+    app = create_app(settings, engine, on_start_failure=stop, connections=connections)
+    _allow_open_files(settings.max_connections)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -53,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=settings.port,
             log_level=settings.log_level,
             log_config=log_config,
+            http=guarded_protocol(settings, connections),
+            timeout_keep_alive=settings.http_keepalive_s,
             # On SIGTERM uvicorn stops accepting, then waits this long for the requests
             # it has (queued ones included) before the lifespan stops the engine.
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
@@ -81,6 +93,23 @@ def _listen(host: str, port: int) -> socket.socket:
             "port, or HOST (--host) to an address of this machine"
         ) from exc
     return listener
+
+
+def _allow_open_files(max_connections: int) -> None:
+    """Raise the soft open-file limit toward the hard one so MAX_CONNECTIONS can be met."""
+    wanted = max_connections + _SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = raised
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "the open-file limit (%d) is below MAX_CONNECTIONS + %d; lower MAX_CONNECTIONS or "
+            "raise ulimit -n",
+            soft,
+            _SPARE_FILES,
+        )
 
 
 if __name__ == "__main__":

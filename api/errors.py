@@ -24,6 +24,7 @@ from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
+    HTTP_408_REQUEST_TIMEOUT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_424_FAILED_DEPENDENCY,
@@ -49,6 +50,7 @@ __all__ = [
     "http_error",
     "malformed_body",
     "problem_of",
+    "request_timeout_problem",
     "tei_error",
     "unexpected_error",
 ]
@@ -101,6 +103,9 @@ _MALFORMED = Status(
 )
 _UNAUTHORIZED = Status(
     HTTP_401_UNAUTHORIZED, "authentication_error", HTTP_401_UNAUTHORIZED, "Validation"
+)
+_TIMED_OUT = Status(
+    HTTP_408_REQUEST_TIMEOUT, "invalid_request_error", HTTP_408_REQUEST_TIMEOUT, "Validation"
 )
 _INTERNAL = Status(
     HTTP_500_INTERNAL_SERVER_ERROR,
@@ -244,11 +249,14 @@ class Problem:
     def tei(self) -> Response[TeiError]:
         return Response(self.tei_body(), status_code=self.status.tei_http, headers=self._headers())
 
-    def _headers(self) -> dict[str, str] | None:
-        headers = dict(self.headers)
+    def header_items(self) -> list[tuple[str, str]]:
+        headers = list(self.headers)
         if self.retry_after is not None:
-            headers["Retry-After"] = str(self.retry_after)
-        return headers or None
+            headers.append(("Retry-After", str(self.retry_after)))
+        return headers
+
+    def _headers(self) -> dict[str, str] | None:
+        return dict(self.header_items()) or None
 
 
 ERROR_RESPONSES = _error_responses("openai")
@@ -303,6 +311,15 @@ def problem_of(exc: Exception) -> Problem:
             headers=tuple((exc.headers or {}).items()),
         )
     return Problem(_INTERNAL, "internal error; see the service log", "internal_error")
+
+
+def request_timeout_problem(timeout_s: float) -> Problem:
+    return Problem(
+        _TIMED_OUT,
+        f"the request did not arrive whole within {timeout_s:g} s of its first byte "
+        "(HTTP_READ_TIMEOUT_S)",
+        "request_timeout",
+    )
 
 
 def engine_error(_: Request[Any, Any, Any], exc: EngineError) -> Response[ErrorEnvelope]:

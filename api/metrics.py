@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from api.http_limits import ConnectionStats
 from engine.inference import InferenceEngine
 
 __all__ = ["DIALECT_KEY", "Metrics", "metrics_route"]
@@ -125,10 +126,32 @@ class _EngineCollector(Collector):
             yield family
 
 
-class Metrics:
-    """One app's registry: the HTTP counters and the engine's collector."""
+class _ConnectionCollector(Collector):
+    def __init__(self, stats: ConnectionStats) -> None:
+        self._stats = stats
 
-    def __init__(self, engine: InferenceEngine) -> None:
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats
+        yield GaugeMetricFamily("bge_http_connections_open", "Open HTTP connections", stats.open)
+        closed = CounterMetricFamily(
+            "bge_http_connections_closed",
+            "Connections the server closed: read_timeout (HTTP_READ_TIMEOUT_S), evicted (to make "
+            "room under MAX_CONNECTIONS), refused (429: MAX_CONNECTIONS, all busy)",
+            labels=["reason"],
+        )
+        for reason, count in (
+            ("read_timeout", stats.read_timeouts),
+            ("evicted", stats.evicted),
+            ("refused", stats.refused),
+        ):
+            closed.add_metric([reason], count)
+        yield closed
+
+
+class Metrics:
+    """One app's registry: the HTTP counters and the engine's (and server's) collectors."""
+
+    def __init__(self, engine: InferenceEngine, connections: ConnectionStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "bge_http_requests",
@@ -144,6 +167,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(engine))
+        if connections is not None:  # an app served by bge-serve, not a test client
+            self.registry.register(_ConnectionCollector(connections))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

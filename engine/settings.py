@@ -72,6 +72,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     cors_origins: tuple[str, ...] = ()
     log_format: Literal["text", "json"] = "text"
     shutdown_timeout_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
+    http_read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    http_keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    max_connections: Positive = 1024
     cache_max_items: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     cache_max_mb: Positive = 256
     redis_url: str | None = None
@@ -174,6 +177,15 @@ HELP: dict[str, str] = {
     "redis_url": "Cache embeddings in Redis instead (redis://host:6379/0), shared by replicas; "
     "a Redis that is down costs cache hits, never answers. Never logged.",
     "cache_ttl_s": "How long a Redis cache entry lives.",
+    "http_read_timeout_s": "Time a client has to send a whole request, headers and body, from "
+    "its first byte (a new connection: from connecting); a slower one gets 408 and is "
+    "disconnected.",
+    "http_keepalive_s": "How long an idle keep-alive connection stays open between requests "
+    "(behind a load balancer, make it longer than the balancer's idle timeout).",
+    "max_connections": "Open connections at most; past it, the connection that has waited "
+    "longest on its request headers (else the longest idle one) is closed to make room, and when "
+    "every connection is busy the new one gets 429 with Retry-After. Keep it below the "
+    "process's open-file limit (ulimit -n).",
     "shutdown_timeout_s": "On SIGTERM, how long requests already accepted may take to get "
     "their answers before the process exits.",
 }

@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException
 
 from api.access import cors_config, key_guard
 from api.bare_rerank import bare_rerank
+from api.body import BodyGuard, strict_body
 from api.cohere import CohereController
 from api.disconnect import ClientDisconnected
 from api.docs import docs_assets, openapi_config
@@ -116,7 +117,8 @@ def create_app(
             Exception: unexpected_error,
         },
         lifespan=[lifespan],
-        middleware=[metrics.middleware()],
+        middleware=[metrics.middleware(), BodyGuard()],
+        before_request=strict_body,
         guards=[key_guard(settings)] if settings.api_key else [],
         cors_config=cors_config(settings),
         openapi_config=openapi_config(app_version),

@@ -41,6 +41,7 @@ __all__ = [
     "ERROR_RESPONSES",
     "STATUS",
     "TEI_ERROR_RESPONSES",
+    "BodyRejected",
     "ErrorBody",
     "ErrorEnvelope",
     "Problem",
@@ -224,6 +225,15 @@ def _error_responses(dialect: Literal["openai", "tei"]) -> dict[int, ResponseSpe
     return responses
 
 
+class BodyRejected(HTTPException):
+    """A body refused before it is decoded: its media type, charset or compression."""
+
+    def __init__(
+        self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(detail=message, status_code=status, headers=dict(headers) or None)
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """A failure, before it is written in a dialect."""
@@ -283,6 +293,14 @@ def problem_of(exc: Exception) -> Problem:
         )
     if isinstance(exc, RecursionError):
         return Problem(_MALFORMED, "the request body is nested too deeply", "malformed_json")
+    if isinstance(exc, BodyRejected):
+        code = "unsupported_media_type" if exc.status_code == 415 else "malformed_body"
+        return Problem(
+            Status(exc.status_code, "invalid_request_error", exc.status_code, "Validation"),
+            str(exc.detail),
+            code,
+            headers=tuple((exc.headers or {}).items()),
+        )
     if isinstance(exc, HTTPException):
         status = exc.status_code
         if status == HTTP_400_BAD_REQUEST:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 
 import httpx
@@ -170,3 +171,119 @@ def test_clients_that_leave_early_cost_no_error_log(server: Server) -> None:
     ]
     assert dropped, "the requests whose clients left are counted as 499"
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        ("text/plain", "text/plain"),
+        (None, "none"),
+        ("application/x-www-form-urlencoded", "x-www-form-urlencoded"),  # curl -d's default
+        ("application/json; charset=latin-1", "latin-1"),
+    ],
+)
+def test_a_body_that_is_not_json_utf8_is_415(
+    client: httpx.Client, content_type: str | None, named: str
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    body = json.dumps({"input": ["caf\u00e9"]}).encode()
+    for path in POST_ROUTES:
+        response = client.post(path, content=body, headers=headers)
+        error = assert_envelope(response, 415)
+        assert error["code"] == "unsupported_media_type"
+        assert named in str(error["message"]) and "application/json" in str(error["message"])
+    tei = client.post("/embed", content=b'{"inputs": "a"}', headers=headers)
+    assert tei.status_code == 415
+    assert tei.json()["error_type"] == "Validation"
+
+
+def test_json_with_a_suffix_type_or_utf8_charset_is_accepted(client: httpx.Client) -> None:
+    for content_type in ("application/json; charset=UTF-8", "application/vnd.api+json"):
+        response = client.post(
+            "/v1/embeddings", content=b'{"input": "a"}', headers={"content-type": content_type}
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_a_gzip_body_is_inflated(client: httpx.Client) -> None:
+    body = {"input": ["gzip on the wire", "a second text"]}
+    plain = client.post("/v1/embeddings", json=body)
+    for encoding in ("gzip", "x-gzip"):
+        zipped = client.post(
+            "/v1/embeddings",
+            content=gzip.compress(json.dumps(body).encode()),
+            headers={"content-type": "application/json", "content-encoding": encoding},
+        )
+        assert zipped.status_code == 200, zipped.text
+        assert zipped.json()["data"] == plain.json()["data"]
+
+
+def test_a_gzip_bomb_is_413_by_its_inflated_size(client: httpx.Client) -> None:
+    # 40 KB on the wire, 40 MB inflated; MAX_REQUEST_BYTES is 2 MB here.
+    bomb = gzip.compress(b'{"input": ["' + b"a" * 40_000_000 + b'"]}')
+    assert len(bomb) < 100_000
+    response = client.post(
+        "/v1/embeddings",
+        content=bomb,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    error = assert_envelope(response, 413)
+    assert "MAX_REQUEST_BYTES" in str(error["message"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not gzip at all", gzip.compress(b'{"input": "cut short"}')[:-12]],
+    ids=["not-gzip", "truncated"],
+)
+def test_a_broken_gzip_body_is_400(client: httpx.Client, body: bytes) -> None:
+    response = client.post(
+        "/v1/embeddings",
+        content=body,
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    error = assert_envelope(response, 400)
+    assert "gzip" in str(error["message"])
+
+
+def test_an_unknown_content_encoding_is_415_naming_the_accepted(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/embeddings",
+        content=b'{"input": "a"}',
+        headers={"content-type": "application/json", "content-encoding": "br"},
+    )
+    error = assert_envelope(response, 415)
+    assert "`br`" in str(error["message"])
+    assert response.headers["accept-encoding"] == "gzip, identity"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/rerank", {"query": "q", "documents": ["a", "b"], "top_n": "2"}, "top_n"),
+        (
+            "/v1/rerank",
+            {"query": "q", "documents": ["a"], "return_documents": "true"},
+            "return_documents",
+        ),
+        ("/v1/embeddings", {"input": "a", "dimensions": "8"}, "dimensions"),
+        ("/v1/hybrid-embeddings", {"input": "a", "return_colbert": 1}, "return_colbert"),
+        ("/v2/rerank", {"query": "q", "documents": ["a"], "max_tokens_per_doc": "5"}, None),
+        ("/embeddings", {"input": "a", "dimensions": "8"}, "dimensions"),
+        ("/rerank", {"query": "q", "documents": ["a"], "top_n": "1"}, None),
+    ],
+)
+def test_strings_are_not_coerced_into_numbers_or_booleans(
+    client: httpx.Client, path: str, body: dict[str, object], param: str | None
+) -> None:
+    error = assert_envelope(client.post(path, json=body), 422)
+    field = param or next(k for k, v in body.items() if isinstance(v, str) and k != "query")
+    assert field in str(error["message"])
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_teis_routes_refuse_coercion_in_teis_body(client: httpx.Client) -> None:
+    response = client.post("/embed", json={"inputs": "a", "truncate": "true"})
+    assert response.status_code == 422
+    assert "truncate" in response.json()["error"]

@@ -16,6 +16,7 @@ from litestar import Controller, Request, post
 from api.disconnect import unless_disconnected
 from api.docs import answers, sends
 from api.errors import ERROR_RESPONSES
+from api.fields import Text, Texts
 from api.usage import Usage
 from engine.inference import InferenceEngine
 from engine.types import Operation
@@ -24,14 +25,14 @@ __all__ = ["CohereController"]
 
 
 class Document(msgspec.Struct, kw_only=True, omit_defaults=True):
-    text: str
+    text: Text
     id: str | None = None
     meta: dict[str, Any] | None = None
 
 
 class RerankRequest(msgspec.Struct, kw_only=True):
-    query: str
-    documents: list[str | Document]
+    query: Text
+    documents: Annotated[list[Text | Document], msgspec.Meta(min_length=1)]
     top_n: Annotated[int, msgspec.Meta(ge=1)] | None = None
     return_documents: bool = False
     model: str | None = None
@@ -57,8 +58,8 @@ class RerankResponse(msgspec.Struct, kw_only=True):
 
 class RerankV2Request(msgspec.Struct, kw_only=True):
     model: str | None = None
-    query: str
-    documents: list[str]
+    query: Text
+    documents: Texts
     top_n: Annotated[int, msgspec.Meta(ge=1)] | None = None
     max_tokens_per_doc: Annotated[int, msgspec.Meta(ge=1)] | None = None
     raw_scores: bool = False  # ours

@@ -26,6 +26,7 @@ from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
     HTTP_408_REQUEST_TIMEOUT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_424_FAILED_DEPENDENCY,
     HTTP_429_TOO_MANY_REQUESTS,
@@ -105,6 +106,12 @@ _MALFORMED = Status(
 _UNAUTHORIZED = Status(
     HTTP_401_UNAUTHORIZED, "authentication_error", HTTP_401_UNAUTHORIZED, "Validation"
 )
+_UNSUPPORTED = Status(
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    "invalid_request_error",
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    "Validation",
+)
 _TIMED_OUT = Status(
     HTTP_408_REQUEST_TIMEOUT, "invalid_request_error", HTTP_408_REQUEST_TIMEOUT, "Validation"
 )
@@ -162,6 +169,11 @@ _DOCUMENTED: dict[int, _Documented] = {
         "`input` has 4096 items; the limit is 2048 (MAX_BATCH_SIZE)",
         "input",
     ),
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE: _Documented(
+        "The body is not JSON in UTF-8, or is compressed other than with gzip",
+        None,
+        "Content-Type must be application/json; got `text/plain`",
+    ),
     HTTP_422_UNPROCESSABLE_ENTITY: _Documented(
         "A field is missing, of the wrong type, or empty",
         ErrorKind.INVALID_INPUT,
@@ -194,6 +206,8 @@ _DOCUMENTED: dict[int, _Documented] = {
 def _documented_problem(status: int, documented: _Documented) -> Problem:
     if status == HTTP_401_UNAUTHORIZED:
         return Problem(_UNAUTHORIZED, documented.example, "invalid_api_key")
+    if status == HTTP_415_UNSUPPORTED_MEDIA_TYPE:
+        return Problem(_UNSUPPORTED, documented.example, "unsupported_media_type")
     if documented.kind is None:
         return Problem(_MALFORMED, documented.example, "malformed_json")
     return Problem(
@@ -294,11 +308,11 @@ def problem_of(exc: Exception) -> Problem:
     if isinstance(exc, RecursionError):
         return Problem(_MALFORMED, "the request body is nested too deeply", "malformed_json")
     if isinstance(exc, BodyRejected):
-        code = "unsupported_media_type" if exc.status_code == 415 else "malformed_body"
+        unsupported = exc.status_code == HTTP_415_UNSUPPORTED_MEDIA_TYPE
         return Problem(
-            Status(exc.status_code, "invalid_request_error", exc.status_code, "Validation"),
+            _UNSUPPORTED if unsupported else _MALFORMED,
             str(exc.detail),
-            code,
+            "unsupported_media_type" if unsupported else "malformed_body",
             headers=tuple((exc.headers or {}).items()),
         )
     if isinstance(exc, HTTPException):

@@ -15,6 +15,7 @@ from litestar import Controller, Request, get, post
 from api.disconnect import unless_disconnected
 from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
+from api.fields import Text, Texts
 from api.openai import Embedding, EmbeddingRequest, create_embeddings
 from api.usage import Usage
 from engine.inference import InferenceEngine
@@ -45,8 +46,8 @@ class InfinityEmbeddingResponse(msgspec.Struct, kw_only=True):
 
 
 class InfinityRerankRequest(msgspec.Struct, kw_only=True):
-    query: str
-    documents: list[str]
+    query: Text
+    documents: Texts
     return_documents: bool = False
     raw_scores: bool = False
     model: str | None = None

@@ -13,6 +13,7 @@ from litestar import Controller, Request, post
 from api.disconnect import unless_disconnected
 from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
+from api.fields import Text, Texts
 from api.usage import Usage
 from engine.inference import InferenceEngine
 from engine.settings import Settings
@@ -23,7 +24,7 @@ __all__ = ["NativeController"]
 
 
 class SparseRequest(msgspec.Struct, kw_only=True):
-    input: str | list[str]
+    input: Text | Texts
     model: str | None = None
     # Overrides SPARSE_TOKEN_MAPPING for this request; "tokenizer" returns the token ids
     # themselves (what a front end that maps them its own way asks for).

@@ -17,6 +17,7 @@ from litestar import Controller, Request, get, post
 from api.disconnect import unless_disconnected
 from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
+from api.fields import Text
 from api.usage import Usage
 from engine.errors import InvalidInput
 from engine.inference import InferenceEngine
@@ -28,7 +29,7 @@ __all__ = ["EmbeddingRequest", "EmbeddingResponse", "OpenAIController", "create_
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
     # Token-id arrays are part of OpenAI's schema (LangChain sends them by default);
     # they are accepted by the decoder so the error can say what to do instead.
-    input: str | list[str | int | list[int]]
+    input: Text | Annotated[list[Text | int | list[int]], msgspec.Meta(min_length=1)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None

@@ -15,20 +15,21 @@ from litestar import Controller, Request, post
 from api.disconnect import unless_disconnected
 from api.docs import answers, sends
 from api.errors import ERROR_RESPONSES
+from api.fields import Text
 from engine.inference import InferenceEngine, sigmoid
 
 __all__ = ["PairRerankRequest", "RerankerServiceController", "rerank"]
 
 
 class PairRerankRequest(msgspec.Struct, kw_only=True):
-    query: str
-    passage: str
+    query: Text
+    passage: Text
     normalize: bool = False
 
 
 class Pair(msgspec.Struct, kw_only=True):
-    query: str
-    passage: str
+    query: Text
+    passage: Text
 
 
 class BatchRerankRequest(msgspec.Struct, kw_only=True):

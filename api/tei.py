@@ -18,6 +18,7 @@ from litestar.exceptions import HTTPException
 from api.disconnect import unless_disconnected
 from api.docs import VECTOR, answers, sends
 from api.errors import TEI_ERROR_RESPONSES, tei_error
+from api.fields import Text, Texts
 from engine.errors import EngineError, InvalidInput
 from engine.inference import InferenceEngine, sigmoid
 from engine.settings import Settings
@@ -29,7 +30,7 @@ Direction = Literal["Right", "right", "Left", "left"]
 
 
 class _Inputs(msgspec.Struct, kw_only=True):
-    inputs: str | list[str]
+    inputs: Text | Texts
     truncate: bool | None = None  # None: the server's setting (TRUNCATE), as TEI's auto-truncate
     truncation_direction: Direction = "Right"
     prompt_name: str | None = None
@@ -71,8 +72,8 @@ class EmbedAllRequest(_Inputs, kw_only=True):
 
 
 class TeiRerankRequest(msgspec.Struct, kw_only=True):
-    query: str
-    texts: list[str]
+    query: Text
+    texts: Texts
     raw_scores: bool = False
     return_text: bool = False
     truncate: bool | None = None  # pairs are always cut to RERANKER_MAX_TOKENS, as FlagReranker
@@ -81,7 +82,7 @@ class TeiRerankRequest(msgspec.Struct, kw_only=True):
 
 class PredictRequest(msgspec.Struct, kw_only=True):
     # A pair, or a batch of pairs: a cross-encoder scores (query, passage) pairs only.
-    inputs: list[str | list[str]]
+    inputs: Annotated[list[Text | list[Text]], msgspec.Meta(min_length=1)]
     raw_scores: bool = False
     truncate: bool | None = None
     truncation_direction: Direction = "Right"

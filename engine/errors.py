@@ -10,11 +10,12 @@ EngineError                 any failure the service reports to a client
     └── BackendTimeout      a backend did not answer within its deadline
 
 StartupError                the service cannot start (bad settings, model not found);
-                            never reaches a client
+                            /health shows it, without filesystem paths (``without_paths``)
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Overloaded",
     "StartupError",
     "Unavailable",
+    "without_paths",
 ]
 
 
@@ -88,3 +90,14 @@ class StartupError(Exception):
 
 class BackendTimeout(BackendFailure):
     kind = ErrorKind.TIMEOUT
+
+
+# An absolute or home filesystem path: a "/" (or "~/") that starts no URL path (not
+# after "host:port", a scheme's "//", or a word), then its segments.
+_PATH = re.compile(r"(?<![\w:/.~-])~?/(?:[\w.@+~-]+/?)+")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with filesystem paths replaced by ``<path>``: what a client may see of
+    the server's layout (the log keeps the full message)."""
+    return _PATH.sub("<path>", message)

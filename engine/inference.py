@@ -36,6 +36,7 @@ from engine.errors import (
     InvalidInput,
     StartupError,
     Unavailable,
+    without_paths,
 )
 from engine.model_names import ModelNames
 from engine.router import CHAIN_SETTING, Router
@@ -107,7 +108,10 @@ class InferenceEngine:
                 log.info("%s backend: started in %.1f s", backend.name, took)
             self._check_models()
         except BaseException as exc:
-            self._start_error = str(exc) or type(exc).__name__
+            error = str(exc) or type(exc).__name__
+            # Clients see it (/health, 503s); the server's layout only when debugging.
+            debugging = self._settings.log_level == "debug"
+            self._start_error = error if debugging else without_paths(error)
             raise
         self._started = True
 

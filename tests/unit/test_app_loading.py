@@ -104,3 +104,31 @@ def test_ready_while_a_chain_can_fall_through_and_not_once_it_cannot() -> None:
         assert ready.json()["reasons"] == [
             f"{op}: no loaded, healthy backend (remote: unreachable)" for op in sorted(Operation)
         ]
+
+
+def _failed_start(settings: Settings) -> tuple[dict[str, object], dict[str, object], str]:
+    class Misplaced(FakeBackend):
+        async def start(self) -> None:
+            raise RuntimeError("no config.json in /srv/models/bge-m3: not a model folder")
+
+    failures: list[BaseException] = []
+    engine = InferenceEngine(settings, {op: [Misplaced()] for op in Operation})
+    with TestClient(create_app(settings, engine, on_start_failure=failures.append)) as client:
+        deadline = time.monotonic() + 10
+        while not failures:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        refused = client.post("/v1/embeddings", json={"input": "hello"})
+        return (
+            client.get("/health").json(),
+            client.get("/health/ready").json(),
+            refused.json()["error"]["message"],
+        )
+
+
+def test_a_failed_start_shows_no_filesystem_path_unless_debugging() -> None:
+    for shown in _failed_start(Settings()):
+        assert "/srv" not in str(shown)
+        assert "no config.json in <path>: not a model folder" in str(shown)
+    for shown in _failed_start(Settings(log_level="debug")):
+        assert "/srv/models/bge-m3" in str(shown)

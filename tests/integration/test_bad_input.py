@@ -14,7 +14,7 @@ from tests.conftest import Server
 CASES = [
     # path, body, status, param
     ("/v1/embeddings", {"input": []}, 422, "input"),
-    ("/v1/embeddings", {"input": ""}, 422, "input[0]"),
+    ("/v1/embeddings", {"input": ""}, 422, "input"),
     ("/v1/embeddings", {"input": ["ok", "   "]}, 422, "input[1]"),
     ("/v1/embeddings", {"input": 3}, 422, "input"),
     ("/v1/embeddings", {"input": ["ok", None]}, 422, "input[1]"),
@@ -186,7 +186,7 @@ def test_a_body_that_is_not_json_utf8_is_415(
     client: httpx.Client, content_type: str | None, named: str
 ) -> None:
     headers = {"content-type": content_type} if content_type else {}
-    body = json.dumps({"input": ["caf\u00e9"]}).encode()
+    body = json.dumps({"input": ["na\u00efve"]}).encode()
     for path in POST_ROUTES:
         response = client.post(path, content=body, headers=headers)
         error = assert_envelope(response, 415)

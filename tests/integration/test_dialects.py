@@ -180,7 +180,9 @@ def test_tei_errors_are_tei_shaped(
 
 
 def test_tei_malformed_json_and_oversized_batches(client: httpx.Client) -> None:
-    response = client.post("/embed", content=b"{not json")
+    response = client.post(
+        "/embed", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     validate("tei", "ErrorResponse", response.json())
     too_many = client.post("/embed", json={"inputs": ["a"] * 65})  # MAX_BATCH_SIZE=64 in tests

@@ -170,10 +170,19 @@ def test_past_max_connections_all_busy_a_new_one_gets_429_fast(guarded: Server) 
     assert _closed_counts(guarded)["refused"] >= 1
 
 
-def test_cut_off_clients_leave_no_error_in_the_log(guarded: Server) -> None:
+def test_cut_off_clients_leave_no_error_in_the_log_or_5xx_in_metrics(guarded: Server) -> None:
     log = guarded.log.read_text()
     assert "ERROR" not in log
     assert "Traceback" not in log
+    answered = [
+        line
+        for line in httpx.get(f"{guarded.url}/metrics").text.splitlines()
+        if line.startswith("bge_http_requests_total{")
+    ]
+    # A body cut off by the deadline is the client's failure (499), not the server's.
+    assert any('status="499"' in line for line in answered)
+    # (/health answered 503 while the models loaded; that is all the 5xx there is.)
+    assert not any('status="5' in line and "/health" not in line for line in answered), answered
 
 
 def _closed_counts(server: Server) -> dict[str, float]:

@@ -37,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_config = configure_logging(settings)
     # Tokenizers' own thread pool fights torch's for the same cores under a server.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # On a CPU, oneDNN caches a compiled primitive per input shape (up to 1024); with
+    # the batch shapes a server sees, that cache grew RSS by ~45 MB a minute in the
+    # soak test for no measurable speed (bench/soak.py; README, "Memory on a CPU").
+    # oneDNN reads this when it creates its first primitive, after start-up.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     try:
         # The port first: a taken port must not cost a model load to find out.
         listener = _listen(settings.host, settings.port)

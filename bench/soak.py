@@ -510,7 +510,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=10, help="how long to run (default 10)")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clients' choices")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench/results"), help="soak.json goes here"
+    )
     parser.add_argument("--log", type=Path, help="keep the server's log here")
     args = parser.parse_args()
     if args.minutes < 1 or args.clients < 1:

@@ -365,3 +365,16 @@ def test_image_defaults_are_settings_the_service_knows() -> None:
     assert json.loads(volumes[0]) == [defaults["MODELS_DIR"], "/data"]
     exposed = [rest for keyword, rest in instructions(DOCKERFILE) if keyword == "EXPOSE"]
     assert exposed == [defaults["PORT"]]
+
+
+@pytest.mark.parametrize("accelerator", ["cuda", "rocm"])
+def test_qdrant_profile_serves_the_retrieval_tools_a_persistent_store(accelerator: str) -> None:
+    services = compose(accelerator)["services"]
+    qdrant = services["qdrant"]
+    assert qdrant["profiles"] == ["qdrant"]
+    assert "6333:6333" in qdrant["ports"]
+    assert qdrant["image"].split(":-", 1)[1].rstrip("}").startswith("qdrant/qdrant:v1.")
+    assert any(v.endswith(":/qdrant/storage") for v in qdrant["volumes"])
+    assert "qdrant-data" in compose(accelerator)["volumes"]
+    # The service does not depend on it: the store is the retrieval tools' concern.
+    assert "qdrant" not in str(services["bge"].get("depends_on", {}))

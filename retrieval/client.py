@@ -1,0 +1,180 @@
+"""The service, over HTTP only: what the retrieval tools ask of a running ``bge-serve``
+(here or on a remote GPU host), with its overload answers honoured.
+
+A 429 or 503 is retried after the ``Retry-After`` it carries (a loading or busy
+service asks for patience, not failure), a dropped connection after a short
+backoff; anything else is an error naming the route and the service's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+__all__ = ["Embedded", "ServiceClient", "ServiceError", "SparseVector"]
+
+T = TypeVar("T")
+
+_RETRY_STATUSES = frozenset({429, 503})
+_MAX_WAIT_S = 30.0
+
+
+class ServiceError(RuntimeError):
+    """The service refused or failed a request for good."""
+
+
+class SparseVector(msgspec.Struct, frozen=True):
+    indices: list[int]
+    values: list[float]
+
+
+class _Item(msgspec.Struct):
+    index: int
+    dense: list[float] | None = None
+    embedding: list[float] | None = None
+    sparse: SparseVector | None = None
+    colbert: list[list[float]] | None = None
+
+
+class _Items(msgspec.Struct):
+    data: list[_Item]
+
+
+class _Ranked(msgspec.Struct):
+    index: int
+    relevance_score: float
+
+
+class _Ranking(msgspec.Struct):
+    results: list[_Ranked]
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """One text's vectors; ``sparse`` and ``colbert`` only where asked and served."""
+
+    dense: list[float]
+    sparse: SparseVector | None = None
+    colbert: list[list[float]] | None = None
+
+
+class ServiceClient:
+    """Async client of one service; at most ``concurrency`` requests in flight."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+        concurrency: int = 4,
+        retries: int = 8,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/"),
+            headers=headers,
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=concurrency),
+        )
+        self._slots = asyncio.Semaphore(concurrency)
+        self._retries = retries
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self._http.aclose()
+
+    async def served(self) -> set[str]:
+        """The operations the service serves: ``embed``, ``sparse``, ``rerank``."""
+        health = (await self._http.get("/health")).json()
+        return set(health.get("routes", {}))
+
+    async def embed(
+        self, texts: list[str], *, sparse: bool = True, colbert: bool = False
+    ) -> list[Embedded]:
+        """Dense vectors, plus sparse (and ColBERT) from the same forward pass."""
+        if sparse or colbert:
+            body: dict[str, Any] = {"input": texts, "return_colbert": colbert}
+            items = await self._post("/v1/hybrid-embeddings", body, _Items)
+        else:
+            items = await self._post("/v1/embeddings", {"input": texts}, _Items)
+        rows = sorted(items.data, key=lambda item: item.index)
+        if len(rows) != len(texts):
+            raise ServiceError(f"the service answered {len(rows)} vectors for {len(texts)} texts")
+        return [
+            Embedded(
+                dense=row.dense if row.dense is not None else row.embedding or [],
+                sparse=row.sparse,
+                colbert=row.colbert,
+            )
+            for row in rows
+        ]
+
+    async def sparse(self, texts: list[str]) -> list[SparseVector]:
+        items = await self._post("/v1/sparse-embeddings", {"input": texts}, _Items)
+        return [row.sparse for row in sorted(items.data, key=lambda r: r.index) if row.sparse]
+
+    async def rerank(self, query: str, documents: list[str]) -> list[float]:
+        """Each document's cross-encoder score, in the documents' order."""
+        body = {"query": query, "documents": documents, "top_n": len(documents)}
+        ranking = await self._post("/v1/rerank", body, _Ranking)
+        scores = [0.0] * len(documents)
+        for ranked in ranking.results:
+            scores[ranked.index] = ranked.relevance_score
+        return scores
+
+    async def _post(self, route: str, body: dict[str, Any], kind: type[T]) -> T:
+        async with self._slots:
+            for attempt in range(self._retries + 1):
+                last = attempt == self._retries
+                try:
+                    response = await self._http.post(route, json=body)
+                except httpx.TransportError as exc:
+                    if last:
+                        raise ServiceError(f"{route}: {exc!r}") from exc
+                    await asyncio.sleep(_backoff(attempt))
+                    continue
+                if response.status_code in _RETRY_STATUSES and not last:
+                    await asyncio.sleep(_retry_after(response, attempt))
+                    continue
+                if response.status_code != 200:
+                    status = response.status_code
+                    raise ServiceError(f"{route} answered {status}: {_message(response)}")
+                return msgspec.json.decode(response.content, type=kind)
+        raise AssertionError("unreachable")
+
+
+def _backoff(attempt: int) -> float:
+    # Jitter (not a secret): clients that failed together retry apart.
+    return min(_MAX_WAIT_S, 0.5 * 2.0**attempt) * random.uniform(1, 1.5)  # noqa: S311
+
+
+def _retry_after(response: httpx.Response, attempt: int) -> float:
+    try:
+        asked = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return _backoff(attempt)
+    return min(_MAX_WAIT_S, max(asked, 0.1)) * random.uniform(1, 1.2)  # noqa: S311
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return response.text[:200]
+    if isinstance(error, dict):
+        return str(error.get("message"))
+    return str(error)

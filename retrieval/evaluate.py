@@ -1,0 +1,241 @@
+"""``bge-eval``: retrieval quality of each search pipeline on a BEIR-format folder.
+
+    bge-eval path/to/dataset --collection dataset [--modes dense,sparse,hybrid,...]
+
+The folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl``
+(``_id``, ``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``,
+``score``, with a header line). The corpus is indexed first (``bge-index --resume``:
+a second run embeds nothing), then every query is searched by every mode, 100 hits
+each, and nDCG@10, MRR@10 and Recall@100 are computed by ``ir-measures`` (over
+``pytrec_eval``) for the queries that have judgements. The table is printed and
+written, with the settings, to ``eval.json`` and a bar chart to ``eval.png``.
+
+Modes: ``dense``, ``sparse``, ``hybrid``, each optionally followed by ``+colbert``
+and/or ``+rerank`` (``hybrid+colbert``, ``hybrid+rerank``, ``dense+rerank``...).
+The default is every mode the service can serve: without sparse (a dense-only
+model) only ``dense`` and ``dense+rerank``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ir_measures
+from ir_measures import RR, R, nDCG
+
+from retrieval.client import ServiceClient
+from retrieval.corpus import read_corpus
+from retrieval.index import index_documents
+from retrieval.search import Mode, Searcher
+from retrieval.settings import Connections, add_connection_flags, connections
+
+__all__ = ["MEASURES", "Pipeline", "evaluate_run", "main", "read_qrels", "read_queries"]
+
+MEASURES = (nDCG @ 10, RR @ 10, R @ 100)
+_NAMES = {str(nDCG @ 10): "nDCG@10", str(RR @ 10): "MRR@10", str(R @ 100): "Recall@100"}
+_DEPTH = 100
+_ALL_MODES = ("dense", "sparse", "hybrid", "hybrid+colbert", "hybrid+rerank")
+_DENSE_MODES = ("dense", "dense+rerank")
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    name: str
+    mode: Mode
+    colbert: bool
+    rerank: bool
+
+    @classmethod
+    def parse(cls, name: str) -> Pipeline:
+        base, *stages = name.split("+")
+        if base not in ("dense", "sparse", "hybrid") or not set(stages) <= {"colbert", "rerank"}:
+            raise ValueError(
+                f"unknown mode `{name}`: dense, sparse or hybrid, then +colbert and/or +rerank"
+            )
+        return cls(name, base, "colbert" in stages, "rerank" in stages)  # type: ignore[arg-type]
+
+
+def read_queries(path: Path) -> dict[str, str]:
+    with path.open(encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines if line.strip()]
+    return {str(row["_id"]): str(row["text"]) for row in rows}
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as rows:
+        reader = csv.reader(rows, delimiter="\t")
+        for row in reader:
+            if not row or row[0] == "query-id":
+                continue
+            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    return qrels
+
+
+def evaluate_run(
+    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]
+) -> dict[str, float]:
+    """nDCG@10, MRR@10 and Recall@100 averaged over the judged queries; a judged query
+    with no hits counts as zero."""
+    judged = {qid: docs for qid, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    complete = {qid: run.get(qid) or {"": 0.0} for qid in judged}
+    values = ir_measures.calc_aggregate(MEASURES, judged, complete)
+    return {_NAMES[str(measure)]: float(values[measure]) for measure in MEASURES}
+
+
+async def _search_all(
+    searcher: Searcher, queries: dict[str, str], pipeline: Pipeline, rerank_top: int
+) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for qid, text in queries.items():
+        hits = await searcher.search(
+            text,
+            mode=pipeline.mode,
+            limit=_DEPTH,
+            candidates=_DEPTH,
+            colbert=pipeline.colbert,
+            rerank=pipeline.rerank,
+            rerank_top=rerank_top,
+        )
+        # Ranks, not raw scores: a reranked head and the fused tail are not comparable.
+        run[qid] = {hit.doc_id: float(len(hits) - rank) for rank, hit in enumerate(hits)}
+    return run
+
+
+async def evaluate(
+    folder: Path,
+    collection: str,
+    service: ServiceClient,
+    where: Connections,
+    *,
+    modes: Sequence[str] | None,
+    split: str,
+    rerank_top: int,
+    progress: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    served = await service.served()
+    if modes is None:
+        modes = _ALL_MODES if "sparse" in served else _DENSE_MODES
+        modes = [m for m in modes if "rerank" not in m or "rerank" in served]
+    pipelines = [Pipeline.parse(name) for name in modes]
+    store = where.qdrant()
+    try:
+        report = await index_documents(
+            read_corpus(folder / "corpus.jsonl"),
+            service,
+            store,
+            collection,
+            colbert=any(p.colbert for p in pipelines),
+            resume=True,
+            progress=progress,
+        )
+        queries = read_queries(folder / "queries.jsonl")
+        qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+        queries = {qid: text for qid, text in queries.items() if qid in qrels}
+        searcher = Searcher(service, store, collection)
+        table = {
+            p.name: evaluate_run(qrels, await _search_all(searcher, queries, p, rerank_top))
+            for p in pipelines
+        }
+    finally:
+        store.close()
+    facts = {
+        "dataset": folder.name,
+        "queries": len(queries),
+        "documents": report.documents,
+        "embedded_this_run": report.embedded,
+        "rerank_top": rerank_top,
+    }
+    return table, facts
+
+
+def markdown(table: dict[str, dict[str, float]]) -> str:
+    names = list(_NAMES.values())
+    lines = ["| mode | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for mode, values in table.items():
+        lines.append(f"| {mode} | " + " | ".join(f"{values[n]:.3f}" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def chart(table: dict[str, dict[str, float]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(_NAMES.values())
+    modes = list(table)
+    width = 0.8 / len(modes)
+    figure, axes = plt.subplots(figsize=(8, 4))
+    for i, mode in enumerate(modes):
+        xs = [j + i * width for j in range(len(names))]
+        axes.bar(xs, [table[mode][n] for n in names], width, label=mode)
+    axes.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
+    axes.set_ylim(0, 1)
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bge-eval", description="nDCG@10, MRR@10, Recall@100 of each search mode."
+    )
+    parser.add_argument("dataset", type=Path, help="BEIR-format folder.")
+    parser.add_argument("--collection", help="Default: the folder's name.")
+    parser.add_argument("--modes", help=f"Comma-separated (default: {','.join(_ALL_MODES)}).")
+    parser.add_argument("--split", default="test", help="qrels/<split>.tsv")
+    parser.add_argument("--rerank-top", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=None, help="Default: the dataset folder.")
+    parser.add_argument("--title", default=None, help="The chart's title, e.g. the model.")
+    parser.add_argument("--no-progress", action="store_true")
+    add_connection_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    where = connections(args)
+    out = args.out or args.dataset
+    try:
+        table, facts = asyncio.run(_run(args, where))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        print(f"bge-eval: {exc}", file=sys.stderr)
+        return 1
+    print(markdown(table))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps({**facts, "results": table}, indent=2) + "\n")
+    chart(table, args.title or f"{facts['dataset']} ({facts['queries']} queries)", out / "eval.png")
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}", file=sys.stderr)
+    return 0
+
+
+async def _run(
+    args: argparse.Namespace, where: Connections
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    modes = args.modes.split(",") if args.modes else None
+    async with ServiceClient(where.service_url, api_key=where.service_api_key) as service:
+        return await evaluate(
+            args.dataset,
+            args.collection or args.dataset.name,
+            service,
+            where,
+            modes=modes,
+            split=args.split,
+            rerank_top=args.rerank_top,
+            progress=not args.no_progress,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""``bge-index``: a corpus file (or an existing collection) into a Qdrant collection of
+dense + sparse (+ ColBERT) vectors computed by the service.
+
+    bge-index corpus.jsonl --collection docs [--colbert] [--resume]
+    bge-index --from-collection docs_v1 --collection docs_v2 --alias docs
+
+Texts go through ``/v1/hybrid-embeddings`` (one forward pass for every output) in
+batches, ``--concurrency`` at once; each batch is stored (``wait=True``) as soon as
+it is embedded, so a crash loses only the batches in flight. Point ids are UUIDv5
+of the document ids: a re-run overwrites, never duplicates, and ``--resume`` skips
+the documents already stored. With ``--alias`` the alias is moved to the collection
+only once every document is in it, so searches through the alias see the old
+collection, whole, until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import QdrantClient
+from tqdm import tqdm
+
+from retrieval import store as qd
+from retrieval.client import ServiceClient
+from retrieval.corpus import Document, read_corpus
+from retrieval.settings import Connections, add_connection_flags, connections
+
+__all__ = ["IndexReport", "index_documents", "main"]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexReport:
+    documents: int  # read from the source
+    embedded: int  # sent to the service and stored on this run
+    skipped: int  # already stored (--resume)
+    seconds: float
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds else 0.0
+
+
+async def index_documents(
+    documents: Iterable[Document],
+    service: ServiceClient,
+    store: QdrantClient,
+    collection: str,
+    *,
+    colbert: bool = False,
+    resume: bool = False,
+    batch_size: int = 32,
+    concurrency: int = 4,
+    total: int | None = None,
+    progress: bool = True,
+) -> IndexReport:
+    """Embed and store every document; the collection is created to fit the service."""
+    began = time.perf_counter()
+    sparse = "sparse" in await service.served()
+    probe = (await service.embed(["dimension probe"], sparse=sparse, colbert=colbert))[0]
+    qd.ensure_collection(
+        store,
+        collection,
+        dimension=len(probe.dense),
+        sparse=sparse,
+        colbert_dimension=len(probe.colbert[0]) if probe.colbert else None,
+    )
+    read = embedded = skipped = 0
+    bar = tqdm(total=total, unit="doc", disable=not progress, file=sys.stderr, smoothing=0.1)
+
+    async def one_batch(batch: list[Document]) -> None:
+        vectors = await service.embed([d.text for d in batch], sparse=sparse, colbert=colbert)
+        qd.upsert(
+            store,
+            collection,
+            [d.id for d in batch],
+            [d.text for d in batch],
+            [d.payload for d in batch],
+            vectors,
+        )
+        bar.update(len(batch))
+
+    in_flight: set[asyncio.Task[None]] = set()
+    try:
+        for batch in _batches(documents, batch_size):
+            read += len(batch)
+            if resume:
+                todo = [batch[i] for i in qd.missing(store, collection, [d.id for d in batch])]
+                skipped += len(batch) - len(todo)
+                bar.update(len(batch) - len(todo))
+                batch = todo
+            if not batch:
+                continue
+            embedded += len(batch)
+            in_flight.add(asyncio.create_task(one_batch(batch)))
+            if len(in_flight) >= concurrency:
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a batch that failed stops the run
+        for outcome in await asyncio.gather(*in_flight, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+    finally:
+        for task in in_flight:
+            task.cancel()
+        bar.close()
+    return IndexReport(read, embedded, skipped, time.perf_counter() - began)
+
+
+def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    it = iter(documents)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _from_collection(store: QdrantClient, name: str) -> Iterator[Document]:
+    for payload in qd.scroll_texts(store, name):
+        document_id, text = payload.pop("doc_id", None), payload.pop("text", None)
+        if not isinstance(document_id, str) or not isinstance(text, str):
+            raise ValueError(f"collection `{name}` has a point without doc_id and text payload")
+        yield Document(id=document_id, text=text, payload=payload)
+
+
+def _count(path: Path) -> int | None:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        with path.open("rb") as lines:
+            return sum(1 for line in lines if line.strip())
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bge-index",
+        description="Embed a corpus with bge-serve into a Qdrant collection (dense + sparse, "
+        "optionally ColBERT).",
+    )
+    parser.add_argument("corpus", nargs="?", type=Path, help=".jsonl, .csv or .parquet")
+    parser.add_argument("--collection", required=True, help="Collection to fill (created).")
+    parser.add_argument("--from-collection", help="Re-embed this collection's texts instead.")
+    parser.add_argument("--alias", help="Move this alias to the collection once it is complete.")
+    parser.add_argument("--colbert", action="store_true", help="Store ColBERT multivectors too.")
+    parser.add_argument("--resume", action="store_true", help="Skip documents already stored.")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--id-field", default=None, help="Default: id, _id, doc_id or docid.")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=4, help="Batches in flight.")
+    parser.add_argument("--no-progress", action="store_true")
+    add_connection_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.corpus is None) == (args.from_collection is None):
+        parser.error("give a corpus file or --from-collection, not both")
+    where = connections(args)
+    store = where.qdrant()
+    try:
+        if args.corpus is not None:
+            documents: Iterable[Document] = read_corpus(
+                args.corpus, text_field=args.text_field, id_field=args.id_field
+            )
+            total = _count(args.corpus)
+        else:
+            documents = _from_collection(store, args.from_collection)
+            total = store.count(args.from_collection, exact=True).count
+        report = asyncio.run(_run(args, where, store, documents, total))
+        line: dict[str, Any] = {
+            "collection": args.collection,
+            "store": where.where(),
+            "documents": report.documents,
+            "embedded": report.embedded,
+            "skipped": report.skipped,
+            "seconds": round(report.seconds, 2),
+            "docs_per_s": round(report.docs_per_s, 1),
+        }
+        if args.alias:
+            line["alias"] = args.alias
+            line["alias_was"] = qd.switch_alias(store, args.alias, args.collection)
+        print(" ".join(f"{k}={v}" for k, v in line.items()))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"bge-index: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+async def _run(
+    args: argparse.Namespace,
+    where: Connections,
+    store: QdrantClient,
+    documents: Iterable[Document],
+    total: int | None,
+) -> IndexReport:
+    async with ServiceClient(
+        where.service_url, api_key=where.service_api_key, concurrency=args.concurrency
+    ) as service:
+        return await index_documents(
+            documents,
+            service,
+            store,
+            args.collection,
+            colbert=args.colbert,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            total=total,
+            progress=not args.no_progress,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

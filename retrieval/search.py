@@ -1,0 +1,215 @@
+"""``bge-search``: dense, sparse or hybrid search of a collection ``bge-index`` filled,
+then optionally a ColBERT stage and a cross-encoder stage.
+
+    bge-search "what is a panda?" --collection docs [--mode hybrid] [--colbert] [--rerank]
+
+Hybrid is Qdrant's Query API: dense and sparse candidates (``--candidates`` of each)
+prefetched and fused by reciprocal rank, ``score = sum 1 / (k + rank)`` over the
+lists a point is in, ranks counted from 0, ``k = 60``. ``--colbert`` re-scores the
+fused candidates by MAX_SIM of the query's and each document's ColBERT vectors (in
+Qdrant, one query); ``--rerank`` then scores the best ``--rerank-top`` with the
+service's cross-encoder (``/v1/rerank``). The JSON answer gives every hit's score at
+every stage it went through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from qdrant_client import QdrantClient, models
+
+from retrieval import store as qd
+from retrieval.client import ServiceClient
+from retrieval.settings import add_connection_flags, connections
+
+__all__ = ["RRF_K", "Hit", "Mode", "Searcher", "main", "rrf"]
+
+Mode = Literal["dense", "sparse", "hybrid"]
+RRF_K = 60
+
+
+@dataclass(slots=True)
+class Hit:
+    doc_id: str
+    score: float  # the last stage's
+    scores: dict[str, float] = field(default_factory=dict)  # every stage's
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.doc_id, "score": self.score, "scores": self.scores, **self.payload}
+
+
+def rrf(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> dict[str, float]:
+    """Reciprocal-rank fusion as Qdrant computes it: ``sum 1 / (k + rank)``, rank from 0."""
+    fused: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, key in enumerate(ranking):
+            fused[key] = fused.get(key, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+class Searcher:
+    """Searches one collection (or alias) with vectors from one service."""
+
+    def __init__(self, service: ServiceClient, store: QdrantClient, collection: str) -> None:
+        self._service = service
+        self._store = store
+        self._collection = collection
+
+    async def search(
+        self,
+        query: str,
+        *,
+        mode: Mode = "hybrid",
+        limit: int = 10,
+        candidates: int = 100,
+        colbert: bool = False,
+        rerank: bool = False,
+        rerank_top: int = 50,
+    ) -> list[Hit]:
+        embedded = (await self._service.embed([query], sparse=mode != "dense", colbert=colbert))[0]
+        dense = models.Prefetch(query=embedded.dense, using=qd.DENSE, limit=candidates)
+        prefetches = []
+        if mode in ("dense", "hybrid"):
+            prefetches.append(dense)
+        if mode in ("sparse", "hybrid"):
+            if embedded.sparse is None:
+                raise ValueError("the service gave no sparse vector: it does not serve sparse")
+            prefetches.append(
+                models.Prefetch(
+                    query=models.SparseVector(
+                        indices=embedded.sparse.indices, values=embedded.sparse.values
+                    ),
+                    using=qd.SPARSE,
+                    limit=candidates,
+                )
+            )
+        # Each stage's scores by point: the candidate lists first, then the fusion.
+        stages: dict[str, dict[str, float]] = {}
+        payloads: dict[str, dict[str, Any]] = {}
+        for prefetch in prefetches:
+            points = self._query(prefetch.query, prefetch.using, limit=candidates)
+            stages[str(prefetch.using)] = {str(p.id): p.score for p in points}
+            payloads.update({str(p.id): dict(p.payload or {}) for p in points})
+        if mode == "hybrid":
+            fused = self._store.query_points(
+                self._collection,
+                prefetch=prefetches,
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                limit=candidates,
+                with_payload=False,
+            ).points
+            stages["rrf"] = {str(p.id): p.score for p in fused}
+        order = list(stages["rrf" if mode == "hybrid" else str(prefetches[0].using)])
+        if colbert:
+            if embedded.colbert is None:
+                raise ValueError("the service gave no ColBERT vectors")
+            candidate = (
+                models.Prefetch(
+                    prefetch=prefetches,
+                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                    limit=candidates,
+                )
+                if mode == "hybrid"
+                else prefetches[0]
+            )
+            rescored = self._store.query_points(
+                self._collection,
+                prefetch=candidate,
+                query=embedded.colbert,
+                using=qd.COLBERT,
+                limit=candidates,
+                with_payload=False,
+            ).points
+            stages["colbert"] = {str(p.id): p.score for p in rescored}
+            order = [str(p.id) for p in rescored]
+        if rerank:
+            top = order[:rerank_top]
+            texts = [str(payloads[key].get("text", "")) for key in top]
+            scores = await self._service.rerank(query, texts) if top else []
+            stages["rerank"] = dict(zip(top, scores, strict=True))
+            order = sorted(top, key=lambda key: -stages["rerank"][key])
+        last = list(stages)[-1]
+        return [
+            Hit(
+                doc_id=str(payloads[key].get("doc_id", key)),
+                score=stages[last][key],
+                scores={stage: scored[key] for stage, scored in stages.items() if key in scored},
+                payload={k: v for k, v in payloads[key].items() if k != "doc_id"},
+            )
+            for key in order[:limit]
+        ]
+
+    def _query(self, query: Any, using: str | None, *, limit: int) -> list[models.ScoredPoint]:
+        return self._store.query_points(
+            self._collection, query=query, using=using, limit=limit, with_payload=True
+        ).points
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bge-search", description="Search a collection bge-index filled; JSON out."
+    )
+    parser.add_argument("query", nargs="+", help="One or more queries.")
+    parser.add_argument("--collection", required=True, help="Collection or alias.")
+    parser.add_argument("--mode", choices=("dense", "sparse", "hybrid"), default="hybrid")
+    parser.add_argument("--limit", type=int, default=10)
+    parser.add_argument("--candidates", type=int, default=100, help="Per candidate list.")
+    parser.add_argument("--colbert", action="store_true", help="Re-score with ColBERT vectors.")
+    parser.add_argument("--rerank", action="store_true", help="Re-score with the cross-encoder.")
+    parser.add_argument("--rerank-top", type=int, default=50)
+    parser.add_argument("--no-text", action="store_true", help="Leave the text out of hits.")
+    add_connection_flags(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    where = connections(args)
+    store = where.qdrant()
+    try:
+        answers = asyncio.run(_run(args, where.service_url, where.service_api_key, store))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"bge-search: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    for query, hits in answers:
+        shown = [hit.as_json() for hit in hits]
+        if args.no_text:
+            for hit in shown:
+                hit.pop("text", None)
+        print(json.dumps({"query": query, "hits": shown}, ensure_ascii=False))
+    return 0
+
+
+async def _run(
+    args: argparse.Namespace, url: str, api_key: str | None, store: QdrantClient
+) -> list[tuple[str, list[Hit]]]:
+    async with ServiceClient(url, api_key=api_key) as service:
+        searcher = Searcher(service, store, args.collection)
+        return [
+            (
+                query,
+                await searcher.search(
+                    query,
+                    mode=args.mode,
+                    limit=args.limit,
+                    candidates=args.candidates,
+                    colbert=args.colbert,
+                    rerank=args.rerank,
+                    rerank_top=args.rerank_top,
+                ),
+            )
+            for query in args.query
+        ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,6 +26,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from api.disconnect import ClientDisconnected
+from api.errors import problem_of
 from api.http_limits import ConnectionStats
 from engine.inference import InferenceEngine
 
@@ -196,12 +198,24 @@ class _HttpMetrics(ASGIMiddleware):
 
         try:
             await next_app(scope, receive, sending)
+        except Exception as exc:
+            # Raised by a middleware below (a refused body): the status the exception
+            # handler around this stack answers, not a 500.
+            status = _answered_status(exc, _dialect(scope.get("route_handler")))
+            raise
         finally:
             route = str(scope.get("path_template") or scope["path"])
             dialect = str(scope.get(DIALECT_KEY) or _dialect(scope.get("route_handler")))
             metrics = self._metrics
             metrics.requests.labels(route, dialect, str(status)).inc()
             metrics.latency.labels(route, dialect, str(status)).observe(time.perf_counter() - began)
+
+
+def _answered_status(exc: Exception, dialect: str) -> int:
+    if isinstance(exc, ClientDisconnected):
+        return 499
+    problem = problem_of(exc)
+    return problem.status.tei_http if dialect == "TEI" else problem.status.http
 
 
 def _dialect(handler: object) -> str:

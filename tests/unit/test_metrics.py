@@ -48,6 +48,9 @@ def test_requests_items_tokens_errors_and_fall_throughs_are_counted() -> None:
         wait_started(client)
         client.post("/v1/embeddings", json={"input": ["one text", "two words here"]})
         client.post("/v1/embeddings", json={"input": []})
+        # Refused before the handler, by the body's media type: counted as answered.
+        client.post("/v1/embeddings", content=b"{}", headers={"content-type": "text/plain"})
+        client.post("/embed", content=b"{}", headers={"content-type": "text/plain"})
         for _ in range(3):
             client.post("/rerank", json={"query": "q", "texts": ["apple", "zebra"]})
         client.get("/metrics")
@@ -59,6 +62,9 @@ def test_requests_items_tokens_errors_and_fall_throughs_are_counted() -> None:
     route = {"route": "/v1/embeddings", "dialect": "OpenAI"}
     assert value("bge_http_requests_total", status="200", **route) == 1
     assert value("bge_http_requests_total", status="422", **route) == 1
+    assert value("bge_http_requests_total", status="415", **route) == 1
+    assert value("bge_http_requests_total", route="/embed", dialect="TEI", status="415") == 1
+    assert not any(dict(labels).get("status") == "500" for _, labels in samples)
     assert value("bge_http_requests_total", route="/rerank", dialect="TEI", status="200") == 3
     assert value("bge_http_request_duration_seconds_count", status="200", **route) == 1
     assert value("bge_http_request_duration_seconds_count", status="422", **route) == 1

@@ -29,7 +29,6 @@ import pydoc
 import re
 from collections import Counter
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 _WORD = re.compile(r"[a-z]+")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.alias:
             line["alias"] = args.alias
             line["alias_was"] = qd.switch_alias(store, args.alias, args.collection)
-        print(" ".join(f"{k}={v}" for k, v in line.items()))
+        print(json.dumps(line))
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"bge-index: {exc}", file=sys.stderr)
         return 1

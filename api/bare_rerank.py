@@ -17,7 +17,7 @@ from litestar.params import Body
 
 from api import infinity, reranker_service, tei
 from api.docs import answers
-from api.errors import ERROR_RESPONSES, problem_of
+from api.errors import EITHER_ERROR_RESPONSES, problem_of
 from api.metrics import DIALECT_KEY
 from engine.errors import EngineError, InvalidInput
 from engine.inference import InferenceEngine
@@ -50,7 +50,12 @@ _EXAMPLES = [
 @post(
     ["/rerank", "/reranker/rerank"],
     status_code=200,
-    responses=answers(infinity.InfinityRerankResponse, infinity.RERANK_ANSWER, ERROR_RESPONSES),
+    # The answer, errors included, is in the shape of the dialect the body speaks.
+    responses=answers(
+        infinity.InfinityRerankResponse | list[tei.Rank] | reranker_service.PairRerankResponse,
+        infinity.RERANK_ANSWER,
+        EITHER_ERROR_RESPONSES,
+    ),
     raises=[],
     tags=["Infinity", "TEI", "BAAI reranker service"],
     summary="Rerank in the dialect the body speaks: Infinity, TEI or the BAAI reranker service",

@@ -39,6 +39,7 @@ from litestar.status_codes import (
 from engine.errors import EngineError, ErrorKind, Overloaded, Unavailable
 
 __all__ = [
+    "EITHER_ERROR_RESPONSES",
     "ERROR_RESPONSES",
     "STATUS",
     "TEI_ERROR_RESPONSES",
@@ -287,6 +288,26 @@ ERROR_RESPONSES = _error_responses("openai")
 """Documents the error envelope in the OpenAPI schema of every model route."""
 TEI_ERROR_RESPONSES = _error_responses("tei")
 """TEI's routes: TEI's error body and statuses."""
+
+
+def _either(
+    openai: dict[int, ResponseSpec], tei: dict[int, ResponseSpec]
+) -> dict[int, ResponseSpec]:
+    either: dict[int, ResponseSpec] = {}
+    body: Any = ErrorEnvelope | TeiError  # Litestar documents a union as oneOf
+    for status in sorted({*openai, *tei}):
+        spec = openai.get(status) or tei[status]
+        either[status] = ResponseSpec(
+            data_container=body,
+            description=spec.description,
+            generate_examples=False,
+            examples=spec.examples,
+        )
+    return either
+
+
+EITHER_ERROR_RESPONSES = _either(ERROR_RESPONSES, TEI_ERROR_RESPONSES)
+"""A route that answers in TEI's shape or OpenAI's, by the body (the bare /rerank)."""
 
 
 def problem_of(exc: Exception) -> Problem:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server
+from tests.routes import ENVELOPE_POST_ROUTES
 
 CASES = [
     # path, body, status, param
@@ -98,16 +99,6 @@ def test_unknown_route_and_method_use_the_envelope(client: httpx.Client) -> None
     assert "POST" in client.put("/embed", json={"inputs": "a"}).headers["allow"]
 
 
-POST_ROUTES = [
-    "/v1/embeddings",
-    "/v1/sparse-embeddings",
-    "/v1/hybrid-embeddings",
-    "/v1/rerank",
-    "/v2/rerank",
-    "/rerank",
-    "/embeddings",
-    "/rerank/batch",
-]
 NOT_UTF8 = [
     b'{"input": ["\xff"]}',
     b'{"input": ["\xc3"]}',
@@ -117,7 +108,7 @@ NOT_UTF8 = [
 DEEP = b'{"input": ' + b"[" * 1000 + b"]" * 1000 + b"}"
 
 
-@pytest.mark.parametrize("path", POST_ROUTES)
+@pytest.mark.parametrize("path", ENVELOPE_POST_ROUTES)
 @pytest.mark.parametrize("body", [*NOT_UTF8, DEEP])
 def test_undecodable_bodies_are_400_on_every_route(
     client: httpx.Client, path: str, body: bytes
@@ -187,7 +178,7 @@ def test_a_body_that_is_not_json_utf8_is_415(
 ) -> None:
     headers = {"content-type": content_type} if content_type else {}
     body = json.dumps({"input": ["na\u00efve"]}).encode()
-    for path in POST_ROUTES:
+    for path in ENVELOPE_POST_ROUTES:
         response = client.post(path, content=body, headers=headers)
         error = assert_envelope(response, 415)
         assert error["code"] == "unsupported_media_type"

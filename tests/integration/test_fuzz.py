@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import Server
+from tests.routes import ENVELOPE_POST_ROUTES, TEI_POST_ROUTES
 
 # ≤ 100 requests per route in all: this many of each generation mode.
 EXAMPLES_PER_MODE = 25
@@ -96,26 +97,6 @@ def _fuzz(operation: Any, mode: GenerationMode, http: httpx.Client) -> None:
     run()
 
 
-POST_ROUTES = [
-    "/v1/embeddings",
-    "/v1/sparse-embeddings",
-    "/v1/hybrid-embeddings",
-    "/v1/rerank",
-    "/v2/rerank",
-    "/rerank",
-    "/rerank/batch",
-    "/embeddings",
-    "/embed",
-    "/",
-    "/embed_sparse",
-    "/embed_all",
-    "/predict",
-    "/tokenize",
-    "/decode",
-    "/reranker/rerank",
-]
-
-
 def _byte_bodies() -> list[bytes]:
     rng = random.Random(20261122)
     valid = json.dumps({"input": ["a text", "another"], "query": "q", "documents": ["d"]})
@@ -135,10 +116,9 @@ def _byte_bodies() -> list[bytes]:
     return bodies
 
 
-@pytest.mark.parametrize("path", POST_ROUTES)
+@pytest.mark.parametrize("path", ENVELOPE_POST_ROUTES + TEI_POST_ROUTES)
 def test_random_bytes_get_a_4xx_in_the_dialects_body(client: httpx.Client, path: str) -> None:
-    # The bare /rerank paths learn their dialect from a body they could not read.
-    tei = path in ("/embed", "/", "/embed_sparse", "/embed_all", "/predict", "/tokenize", "/decode")
+    tei = path in TEI_POST_ROUTES
     for body in _byte_bodies():
         response = client.post(path, content=body, headers={"content-type": "application/json"})
         assert 400 <= response.status_code < 500, (body[:80], response.status_code, response.text)

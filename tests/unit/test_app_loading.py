@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from litestar.testing import TestClient
 
@@ -49,19 +52,28 @@ def test_loading_then_ready() -> None:
         assert client.get("/health/ready").json() == {"status": "ready"}
 
 
-def test_failed_start_is_reported_and_degraded() -> None:
+@contextmanager
+def failed_start(
+    settings: Settings, message: str
+) -> Iterator[tuple[TestClient[Any], list[BaseException]]]:
+    """An app whose every backend failed to load with ``message``, once it has failed."""
+
     class Broken(FakeBackend):
         async def start(self) -> None:
-            raise RuntimeError("weights are corrupt")
+            raise RuntimeError(message)
 
     failures: list[BaseException] = []
-    settings = Settings()
     engine = InferenceEngine(settings, {op: [Broken()] for op in Operation})
     with TestClient(create_app(settings, engine, on_start_failure=failures.append)) as client:
         deadline = time.monotonic() + 10
         while not failures:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        yield client, failures
+
+
+def test_failed_start_is_reported_and_degraded() -> None:
+    with failed_start(Settings(), "weights are corrupt") as (client, failures):
         body = client.get("/health").json()
         assert body["status"] == "degraded"
         assert "weights are corrupt" in body["error"]
@@ -107,17 +119,8 @@ def test_ready_while_a_chain_can_fall_through_and_not_once_it_cannot() -> None:
 
 
 def _failed_start(settings: Settings) -> tuple[dict[str, object], dict[str, object], str]:
-    class Misplaced(FakeBackend):
-        async def start(self) -> None:
-            raise RuntimeError("no config.json in /srv/models/bge-m3: not a model folder")
-
-    failures: list[BaseException] = []
-    engine = InferenceEngine(settings, {op: [Misplaced()] for op in Operation})
-    with TestClient(create_app(settings, engine, on_start_failure=failures.append)) as client:
-        deadline = time.monotonic() + 10
-        while not failures:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    message = "no config.json in /srv/models/bge-m3: not a model folder"
+    with failed_start(settings, message) as (client, _):
         refused = client.post("/v1/embeddings", json={"input": "hello"})
         return (
             client.get("/health").json(),

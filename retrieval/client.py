@@ -97,10 +97,25 @@ class ServiceClient:
     ) -> None:
         await self._http.aclose()
 
-    async def served(self) -> set[str]:
-        """The operations the service serves: ``embed``, ``sparse``, ``rerank``."""
-        health = (await self._http.get("/health")).json()
-        return set(health.get("routes", {}))
+    async def served(self, *, wait_s: float = 600.0) -> set[str]:
+        """The operations the service serves (``embed``, ``sparse``, ``rerank``), once it
+        has loaded its models (waiting up to ``wait_s``)."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            try:
+                response = await self._http.get("/health")
+            except httpx.TransportError as exc:
+                raise ServiceError(
+                    f"cannot reach the service at {self._http.base_url}: {exc!r}"
+                ) from exc
+            if response.status_code == 401:
+                raise ServiceError("the service wants an API key: set BGE_API_KEY")
+            health = response.json()
+            if health.get("status") != "loading":
+                return set(health.get("routes", {}))
+            if asyncio.get_running_loop().time() > deadline:
+                raise ServiceError(f"the service was still loading its models after {wait_s:g} s")
+            await asyncio.sleep(2)
 
     async def embed(
         self, texts: list[str], *, sparse: bool = True, colbert: bool = False

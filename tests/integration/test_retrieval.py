@@ -25,7 +25,7 @@ from retrieval import evaluate, index, search
 from retrieval import store as qd
 from retrieval.client import ServiceClient, ServiceError
 from retrieval.corpus import read_corpus
-from tests.conftest import Server
+from tests.conftest import Server, free_port
 from tests.fixtures.tiny_models import corpus
 
 N_DOCS = 40
@@ -263,3 +263,14 @@ def test_eval_on_a_beir_folder(server: Server, qdrant: Path, tmp_path: Path, cap
         assert all(0.0 <= v <= 1.0 for v in values.values())
         assert values["Recall@100"] == 1.0  # 40 documents, 100 hits: all retrieved
     assert (folder / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unreachable_service_is_a_one_line_error(
+    qdrant: Path, docs: tuple[Path, list[dict[str, Any]]], capsys: Any
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    argv = [str(docs[0]), "--collection", "docs", "--no-progress"]
+    assert index.main([*argv, "--service-url", closed, "--qdrant-path", str(qdrant)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"bge-index: cannot reach the service at {closed}")
+    assert "Traceback" not in error

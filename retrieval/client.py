@@ -138,10 +138,6 @@ class ServiceClient:
             for row in rows
         ]
 
-    async def sparse(self, texts: list[str]) -> list[SparseVector]:
-        items = await self._post("/v1/sparse-embeddings", {"input": texts}, _Items)
-        return [row.sparse for row in sorted(items.data, key=lambda r: r.index) if row.sparse]
-
     async def rerank(self, query: str, documents: list[str]) -> list[float]:
         """Each document's cross-encoder score, in the documents' order."""
         body = {"query": query, "documents": documents, "top_n": len(documents)}

@@ -3,11 +3,11 @@ then optionally a ColBERT stage and a cross-encoder stage.
 
     bge-search "what is a panda?" --collection docs [--mode hybrid] [--colbert] [--rerank]
 
-Hybrid is Qdrant's Query API: dense and sparse candidates (``--candidates`` of each)
-prefetched and fused by reciprocal rank, ``score = sum 1 / (k + rank)`` over the
-lists a point is in, ranks counted from 0, ``k = 60``. ``--colbert`` re-scores the
-fused candidates by MAX_SIM of the query's and each document's ColBERT vectors (in
-Qdrant, one query); ``--rerank`` then scores the best ``--rerank-top`` with the
+Hybrid fuses dense and sparse candidates (``--candidates`` of each) by reciprocal
+rank as Qdrant's Query API does (``RrfQuery``), ``score = sum 1 / (k + rank)`` over
+the lists a point is in, ranks counted from 0, ``k = 60``. ``--colbert`` re-scores
+the fused candidates by MAX_SIM of the query's and each document's ColBERT vectors
+(in Qdrant, one query: prefetch, RRF, then MAX_SIM); ``--rerank`` then scores the best ``--rerank-top`` with the
 service's cross-encoder (``/v1/rerank``). The JSON answer gives every hit's score at
 every stage it went through.
 """
@@ -98,14 +98,11 @@ class Searcher:
             stages[str(prefetch.using)] = {str(p.id): p.score for p in points}
             payloads.update({str(p.id): dict(p.payload or {}) for p in points})
         if mode == "hybrid":
-            fused = self._store.query_points(
-                self._collection,
-                prefetch=prefetches,
-                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                limit=candidates,
-                with_payload=False,
-            ).points
-            stages["rrf"] = {str(p.id): p.score for p in fused}
+            # The fusion of the two lists just fetched, as Qdrant's RrfQuery computes it
+            # (a test holds them equal): no second round trip for the same candidates.
+            fused = rrf([list(stages[qd.DENSE]), list(stages[qd.SPARSE])])
+            best = sorted(fused, key=lambda key: -fused[key])[:candidates]
+            stages["rrf"] = {key: fused[key] for key in best}
         order = list(stages["rrf" if mode == "hybrid" else str(prefetches[0].using)])
         if colbert:
             if embedded.colbert is None:

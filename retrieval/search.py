@@ -7,9 +7,9 @@ Hybrid fuses dense and sparse candidates (``--candidates`` of each) by reciproca
 rank as Qdrant's Query API does (``RrfQuery``), ``score = sum 1 / (k + rank)`` over
 the lists a point is in, ranks counted from 0, ``k = 60``. ``--colbert`` re-scores
 the fused candidates by MAX_SIM of the query's and each document's ColBERT vectors
-(in Qdrant, one query: prefetch, RRF, then MAX_SIM); ``--rerank`` then scores the best ``--rerank-top`` with the
-service's cross-encoder (``/v1/rerank``). The JSON answer gives every hit's score at
-every stage it went through.
+(in Qdrant, one query: prefetch, RRF, then MAX_SIM); ``--rerank`` then scores the
+best ``--rerank-top`` with the service's cross-encoder (``/v1/rerank``). The JSON
+answer gives every hit's score at every stage it went through.
 """
 
 from __future__ import annotations

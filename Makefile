@@ -15,7 +15,10 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,infinity,redis,bench,retrieval]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,infinity,redis,bench,retrieval,runpod]"
+	# runpod's declared fastapi[all] conflicts with infinity-emb; pyproject's runpod extra
+	# holds the rest of its requirements.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt runpod
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,10 +27,10 @@ serve: install
 	$(BIN)/bge-serve $(ARGS)
 
 check: install
-	$(BIN)/ruff check engine backends api retrieval tests bench
-	$(BIN)/ruff format --check engine backends api retrieval tests bench
+	$(BIN)/ruff check engine backends api retrieval worker tests bench
+	$(BIN)/ruff format --check engine backends api retrieval worker tests bench
 	$(BIN)/mypy
-	$(BIN)/codespell engine backends api retrieval tests bench README.md
+	$(BIN)/codespell engine backends api retrieval worker tests bench deploy README.md
 
 test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

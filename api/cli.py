@@ -21,7 +21,7 @@ from engine.errors import StartupError
 from engine.inference import InferenceEngine
 from engine.settings import load_settings
 
-__all__ = ["main"]
+__all__ = ["main", "tune_process"]
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return download_main(args[1:])
     settings = load_settings(args)
     log_config = configure_logging(settings)
-    # Tokenizers' own thread pool fights torch's for the same cores under a server.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # On a CPU, oneDNN caches a compiled primitive per input shape (up to 1024); with
-    # the batch shapes a server sees, that cache grew RSS by ~45 MB a minute in the
-    # soak test for no measurable speed (bench/soak.py; README, "Memory on a CPU").
-    # oneDNN reads this when it creates its first primitive, after start-up.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    tune_process()
     try:
         # The port first: a taken port must not cost a model load to find out.
         listener = _listen(settings.host, settings.port)
@@ -83,6 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bge-serve: {failures[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def tune_process() -> None:
+    """Library defaults for a long-running server process; the environment may override."""
+    # Tokenizers' own thread pool fights torch's for the same cores under a server.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # On a CPU, oneDNN caches a compiled primitive per input shape (up to 1024); with
+    # the batch shapes a server sees, that cache grew RSS by ~45 MB a minute in the
+    # soak test for no measurable speed (bench/soak.py; README, "Memory on a CPU").
+    # oneDNN reads this when it creates its first primitive, after start-up.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 
 def _listen(host: str, port: int) -> socket.socket:

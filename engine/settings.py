@@ -18,7 +18,7 @@ __all__ = ["HELP", "Settings", "build_parser", "env_name", "load_settings"]
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 BackendName = Literal["flag", "infinity", "remote"]
-RemoteKind = Literal["auto", "tei", "infinity", "self"]
+RemoteKind = Literal["auto", "tei", "infinity", "self", "runpod"]
 Chain = tuple[BackendName, ...]  # empty ("none"): the operation is not served
 
 
@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     cors_origins: tuple[str, ...] = ()
     log_format: Literal["text", "json"] = "text"
     shutdown_timeout_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
+    runpod_concurrency: Positive = 16
     http_read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     http_keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
     max_connections: Positive = 1024
@@ -146,7 +147,8 @@ HELP: dict[str, str] = {
     "remote_sparse_url": "Remote for sparse, ColBERT and hybrid embeddings, overriding REMOTE_URL.",
     "remote_rerank_url": "Remote for rerank scores, overriding REMOTE_URL.",
     "remote_kind": "What the remote is: auto (found out at start-up from /info, /models or "
-    "/health), tei, infinity, or self (another instance of this service).",
+    "/health), tei, infinity, self (another instance of this service), or runpod (a RunPod "
+    "Serverless endpoint running bge-runpod-worker; REMOTE_URL=https://api.runpod.ai/v2/<id>).",
     "remote_model": "Embedding model name sent to a remote that serves several (Infinity; "
     "unset: the one it lists).",
     "remote_rerank_model": "Reranker model name sent to a remote that serves several "
@@ -188,6 +190,8 @@ HELP: dict[str, str] = {
     "process's open-file limit (ulimit -n).",
     "shutdown_timeout_s": "On SIGTERM, how long requests already accepted may take to get "
     "their answers before the process exits.",
+    "runpod_concurrency": "Jobs one bge-runpod-worker takes at once (its concurrency_modifier); "
+    "the micro-batcher shares forward passes among them.",
 }
 
 

@@ -41,8 +41,13 @@ __all__ = [
     "tei_tokens",
 ]
 
-Kind = Literal["tei", "infinity", "self"]
-KIND_NAMES: dict[Kind, str] = {"tei": "TEI", "infinity": "Infinity", "self": "bge-serve"}
+Kind = Literal["tei", "infinity", "self", "runpod"]
+KIND_NAMES: dict[Kind, str] = {
+    "tei": "TEI",
+    "infinity": "Infinity",
+    "self": "bge-serve",
+    "runpod": "bge-runpod-worker on RunPod",
+}
 
 T = TypeVar("T")
 

@@ -20,6 +20,7 @@ import numpy as np
 from backends.remote.dialect import KIND_NAMES, Dialect, Kind, Offer, ProbeFailed, expect_ok
 from backends.remote.infinity import InfinityDialect
 from backends.remote.peer import PeerDialect
+from backends.remote.runpod import RunpodClient, RunpodDialect
 from backends.remote.tei import TeiDialect
 from backends.remote.transport import (
     Deadline,
@@ -55,7 +56,9 @@ class Endpoint:
     ) -> None:
         self._settings = settings
         self.operations = operations
-        self.client = RemoteClient(
+        # A RunPod endpoint is reached through jobs, whatever it then speaks.
+        client = RunpodClient if settings.remote_kind == "runpod" else RemoteClient
+        self.client = client(
             url,
             api_key=settings.remote_api_key,
             max_concurrency=settings.remote_max_concurrency,
@@ -198,12 +201,16 @@ class Endpoint:
 
     async def _probe(self) -> None:
         """Find out what the remote is and serves; raises ProbeFailed or StartupError."""
-        deadline = Deadline(min(_PROBE_TIMEOUT_S, self._settings.remote_timeout_s))
+        timeout = self._settings.remote_timeout_s
+        # A RunPod endpoint scaled to zero answers its first job after a cold start.
+        if self._settings.remote_kind != "runpod":
+            timeout = min(_PROBE_TIMEOUT_S, timeout)
+        deadline = Deadline(timeout)
         try:
             dialect = self._dialect or await self._identify(deadline)
             offer = await dialect.probe(self.client, deadline)
         except (httpx.HTTPError, TimeoutError) as exc:
-            raise ProbeFailed(_transport_reason(exc)) from exc
+            raise ProbeFailed(_transport_reason(exc, deadline.seconds)) from exc
         except (EngineError, msgspec.MsgspecError) as exc:
             raise ProbeFailed(str(exc)) from exc
         self._check(offer)
@@ -231,6 +238,8 @@ class Endpoint:
             return InfinityDialect(
                 embed_model=settings.remote_model, rerank_model=settings.remote_rerank_model
             )
+        if kind == "runpod":
+            return RunpodDialect()
         return PeerDialect()
 
     def _check(self, offer: Offer) -> None:
@@ -287,6 +296,12 @@ async def identify(client: RemoteClient, deadline: Deadline) -> Kind:
     health = await client.get("/health", deadline)
     if _has_keys(health.content, "chains", "backends"):
         return "self"
+    if _has_keys(health.content, "jobs", "workers"):
+        # RunPod's own GET /health: its workers take jobs, not this service's requests.
+        raise StartupError(
+            f"the remote {client.url} is a RunPod Serverless endpoint; set REMOTE_KIND=runpod "
+            "(and run bge-runpod-worker in it)"
+        )
     info = await client.get("/info", deadline)
     if info.status == 200 and _has_keys(info.content, "model_id", "model_type"):
         return "tei"
@@ -311,9 +326,9 @@ def _has_keys(content: bytes, *keys: str) -> bool:
     return isinstance(body, dict) and all(key in body for key in keys)
 
 
-def _transport_reason(exc: Exception) -> str:
+def _transport_reason(exc: Exception, seconds: float) -> str:
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return f"no answer within {_PROBE_TIMEOUT_S:g} s"
+        return f"no answer within {seconds:g} s"
     return f"unreachable: {describe_transport_error(exc)}"
 
 

@@ -170,7 +170,13 @@ class RemoteClient:
             await asyncio.sleep(pause)
 
     async def _send(
-        self, method: str, path: str, payload: bytes | None, deadline: Deadline
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        deadline: Deadline,
+        *,
+        cache: bool = True,
     ) -> Answer:
         remaining = deadline.remaining()
         if remaining <= 0:
@@ -184,7 +190,7 @@ class RemoteClient:
                     remaining = deadline.remaining()
                     response = await self._http.request(
                         method,
-                        self._url(path),
+                        self._url(path, cache),
                         content=payload,
                         timeout=httpx.Timeout(
                             remaining, connect=min(remaining, _CONNECT_TIMEOUT_S)
@@ -194,13 +200,14 @@ class RemoteClient:
                     self.in_flight -= 1
         return Answer(response.status_code, response.headers, response.content)
 
-    def _url(self, path: str) -> httpx.URL:
+    def _url(self, path: str, cache: bool = True) -> httpx.URL:
+        """``path`` under the base URL; ``cache=False`` for paths seen once (a job's id)."""
         url = self._urls.get(path)
         if url is None:
             base = self._http.base_url  # httpx keeps a trailing slash on it
-            url = self._urls[path] = base.copy_with(
-                raw_path=base.raw_path + path.lstrip("/").encode("ascii")
-            )
+            url = base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode("ascii"))
+            if cache:
+                self._urls[path] = url
         return url
 
     def _refusal(self, path: str, answer: Answer) -> Exception:

@@ -1,0 +1,62 @@
+"""The worker's service: the same engine and app as ``bge-serve``, answering jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+
+from api.app import create_app
+from api.errors import STATUS, Problem
+from backends import build_chains
+from engine.errors import ErrorKind, StartupError
+from engine.inference import InferenceEngine
+from engine.settings import Settings
+from worker.asgi import InProcessApp
+from worker.jobs import JobRefused, call_of, failure, output_of
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+# How often start() looks whether the models have loaded.
+_LOAD_POLL_S = 0.05
+
+
+class Worker:
+    """Built from settings as ``bge-serve`` builds itself; ``answer`` takes a job's input."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = InferenceEngine(settings, build_chains(settings))
+        # RunPod authenticates callers before a job exists; the app's own key check
+        # (API_KEY) is met here so one settings file serves bge-serve and the worker.
+        headers = [("authorization", f"Bearer {settings.api_key}")] if settings.api_key else []
+        self._app = InProcessApp(create_app(settings, self.engine), headers)
+
+    async def start(self) -> None:
+        """Load the models; StartupError when they cannot be (as ``bge-serve`` exits then)."""
+        await self._app.start()
+        while (health := self.engine.health()).status == "loading":
+            await asyncio.sleep(_LOAD_POLL_S)
+        if health.error is not None:
+            raise StartupError(health.error)
+
+    async def stop(self) -> None:
+        await self._app.stop()
+
+    async def answer(self, job_input: object) -> Any:
+        try:
+            call = call_of(job_input)
+        except JobRefused as exc:
+            problem = Problem(
+                STATUS[ErrorKind.INVALID_INPUT],
+                exc.message,
+                str(ErrorKind.INVALID_INPUT),
+                exc.param,
+            )
+            return failure(msgspec.to_builtins(problem.openai_body()), problem.status.http)
+        reply = await self._app.request(call.method, call.route, call.body)
+        return output_of(call, reply)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import runpod
+from runpod.serverless.modules.rp_logger import RunPodLogger
 
 from api.cli import tune_process
 from api.logs import configure_logging
@@ -27,6 +29,9 @@ from worker.service import Worker
 __all__ = ["main"]
 
 log = logging.getLogger(__name__)
+
+# The SDK logs every job's whole output at its default level, DEBUG.
+_SDK_LEVEL = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "error": "ERROR"}
 
 
 class _Host:
@@ -56,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, ours = runpod.serverless.parser.parse_known_args(args)
     settings = load_settings(ours)
     configure_logging(settings)
+    if not os.environ.get("RUNPOD_LOG_LEVEL"):
+        RunPodLogger().set_level(_SDK_LEVEL[settings.log_level])
     tune_process()
     try:
         host = _Host(Worker(settings))

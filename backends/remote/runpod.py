@@ -52,7 +52,7 @@ _SDK_ERROR_KEYS = ("error_message", "error_type")
 class _Job(msgspec.Struct):
     id: str = ""
     status: str = ""
-    output: msgspec.Raw | None = None
+    output: msgspec.Raw = msgspec.Raw(b"null")
     error: Any = None
 
 
@@ -121,7 +121,7 @@ class RunpodClient(RemoteClient):
 
     def _outcome(self, job: _Job, path: str) -> Answer:
         if job.status == "COMPLETED":
-            content = bytes(job.output) if job.output is not None else b"null"
+            content = bytes(job.output)
             return Answer(200, httpx.Headers({"content-type": "application/json"}), content)
         where = f"the RunPod job {job.id} for {path} at {self.url}"
         if job.status == "FAILED":

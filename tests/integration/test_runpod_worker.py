@@ -1,0 +1,420 @@
+"""bge-runpod-worker: every route answered as over HTTP, through the RunPod SDK, and used
+by a front bge-serve as ``REMOTE_KIND=runpod``.
+
+The reference is the session's plain flag server (``server``), built from the same
+settings: a job's output must equal that server's JSON answer, and a failed job's
+error must be that server's error body with its status. The SDK's local API
+server (``--rp_serve_api``) stands in for RunPod: it runs the worker's real
+handler, concurrency and all, and answers /runsync as the platform does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from engine.settings import load_settings
+from tests.conftest import (
+    ModelDirs,
+    Server,
+    free_port,
+    server_env,
+    start_server,
+    stop_server,
+)
+from tests.fake_tei import FakeTEI, Fault, serve
+from tests.texts import DOCUMENTS, QUERY, TEXTS
+from worker.service import Worker
+
+# (method, route, body): every operation of the service, in each dialect.
+ROUTES: list[tuple[str, str, Any]] = [
+    ("POST", "/v1/embeddings", {"input": TEXTS}),
+    ("POST", "/v1/embeddings", {"input": TEXTS[:4], "encoding_format": "base64", "dimensions": 8}),
+    ("POST", "/v1/sparse-embeddings", {"input": TEXTS}),
+    ("POST", "/v1/sparse-embeddings", {"input": TEXTS[:4], "mapping": "tokenizer"}),
+    ("POST", "/v1/hybrid-embeddings", {"input": TEXTS[:6], "return_colbert": True}),
+    ("POST", "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "top_n": 3}),
+    ("POST", "/v2/rerank", {"query": QUERY, "documents": DOCUMENTS, "max_tokens_per_doc": 8}),
+    ("POST", "/embeddings", {"input": TEXTS[:4], "model": "default/not-specified"}),
+    ("POST", "/rerank", {"query": QUERY, "documents": DOCUMENTS[:4]}),
+    ("POST", "/rerank", {"query": QUERY, "texts": DOCUMENTS[:4], "raw_scores": True}),
+    ("POST", "/rerank", {"query": QUERY, "passage": DOCUMENTS[0]}),
+    ("POST", "/rerank/batch", {"pairs": [{"query": QUERY, "passage": DOCUMENTS[0]}]}),
+    ("POST", "/embed", {"inputs": TEXTS[:4]}),
+    ("POST", "/", {"inputs": "hello world"}),
+    ("POST", "/embed_sparse", {"inputs": TEXTS[:4]}),
+    ("POST", "/embed_all", {"inputs": TEXTS[:2]}),
+    ("POST", "/predict", {"inputs": [[QUERY, DOCUMENTS[0]], ["berlin", DOCUMENTS[1]]]}),
+    ("POST", "/tokenize", {"inputs": TEXTS[:3]}),
+    ("POST", "/decode", {"ids": [[0, 5, 6, 7, 2], [8, 9]], "skip_special_tokens": False}),
+    ("GET", "/v1/models", None),
+    ("GET", "/models", None),
+    ("GET", "/info", None),
+]
+# Refusals, each in its route's dialect and status.
+FAILURES: list[tuple[str, str, Any, int]] = [
+    ("POST", "/v1/embeddings", {"input": ""}, 422),
+    ("POST", "/v1/embeddings", {"input": ["a"] * 65}, 413),  # MAX_BATCH_SIZE=64
+    ("POST", "/v1/embeddings", {"input": "a", "model": "text-embedding-3-small"}, 404),
+    ("POST", "/v1/embeddings", {"input": "a", "dimensions": "8"}, 422),
+    ("POST", "/v1/rerank", {"query": QUERY}, 422),
+    ("POST", "/embed", {"inputs": ""}, 422),
+    ("POST", "/embed", {"inputs": ["a"] * 65}, 413),
+    ("POST", "/rerank", {"query": QUERY, "unknown": []}, 422),
+    ("GET", "/v9/nothing", None, 404),
+]
+
+
+def without_ids(answer: Any) -> Any:
+    """Cohere-shaped answers carry a fresh id, and /health's counters move."""
+    if isinstance(answer, dict):
+        return {k: without_ids(v) for k, v in answer.items() if k != "id"}
+    if isinstance(answer, list):
+        return [without_ids(v) for v in answer]
+    return answer
+
+
+def assert_same(got: Any, want: Any, where: str = "$") -> None:
+    """Equal JSON; numbers within 1e-6 (two processes may split work across threads
+    differently), everything else exactly."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_same(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert isinstance(got, int | float) and abs(got - want) <= 1e-6, (where, got, want)
+    else:
+        assert got == want, (where, got, want)
+
+
+def over_http(server: Server, method: str, route: str, body: Any) -> httpx.Response:
+    return httpx.request(method, f"{server.url}{route}", json=body, timeout=120)
+
+
+def expected_failure(response: httpx.Response) -> dict[str, Any]:
+    """What a failed job's error holds: the route's error body, its status, Retry-After."""
+    detail: dict[str, Any] = {**response.json(), "http_status": response.status_code}
+    if "retry-after" in response.headers:
+        detail["retry_after"] = int(response.headers["retry-after"])
+    return detail
+
+
+# -- the handler, in process ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker(models: ModelDirs, loop: asyncio.AbstractEventLoop) -> Iterator[Worker]:
+    """A worker with the session server's settings, on this module's event loop."""
+    built = Worker(load_settings([], environ=server_env(models, {})))
+    loop.run_until_complete(built.start())
+    yield built
+    loop.run_until_complete(built.stop())
+
+
+def answer(loop: asyncio.AbstractEventLoop, worker: Worker, job_input: Any) -> Any:
+    return loop.run_until_complete(worker.answer(job_input))
+
+
+@pytest.mark.parametrize(("method", "route", "body"), ROUTES)
+def test_a_route_job_answers_what_the_http_route_answers(
+    worker: Worker,
+    loop: asyncio.AbstractEventLoop,
+    server: Server,
+    method: str,
+    route: str,
+    body: Any,
+) -> None:
+    job = {"route": route, "body": body} if body is not None else {"route": route}
+    response = over_http(server, method, route, body)
+    assert response.status_code == 200, response.text
+    assert_same(without_ids(answer(loop, worker, job)), without_ids(response.json()))
+
+
+@pytest.mark.parametrize(("method", "route", "body", "status"), FAILURES)
+def test_a_refused_job_carries_the_routes_error_body_and_status(
+    worker: Worker,
+    loop: asyncio.AbstractEventLoop,
+    server: Server,
+    method: str,
+    route: str,
+    body: Any,
+    status: int,
+) -> None:
+    job = {"route": route, "body": body, "method": method}
+    response = over_http(server, method, route, body)
+    assert response.status_code == status
+    output = answer(loop, worker, job)
+    # RunPod takes a job's error as a string only (a dict leaves the job COMPLETED).
+    assert list(output) == ["error"] and isinstance(output["error"], str)
+    assert json.loads(output["error"]) == expected_failure(response)
+
+
+def test_the_openai_route_shape_is_a_route_job(
+    worker: Worker, loop: asyncio.AbstractEventLoop, server: Server
+) -> None:
+    body = {"input": TEXTS[:3], "model": "tiny-bge-m3"}
+    job = {"openai_route": "/v1/embeddings", "openai_input": body}
+    assert_same(answer(loop, worker, job), over_http(server, "POST", "/v1/embeddings", body).json())
+    models = answer(loop, worker, {"openai_route": "/v1/models"})
+    assert models == over_http(server, "GET", "/v1/models", None).json()
+
+
+def test_the_plans_texts_shape_answers_the_dense_vectors(
+    worker: Worker, loop: asyncio.AbstractEventLoop, server: Server
+) -> None:
+    output = answer(loop, worker, {"texts": TEXTS})
+    data = over_http(server, "POST", "/v1/embeddings", {"input": TEXTS}).json()["data"]
+    assert list(output) == ["embeddings"]
+    assert_same(output["embeddings"], [row["embedding"] for row in data])
+
+
+def test_the_plans_rerank_shape_answers_index_and_score_best_first(
+    worker: Worker, loop: asyncio.AbstractEventLoop, server: Server
+) -> None:
+    output = answer(loop, worker, {"query": QUERY, "documents": DOCUMENTS})
+    results = over_http(server, "POST", "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
+    want = [{"index": r["index"], "score": r["relevance_score"]} for r in results.json()["results"]]
+    assert_same(output, {"results": want})
+    scores = [row["score"] for row in output["results"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(DOCUMENTS)
+
+
+@pytest.mark.parametrize(
+    ("job_input", "says"),
+    [
+        ({"prompt": "hi"}, "it has keys prompt"),
+        ("embed this", "must be a JSON object"),
+        ({"route": "v1/embeddings", "body": {}}, "`route` must be a path"),
+        ({"route": "/v1/embeddings", "body": {}, "method": "DELETE"}, "GET or POST"),
+        ({"texts": []}, "`input`"),
+    ],
+)
+def test_an_input_of_no_known_shape_is_refused_with_a_422_in_the_envelope(
+    worker: Worker, loop: asyncio.AbstractEventLoop, job_input: Any, says: str
+) -> None:
+    detail = json.loads(answer(loop, worker, job_input)["error"])
+    assert detail["http_status"] == 422
+    assert detail["error"]["type"] == "invalid_request_error"
+    assert says in detail["error"]["message"]
+
+
+def test_concurrent_jobs_share_forward_passes(
+    worker: Worker, loop: asyncio.AbstractEventLoop
+) -> None:
+    def passes() -> int:
+        return int(worker.engine.health().backends["flag"].stats["embed.forward_passes"])
+
+    async def together() -> list[Any]:
+        jobs = [worker.answer({"texts": [f"job {i} text"]}) for i in range(12)]
+        return list(await asyncio.gather(*jobs))
+
+    before = passes()
+    outputs = loop.run_until_complete(together())
+    assert all(len(output["embeddings"]) == 1 for output in outputs)
+    # Twelve one-text jobs at once: the micro-batcher puts them in a few passes.
+    assert passes() - before <= 3
+
+
+# -- through the SDK's local API server, and a front bge-serve ------------------------
+
+
+def start_worker(models: ModelDirs, extra: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    log = models.m3.parent / f"bge-runpod-worker-{port}.log"
+    command = [
+        str(Path(sys.executable).with_name("bge-runpod-worker")),
+        "--rp_serve_api",
+        "--rp_api_host",
+        "127.0.0.1",
+        "--rp_api_port",
+        str(port),
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, env=server_env(models, extra or {}), stdout=sink, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if runsync(url, {"route": "/health"})["status"] == "COMPLETED":
+                return Server(url=url, process=process, log=log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the worker did not answer in 120 s")
+
+
+def runsync(url: str, job_input: Any) -> dict[str, Any]:
+    response = httpx.post(f"{url}/runsync", json={"input": job_input}, timeout=120)
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+@pytest.fixture(scope="module")
+def sdk_worker(models: ModelDirs) -> Iterator[Server]:
+    live = start_worker(models)
+    yield live
+    stop_server(live)
+
+
+@pytest.fixture(scope="module")
+def front(models: ModelDirs, sdk_worker: Server) -> Iterator[Server]:
+    live = start_server(
+        models,
+        {
+            "EMBED_BACKENDS": "remote",
+            "SPARSE_BACKENDS": "remote",
+            "RERANK_BACKENDS": "remote",
+            "REMOTE_KIND": "runpod",
+            "REMOTE_URL": sdk_worker.url,
+            "REMOTE_API_KEY": "rp-test-key",
+        },
+    )
+    yield live
+    stop_server(live)
+
+
+def test_the_sdk_runs_the_handler_and_reports_completed_and_failed_jobs(
+    sdk_worker: Server, server: Server
+) -> None:
+    body = {"input": TEXTS[:5], "return_colbert": True}
+    job = runsync(sdk_worker.url, {"route": "/v1/hybrid-embeddings", "body": body})
+    assert job["status"] == "COMPLETED"
+    want = over_http(server, "POST", "/v1/hybrid-embeddings", body).json()
+    assert_same(job["output"], want)
+
+    refused = runsync(sdk_worker.url, {"route": "/embed", "body": {"inputs": ""}})
+    assert refused["status"] == "FAILED"
+    response = over_http(server, "POST", "/embed", {"inputs": ""})
+    assert json.loads(refused["error"]) == expected_failure(response)
+
+
+def test_a_front_end_finds_the_worker_and_routes_everything_to_it(front: Server) -> None:
+    health = httpx.get(f"{front.url}/health").json()
+    assert health["status"] == "ok"
+    assert health["routes"] == {"embed": "remote", "sparse": "remote", "rerank": "remote"}
+    assert "bge-runpod-worker on RunPod serving embed" in health["backends"]["remote"]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/embeddings", {"input": TEXTS}),
+        ("/v1/sparse-embeddings", {"input": TEXTS}),
+        ("/v1/hybrid-embeddings", {"input": TEXTS[:8], "return_colbert": True}),
+        ("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}),
+        ("/v2/rerank", {"query": QUERY, "documents": DOCUMENTS}),
+        ("/tokenize", {"inputs": TEXTS[:3]}),
+    ],
+)
+def test_a_front_end_through_the_worker_answers_as_the_local_backend(
+    front: Server, server: Server, route: str, body: dict[str, Any]
+) -> None:
+    through = over_http(front, "POST", route, body)
+    local = over_http(server, "POST", route, body)
+    assert through.status_code == local.status_code == 200, through.text
+    assert_same(without_ids(through.json()), without_ids(local.json()))
+
+
+def test_a_front_ends_refusals_are_its_own_and_reach_no_job(front: Server) -> None:
+    response = over_http(front, "POST", "/v1/embeddings", {"input": ""})
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "input"
+
+
+# -- a worker whose own backend fails or stalls -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tei() -> Iterator[tuple[FakeTEI, str]]:
+    fake = FakeTEI()
+    with serve(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture(scope="module")
+def tei_front(models: ModelDirs, tei: tuple[FakeTEI, str]) -> Iterator[Server]:
+    """A front end over a worker whose embeddings come from a (fake) TEI."""
+    _, tei_url = tei
+    worker = start_worker(
+        models,
+        {
+            "EMBED_BACKENDS": "remote",
+            "SPARSE_BACKENDS": "none",
+            "RERANK_BACKENDS": "none",
+            "REMOTE_URL": tei_url,
+            "REMOTE_RETRIES": "0",
+        },
+    )
+    front = start_server(
+        models,
+        {
+            "EMBED_BACKENDS": "remote",
+            "SPARSE_BACKENDS": "none",
+            "RERANK_BACKENDS": "none",
+            "REMOTE_KIND": "runpod",
+            "REMOTE_URL": worker.url,
+            "REMOTE_TIMEOUT_S": "2",
+            "REMOTE_RETRIES": "0",
+        },
+    )
+    yield front
+    stop_server(front)
+    stop_server(worker)
+
+
+@pytest.fixture
+def fake_tei(tei: tuple[FakeTEI, str]) -> Iterator[FakeTEI]:
+    fake, _ = tei
+    yield fake
+    fake.reset()
+
+
+def test_a_job_that_fails_in_the_worker_is_a_502_with_its_message(
+    tei_front: Server, fake_tei: FakeTEI, tei: tuple[FakeTEI, str]
+) -> None:
+    fake_tei.fault = Fault.status(500, "Backend", message="GPU fell off the bus")
+    response = over_http(tei_front, "POST", "/v1/embeddings", {"input": ["hello"]})
+    assert response.status_code == 502
+    # Ours, naming the worker's endpoint; then the worker's, naming its TEI; then TEI's.
+    assert re.fullmatch(
+        r"the remote http://127\.0\.0\.1:\d+ answered /v1/embeddings with HTTP 502: "
+        rf"the remote {re.escape(tei[1])} answered /embed with HTTP 500: GPU fell off the bus",
+        response.json()["error"]["message"],
+    )
+
+
+def test_a_worker_slower_than_the_deadline_is_a_504(tei_front: Server, fake_tei: FakeTEI) -> None:
+    fake_tei.delay_s = 6
+    began = time.monotonic()
+    response = over_http(tei_front, "POST", "/v1/embeddings", {"input": ["slow"]})
+    took = time.monotonic() - began
+    assert response.status_code == 504, response.text
+    assert "REMOTE_TIMEOUT_S" in response.json()["error"]["message"]
+    assert took < 5  # REMOTE_TIMEOUT_S=2, not the worker's 6 s
+    fake_tei.delay_s = 0
+    healthy = over_http(tei_front, "POST", "/v1/embeddings", {"input": ["hello"]})
+    assert healthy.status_code == 200
+    np.testing.assert_allclose(
+        healthy.json()["data"][0]["embedding"], fake_tei.vector("hello"), atol=1e-6
+    )

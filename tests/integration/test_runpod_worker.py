@@ -33,6 +33,8 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.fake_runpod import FakeRunPod
+from tests.fake_runpod import serve as serve_runpod
 from tests.fake_tei import FakeTEI, Fault, serve
 from tests.texts import DOCUMENTS, QUERY, TEXTS
 from worker.service import Worker
@@ -418,3 +420,39 @@ def test_a_worker_slower_than_the_deadline_is_a_504(tei_front: Server, fake_tei:
     np.testing.assert_allclose(
         healthy.json()["data"][0]["embedding"], fake_tei.vector("hello"), atol=1e-6
     )
+
+
+# -- deployed: the SDK's own job loop, with the worker's concurrency_modifier ----------
+
+
+def test_a_deployed_worker_takes_several_jobs_at_once_and_batches_them(
+    models: ModelDirs, server: Server
+) -> None:
+    fake = FakeRunPod()
+    texts = [f"job number {i} about cats" for i in range(12)]
+    fake.put(*({"id": f"job-{i}", "input": {"texts": [text]}} for i, text in enumerate(texts)))
+    with serve_runpod(fake) as url:
+        log = models.m3.parent / "bge-runpod-worker-deployed.log"
+        env = server_env(models, {**fake.env(url), "RUNPOD_CONCURRENCY": "12"})
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("bge-runpod-worker"))],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            results = fake.wait_results(12, timeout=120)
+            fake.put({"id": "health", "input": {"route": "/health"}})
+            health = fake.wait_results(13)["health"]["output"]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    # The concurrency_modifier let the SDK take all twelve in one request...
+    assert fake.takes[0] == (12, 12), log.read_text()
+    # ...and the micro-batcher computed them in a few forward passes, not twelve.
+    assert health["backends"]["flag"]["stats"]["embed.forward_passes"] <= 4
+    for i, text in enumerate(texts):
+        want = over_http(server, "POST", "/v1/embeddings", {"input": [text]}).json()
+        assert_same(results[f"job-{i}"]["output"]["embeddings"], [want["data"][0]["embedding"]])
+    assert process.returncode == 0

@@ -77,10 +77,10 @@ class FakeRunPod:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         url = urlsplit(self.path)
         fake = self.server.fake
         if url.path.startswith("/job-stop/"):
@@ -96,7 +96,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._answer(404, {"error": "no such route"})
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         url = urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         if url.path.startswith("/job-done/"):

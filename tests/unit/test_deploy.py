@@ -14,6 +14,7 @@ import fnmatch
 import json
 import re
 import shlex
+import subprocess
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -378,3 +379,85 @@ def test_qdrant_profile_serves_the_retrieval_tools_a_persistent_store(accelerato
     assert "qdrant-data" in compose(accelerator)["volumes"]
     # The service does not depend on it: the store is the retrieval tools' concern.
     assert "qdrant" not in str(services["bge"].get("depends_on", {}))
+
+
+# -- RunPod worker image ------------------------------------------------------------------
+
+RUNPOD_DOCKERFILE = ROOT / "deploy/runpod/Dockerfile"
+START_SCRIPT = ROOT / "deploy/runpod/start.sh"
+
+
+def dockerignore_keeps(path: str) -> bool:
+    """Docker's rule: the last matching pattern wins, ``!`` re-including."""
+    kept = True
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.lstrip("!")
+        if fnmatch.fnmatch(path, pattern) or path.split("/")[0] == pattern:
+            kept = negated
+    return kept
+
+
+def test_the_worker_image_copies_what_exists_and_reaches_the_build_context() -> None:
+    found = instructions(RUNPOD_DOCKERFILE)
+    sources = [
+        source
+        for keyword, rest in found
+        if keyword == "COPY" and not rest.startswith("--from")
+        for source in shlex.split(rest)[:-1]
+    ]
+    assert {"worker", "engine", "backends", "api", str(START_SCRIPT.relative_to(ROOT))} <= set(
+        sources
+    )
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert dockerignore_keeps(source), f"{source} is excluded by .dockerignore"
+    assert not dockerignore_keeps("deploy/Dockerfile") and not dockerignore_keeps("tests")
+
+
+def test_the_worker_image_pins_torch_and_installs_runpod_without_its_fastapi_extras() -> None:
+    found = instructions(RUNPOD_DOCKERFILE)
+    args = dict(rest.split("=", 1) for keyword, rest in found if keyword == "ARG" and "=" in rest)
+    constraints = (ROOT / "constraints.txt").read_text()
+    torch = re.search(r"^torch==(\S+)$", constraints, re.M)
+    assert torch and args["TORCH_VERSION"] == torch.group(1)
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", args["CUDA_TORCH_INDEX"])
+    runs = [rest for keyword, rest in found if keyword == "RUN"]
+    torch_run = next(i for i, r in enumerate(runs) if "torch==" in r)
+    install = next(i for i, r in enumerate(runs) if '".[runpod]"' in r)
+    assert torch_run < install and "-c constraints.txt" in runs[install]
+    # What the Makefile does too: runpod itself, pinned, with no dependencies of its own.
+    assert "pip install --no-deps -c constraints.txt runpod" in runs[install]
+    assert (
+        "pip install --quiet --no-deps -c constraints.txt runpod" in (ROOT / "Makefile").read_text()
+    )
+    assert re.search(r"^runpod==\S+$", constraints, re.M)
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["runpod"]
+    assert not any(req.startswith(("runpod", "fastapi[")) for req in extra)
+
+
+def test_the_worker_image_starts_the_worker_with_known_settings() -> None:
+    found = instructions(RUNPOD_DOCKERFILE)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "bge-runpod-worker" in scripts
+    entrypoint = json.loads(next(rest for keyword, rest in found if keyword == "ENTRYPOINT"))
+    copied = next(rest for keyword, rest in found if keyword == "COPY" and "start.sh" in rest)
+    assert entrypoint == [Path(shlex.split(copied)[-1]).name]
+    script = START_SCRIPT.read_text()
+    assert script.rstrip().endswith('exec bge-runpod-worker "$@"')
+    assert 'bge-serve download --to "$MODELS_DIR"' in script
+    subprocess.run(["sh", "-n", str(START_SCRIPT)], check=True)
+    assert START_SCRIPT.stat().st_mode & 0o111, "start.sh must be executable"
+    env_lines = [rest for keyword, rest in found if keyword == "ENV"]
+    defaults = dict(
+        pair.split("=", 1) for line in env_lines for pair in shlex.split(line) if "=" in pair
+    )
+    known = {name.upper() for name in Settings.__struct_fields__}
+    assert {"DEVICE", "MODELS_DIR", "RUNPOD_CONCURRENCY", "LOG_LEVEL"} <= known & set(defaults)
+    baked = next(rest for keyword, rest in found if keyword == "RUN" and "BAKE_MODELS" in rest)
+    assert f"bge-serve download --to {defaults['MODELS_DIR']}" in baked

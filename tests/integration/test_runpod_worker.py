@@ -327,6 +327,7 @@ def test_a_front_end_finds_the_worker_and_routes_everything_to_it(front: Server)
         ("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}),
         ("/v2/rerank", {"query": QUERY, "documents": DOCUMENTS}),
         ("/tokenize", {"inputs": TEXTS[:3]}),
+        ("/decode", {"ids": [[0, 5, 6, 7, 2], [8, 9]], "skip_special_tokens": False}),
     ],
 )
 def test_a_front_end_through_the_worker_answers_as_the_local_backend(

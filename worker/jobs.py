@@ -65,7 +65,7 @@ def call_of(job_input: object) -> Call:
             body["model"] = job_input["model"]
         return Call("POST", "/v1/embeddings", msgspec.json.encode(body), _embeddings)
     if "query" in job_input and "documents" in job_input:
-        fields = ("query", "documents", "top_n", "model", "max_tokens_per_doc")
+        fields = ("query", "documents", "top_n", "model")
         body = {key: job_input[key] for key in fields if key in job_input}
         return Call("POST", "/v1/rerank", msgspec.json.encode(body), _results)
     keys = ", ".join(sorted(map(str, job_input))) or "none"
@@ -105,7 +105,9 @@ def output_of(call: Call, reply: Reply) -> Any:
         body = msgspec.json.decode(reply.body) if json and reply.body else None
         if not isinstance(body, dict):
             text = reply.body.decode("utf-8", "replace")
-            body = {"error": {"message": text, "type": "internal_error", "param": None}}
+            body = {
+                "error": {"message": text, "type": "internal_error", "param": None, "code": None}
+            }
         return failure(body, reply.status, reply.headers.get("retry-after"))
     if not json:
         return reply.body.decode("utf-8", "replace")  # /metrics' text, the docs' HTML

@@ -46,6 +46,13 @@ class _Host:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._worker.start(), self._loop).result()
 
+    def stop(self, timeout: float) -> None:
+        """The app's shutdown (the engine's backends close) once the SDK has returned."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._worker.stop(), self._loop).result(timeout)
+        except Exception:  # exiting anyway: say why it was not clean
+            log.warning("the engine did not stop cleanly within %g s", timeout, exc_info=True)
+
     async def handler(self, job: dict[str, Any]) -> Any:
         # Cancelling this (the SDK's timeout) cancels the answer on the engine's loop.
         work = asyncio.run_coroutine_threadsafe(self._worker.answer(job.get("input")), self._loop)
@@ -72,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("models loaded; taking jobs (%d at once)", settings.runpod_concurrency)
     runpod.serverless.start({"handler": host.handler, "concurrency_modifier": host.concurrency})
+    host.stop(settings.shutdown_timeout_s)
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from api.app import create_app
-from api.errors import STATUS, Problem
+from api.errors import STATUS, Problem, problem_of
 from backends import build_chains
 from engine.errors import ErrorKind, StartupError
 from engine.inference import InferenceEngine
@@ -58,5 +58,10 @@ class Worker:
                 exc.param,
             )
             return failure(msgspec.to_builtins(problem.openai_body()), problem.status.http)
-        reply = await self._app.request(call.method, call.route, call.body)
-        return output_of(call, reply)
+        try:
+            reply = await self._app.request(call.method, call.route, call.body)
+            return output_of(call, reply)
+        except Exception:  # a bug here must not hand the SDK a traceback to send on
+            log.exception("job for %s %s failed", call.method, call.route)
+            problem = problem_of(RuntimeError())
+            return failure(msgspec.to_builtins(problem.openai_body()), problem.status.http)

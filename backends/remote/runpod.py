@@ -82,22 +82,31 @@ class RunpodClient(RemoteClient):
         else:
             job = b'{"input":{"route":' + route + b',"body":' + payload + b"}}"
         answer = await super()._send("POST", self._runsync(deadline), job, deadline)
+        running: str | None = None  # the id of a job RunPod has not finished
         polls = 0
-        while True:
-            if answer.status != 200:
-                return answer  # RunPod's API refused: the transport's table applies
-            state = self._job(answer, path)
-            if state.status not in _RUNNING:
-                return self._outcome(state, path)
-            if deadline.remaining() <= 0:
-                self._give_up(state.id)
-                raise TimeoutError
-            await asyncio.sleep(min(_POLL_CAP_S, _POLL_FIRST_S * 2.0**polls, deadline.remaining()))
-            polls += 1
-            if deadline.remaining() <= 0:
-                self._give_up(state.id)
-                raise TimeoutError
-            answer = await super()._send("GET", f"/status/{state.id}", None, deadline, cache=False)
+        try:
+            while True:
+                if answer.status != 200:
+                    return answer  # RunPod's API refused: the transport's table applies
+                state = self._job(answer, path)
+                if state.status not in _RUNNING:
+                    running = None
+                    return self._outcome(state, path)
+                running = state.id
+                if deadline.remaining() <= 0:
+                    raise TimeoutError
+                await asyncio.sleep(
+                    min(_POLL_CAP_S, _POLL_FIRST_S * 2.0**polls, deadline.remaining())
+                )
+                polls += 1
+                answer = await super()._send(
+                    "GET", f"/status/{running}", None, deadline, cache=False
+                )
+        except (TimeoutError, httpx.TimeoutException, asyncio.CancelledError):
+            # Nobody waits for it any more (the deadline, or the caller went away).
+            if running is not None:
+                self._give_up(running)
+            raise
 
     def _runsync(self, deadline: Deadline) -> str:
         # Whole seconds: the URL is cached per path, and there are at most 300 of these.

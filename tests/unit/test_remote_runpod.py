@@ -209,3 +209,25 @@ def test_auto_detection_says_to_set_runpod_for_a_runpod_endpoint() -> None:
 
     with pytest.raises(StartupError, match="RunPod Serverless endpoint; set REMOTE_KIND=runpod"):
         asyncio.run(call())
+
+
+def test_a_call_its_caller_gives_up_on_cancels_the_job() -> None:
+    # A client that hung up, or a router that fell through: the job must not run on.
+    runpod = RunPod(job("IN_QUEUE"))
+
+    async def call() -> None:
+        remote = client(runpod)
+        try:
+            task = asyncio.ensure_future(
+                remote.post("/v1/embeddings", {"input": ["a"]}, Deadline(30))
+            )
+            await asyncio.sleep(0.4)  # queued, being followed
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.05)
+        finally:
+            await remote.close()
+
+    asyncio.run(call())
+    assert runpod.paths()[-1] == "POST /v2/abc123/cancel/job-1"

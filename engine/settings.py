@@ -14,7 +14,14 @@ from typing import Annotated, Literal, get_args, get_origin
 
 import msgspec
 
-__all__ = ["HELP", "Settings", "build_parser", "env_name", "load_settings"]
+__all__ = [
+    "HELP",
+    "Settings",
+    "build_parser",
+    "env_name",
+    "load_settings",
+    "load_settings_and_rest",
+]
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 BackendName = Literal["flag", "infinity", "remote"]
@@ -234,7 +241,22 @@ def load_settings(
 ) -> Settings:
     """Settings from defaults, then ``environ``, then ``argv``; exits 2 on a bad value."""
     parser = build_parser()
-    args = vars(parser.parse_args(argv))
+    return _settings(parser, vars(parser.parse_args(argv)), environ)
+
+
+def load_settings_and_rest(
+    argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> tuple[Settings, list[str]]:
+    """``load_settings``, leaving the arguments that are not settings to the caller (the
+    RunPod worker's, which its SDK reads)."""
+    parser = build_parser()
+    known, rest = parser.parse_known_args(argv)
+    return _settings(parser, vars(known), environ), rest
+
+
+def _settings(
+    parser: argparse.ArgumentParser, args: dict[str, object], environ: Mapping[str, str] | None
+) -> Settings:
     env = os.environ if environ is None else environ
     raw: dict[str, object] = {}
     for field in msgspec.structs.fields(Settings):

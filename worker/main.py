@@ -1,15 +1,17 @@
 """``bge-runpod-worker``: read settings as ``bge-serve`` does, load the models, take jobs.
 
 The models load before the SDK asks for the first job, so a cold start ends with
-a worker that can answer. The app runs on an event loop of its own, in a thread:
-the SDK runs its handlers on its loop (the job poller's, or its local API
-server's), and the engine's batcher and remote clients stay on one loop for the
-worker's whole life whichever it is.
+a worker that can answer; the SDK (~2 s of imports) is imported while they load.
+The app runs on an event loop of its own, in a thread: the SDK runs its handlers
+on its loop (the job poller's, or its local API server's), and the engine's
+batcher and remote clients stay on one loop for the worker's whole life
+whichever it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import sys
@@ -17,13 +19,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import runpod
-from runpod.serverless.modules.rp_logger import RunPodLogger
-
 from api.cli import tune_process
 from api.logs import configure_logging
 from engine.errors import StartupError
-from engine.settings import load_settings
+from engine.settings import load_settings_and_rest
 from worker.service import Worker
 
 __all__ = ["main"]
@@ -41,10 +40,17 @@ class _Host:
         self._worker = worker
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="engine", daemon=True)
+        self._started: concurrent.futures.Future[None] | None = None
 
-    def start(self) -> None:
+    def begin(self) -> None:
+        """Start loading the models; ``wait`` for them."""
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._worker.start(), self._loop).result()
+        self._started = asyncio.run_coroutine_threadsafe(self._worker.start(), self._loop)
+
+    def wait(self) -> None:
+        """Until the models have loaded; StartupError when they cannot be."""
+        assert self._started is not None, "begin() first"
+        self._started.result()
 
     def stop(self, timeout: float) -> None:
         """The app's shutdown (the engine's backends close) once the SDK has returned."""
@@ -64,16 +70,29 @@ class _Host:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    # The SDK reads its own flags (--rp_serve_api, --rp_api_port, ...) from sys.argv.
-    _, ours = runpod.serverless.parser.parse_known_args(args)
-    settings = load_settings(ours)
+    # Arguments that are not settings are the SDK's (--rp_serve_api, --rp_api_port, ...);
+    # it reads them from sys.argv itself.
+    settings, sdk_args = load_settings_and_rest(args)
     configure_logging(settings)
-    if not os.environ.get("RUNPOD_LOG_LEVEL"):
-        RunPodLogger().set_level(_SDK_LEVEL[settings.log_level])
     tune_process()
     try:
         host = _Host(Worker(settings))
-        host.start()
+    except StartupError as exc:
+        print(f"bge-runpod-worker: {exc}", file=sys.stderr)
+        return 2
+    host.begin()
+    # Imported here, while the models load: the SDK's imports are ~2 s of a cold start.
+    import runpod
+    from runpod.serverless.modules.rp_logger import RunPodLogger
+
+    _, unknown = runpod.serverless.parser.parse_known_args(sdk_args)
+    if unknown:
+        print(f"bge-runpod-worker: unrecognized arguments: {' '.join(unknown)}", file=sys.stderr)
+        return 2
+    if not os.environ.get("RUNPOD_LOG_LEVEL"):
+        RunPodLogger().set_level(_SDK_LEVEL[settings.log_level])
+    try:
+        host.wait()
     except StartupError as exc:
         print(f"bge-runpod-worker: {exc}", file=sys.stderr)
         return 1

@@ -457,3 +457,35 @@ def test_a_deployed_worker_takes_several_jobs_at_once_and_batches_them(
         want = over_http(server, "POST", "/v1/embeddings", {"input": [text]}).json()
         assert_same(results[f"job-{i}"]["output"]["embeddings"], [want["data"][0]["embedding"]])
     assert process.returncode == 0
+
+
+def test_a_worker_that_cannot_load_its_models_exits_instead_of_taking_jobs(
+    models: ModelDirs, tmp_path: Path
+) -> None:
+    # RunPod replaces a worker that exits; one that took jobs would fail every one of them.
+    missing = tmp_path / "no-such-model"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("bge-runpod-worker")), "--rp_serve_api"],
+        env=server_env(models, {"EMBEDDING_MODEL_NAME": str(missing)}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("bge-runpod-worker: ")
+    assert "no-such-model" in done.stderr
+    assert "Uvicorn running" not in done.stderr + done.stdout  # it never served
+
+
+def test_an_argument_neither_a_setting_nor_the_sdks_is_refused(models: ModelDirs) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("bge-runpod-worker")), "--rp_serve_api", "--bogus"],
+        env=server_env(models, {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "unrecognized arguments: --bogus" in done.stderr

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -95,26 +96,43 @@ def start_server(
     (a service whose remote backend is down answers /health 503 "degraded")."""
     port = port or free_port()
     env = server_env(models, {"PORT": str(port), **(extra or {})})
-    # A file, not a pipe: a pipe nobody reads would block the server once it fills.
-    log = models.m3.parent / f"bge-serve-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(serve_command(), env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+
+    def ready() -> bool:
+        health = httpx.get(f"{url}/health", timeout=2)
+        return health.status_code == 200 or (
+            until == "started" and health.json()["status"] != "loading"
+        )
+
+    return launch("bge-serve", serve_command(), env, url, ready, models.m3.parent)
+
+
+def launch(
+    name: str,
+    command: list[str],
+    env: Mapping[str, str],
+    url: str,
+    ready: Callable[[], bool],
+    log_dir: Path,
+    timeout: float = 120,
+) -> Server:
+    """``command`` started with its output in a log file, once ``ready()`` says so."""
+    # A file, not a pipe: a pipe nobody reads would block the server once it fills.
+    log = log_dir / f"{name}-{urlsplit(url).port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"bge-serve exited with {process.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()}")
         try:
-            health = httpx.get(f"{url}/health", timeout=2)
-            if health.status_code == 200 or (
-                until == "started" and health.json()["status"] != "loading"
-            ):
+            if ready():
                 return Server(url=url, process=process, log=log)
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     process.kill()
-    raise RuntimeError("bge-serve did not become healthy in 120 s")
+    raise RuntimeError(f"{name} did not become ready in {timeout:g} s")
 
 
 def stop_server(server: Server) -> None:

@@ -29,6 +29,7 @@ from tests.conftest import (
     ModelDirs,
     Server,
     free_port,
+    launch,
     server_env,
     start_server,
     stop_server,
@@ -236,8 +237,9 @@ def test_concurrent_jobs_share_forward_passes(
 
 
 def start_worker(models: ModelDirs, extra: dict[str, str] | None = None) -> Server:
+    """The worker under the SDK's local API server, once it answers a job."""
     port = free_port()
-    log = models.m3.parent / f"bge-runpod-worker-{port}.log"
+    url = f"http://127.0.0.1:{port}"
     command = [
         str(Path(sys.executable).with_name("bge-runpod-worker")),
         "--rp_serve_api",
@@ -246,23 +248,15 @@ def start_worker(models: ModelDirs, extra: dict[str, str] | None = None) -> Serv
         "--rp_api_port",
         str(port),
     ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, env=server_env(models, extra or {}), stdout=sink, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the worker exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if runsync(url, {"route": "/health"})["status"] == "COMPLETED":
-                return Server(url=url, process=process, log=log)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the worker did not answer in 120 s")
+    env = server_env(models, extra or {})
+    return launch(
+        "bge-runpod-worker",
+        command,
+        env,
+        url,
+        lambda: runsync(url, {"route": "/health"})["status"] == "COMPLETED",
+        models.m3.parent,
+    )
 
 
 def runsync(url: str, job_input: Any) -> dict[str, Any]:

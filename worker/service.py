@@ -33,7 +33,7 @@ class Worker:
         self.engine = InferenceEngine(settings, build_chains(settings))
         # RunPod authenticates callers before a job exists; the app's own key check
         # (API_KEY) is met here so one settings file serves bge-serve and the worker.
-        headers = [("authorization", f"Bearer {settings.api_key}")] if settings.api_key else []
+        headers = [("authorization", f"Bearer {settings.api_key[0]}")] if settings.api_key else []
         self._app = InProcessApp(create_app(settings, self.engine), headers)
 
     async def start(self) -> None:

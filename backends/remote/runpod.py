@@ -90,7 +90,6 @@ class RunpodClient(RemoteClient):
                     return answer  # RunPod's API refused: the transport's table applies
                 state = self._job(answer, path)
                 if state.status not in _RUNNING:
-                    running = None
                     return self._outcome(state, path)
                 running = state.id
                 if deadline.remaining() <= 0:

@@ -233,6 +233,19 @@ def test_concurrent_jobs_share_forward_passes(
     assert passes() - before <= 3
 
 
+def test_a_worker_with_api_keys_set_answers_its_jobs(
+    models: ModelDirs, loop: asyncio.AbstractEventLoop
+) -> None:
+    # RunPod authenticates callers; the service's own API_KEY must not refuse the jobs.
+    keyed = Worker(load_settings([], environ=server_env(models, {"API_KEY": "k1,k2"})))
+    loop.run_until_complete(keyed.start())
+    try:
+        output = answer(loop, keyed, {"texts": ["hello"]})
+        assert len(output["embeddings"]) == 1, output
+    finally:
+        loop.run_until_complete(keyed.stop())
+
+
 # -- through the SDK's local API server, and a front bge-serve ------------------------
 
 

@@ -25,21 +25,13 @@ from typing import Any
 
 import msgspec
 
+from engine.errors import InvalidInput
 from worker.asgi import Reply
 
-__all__ = ["Call", "JobRefused", "call_of", "failure", "output_of"]
+__all__ = ["Call", "call_of", "failure", "output_of"]
 
 _SHAPES = '{"route", "body"}, {"openai_route", "openai_input"}, {"texts"} or {"query", "documents"}'
 _METHODS = frozenset({"GET", "POST"})
-
-
-class JobRefused(Exception):
-    """The job's input is none of the shapes a worker takes; a 422 like a bad body's."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +46,7 @@ class Call:
 
 def call_of(job_input: object) -> Call:
     if not isinstance(job_input, dict):
-        raise JobRefused(f"a job's input must be a JSON object: {_SHAPES}", "input")
+        raise InvalidInput(f"a job's input must be a JSON object: {_SHAPES}", param="input")
     if "route" in job_input:
         return _route_call(job_input, "route", "body")
     if "openai_route" in job_input:
@@ -69,17 +61,17 @@ def call_of(job_input: object) -> Call:
         body = {key: job_input[key] for key in fields if key in job_input}
         return Call("POST", "/v1/rerank", msgspec.json.encode(body), _results)
     keys = ", ".join(sorted(map(str, job_input))) or "none"
-    raise JobRefused(f"a job's input must be {_SHAPES}; it has keys {keys}", "input")
+    raise InvalidInput(f"a job's input must be {_SHAPES}; it has keys {keys}", param="input")
 
 
 def _route_call(job_input: dict[Any, Any], route_key: str, body_key: str) -> Call:
     route = job_input[route_key]
     if not isinstance(route, str) or not route.startswith("/"):
-        raise JobRefused(f"`{route_key}` must be a path such as /v1/embeddings", route_key)
+        raise InvalidInput(f"`{route_key}` must be a path such as /v1/embeddings", param=route_key)
     body = job_input.get(body_key)
     method = job_input.get("method", "GET" if body is None else "POST")
     if not isinstance(method, str) or method.upper() not in _METHODS:
-        raise JobRefused("`method` must be GET or POST", "method")
+        raise InvalidInput("`method` must be GET or POST", param="method")
     encoded = None if body is None and method.upper() == "GET" else msgspec.json.encode(body)
     return Call(method.upper(), route, encoded)
 

@@ -9,13 +9,13 @@ from typing import Any
 import msgspec
 
 from api.app import create_app
-from api.errors import STATUS, Problem, problem_of
+from api.errors import problem_of
 from backends import build_chains
-from engine.errors import ErrorKind, StartupError
+from engine.errors import InvalidInput, StartupError
 from engine.inference import InferenceEngine
 from engine.settings import Settings
 from worker.asgi import InProcessApp
-from worker.jobs import JobRefused, call_of, failure, output_of
+from worker.jobs import call_of, failure, output_of
 
 __all__ = ["Worker"]
 
@@ -50,18 +50,17 @@ class Worker:
     async def answer(self, job_input: object) -> Any:
         try:
             call = call_of(job_input)
-        except JobRefused as exc:
-            problem = Problem(
-                STATUS[ErrorKind.INVALID_INPUT],
-                exc.message,
-                str(ErrorKind.INVALID_INPUT),
-                exc.param,
-            )
-            return failure(msgspec.to_builtins(problem.openai_body()), problem.status.http)
+        except InvalidInput as exc:  # a 422, as a body of the wrong shape gets
+            return _refusal(exc)
         try:
             reply = await self._app.request(call.method, call.route, call.body)
             return output_of(call, reply)
-        except Exception:  # a bug here must not hand the SDK a traceback to send on
+        except Exception as exc:  # a bug here must not hand the SDK a traceback to send on
             log.exception("job for %s %s failed", call.method, call.route)
-            problem = problem_of(RuntimeError())
-            return failure(msgspec.to_builtins(problem.openai_body()), problem.status.http)
+            return _refusal(exc)
+
+
+def _refusal(exc: Exception) -> dict[str, str]:
+    """The failed job the API's error table makes of ``exc`` (a bug: 500, no details)."""
+    problem = problem_of(exc)
+    return failure(msgspec.to_builtins(problem.openai_body()), problem.status.http)

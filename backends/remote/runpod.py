@@ -133,10 +133,7 @@ class RunpodClient(RemoteClient):
             return Answer(200, httpx.Headers({"content-type": "application/json"}), content)
         where = f"the RunPod job {job.id} for {path} at {self.url}"
         if job.status == "FAILED":
-            answered = _route_answer(job.error)
-            if answered is not None:
-                return answered
-            raise BackendFailure(f"{where} failed: {_message(job.error)}")
+            return _failed(job.error, where)
         if job.status == "TIMED_OUT":
             raise BackendTimeout(f"{where} ran past the endpoint's execution timeout")
         raise BackendFailure(f"{where} ended {job.status or 'without a status'}")
@@ -161,31 +158,24 @@ class RunpodClient(RemoteClient):
             )
 
 
-def _route_answer(error: object) -> Answer | None:
-    """The route's own answer, when the worker's error carries it (``worker.jobs``)."""
-    if not isinstance(error, str):
-        return None
-    try:
-        detail = msgspec.json.decode(error)
-    except msgspec.DecodeError:
-        return None
-    if not isinstance(detail, dict) or not isinstance(detail.get("http_status"), int):
-        return None
-    status = detail.pop("http_status")
-    headers = {"content-type": "application/json"}
-    retry_after = detail.pop("retry_after", None)
-    if isinstance(retry_after, int):
-        headers["retry-after"] = str(retry_after)
-    return Answer(status, httpx.Headers(headers), msgspec.json.encode(detail))
-
-
-def _message(error: object) -> str:
+def _failed(error: object, where: str) -> Answer:
+    """The route's own answer when the worker's error carries it (``worker.jobs``); any
+    other error (the SDK's report of an exception, plain text) is a backend failure."""
+    detail: object = error
     if isinstance(error, str):
         try:
             detail = msgspec.json.decode(error)
         except msgspec.DecodeError:
-            detail = None
-        if isinstance(detail, dict) and all(key in detail for key in _SDK_ERROR_KEYS):
-            return f"{detail['error_type']}: {detail['error_message']}"
-        return error[:500] or "(no message)"
-    return msgspec.json.encode(error).decode("utf-8", "replace")[:500]
+            raise BackendFailure(f"{where} failed: {error[:500] or '(no message)'}") from None
+    if isinstance(detail, dict) and isinstance(detail.get("http_status"), int):
+        status = detail.pop("http_status")
+        headers = {"content-type": "application/json"}
+        retry_after = detail.pop("retry_after", None)
+        if isinstance(retry_after, int):
+            headers["retry-after"] = str(retry_after)
+        return Answer(status, httpx.Headers(headers), msgspec.json.encode(detail))
+    if isinstance(detail, dict) and all(key in detail for key in _SDK_ERROR_KEYS):
+        message = f"{detail['error_type']}: {detail['error_message']}"
+    else:
+        message = msgspec.json.encode(detail).decode("utf-8", "replace")[:500]
+    raise BackendFailure(f"{where} failed: {message}")

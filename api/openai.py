@@ -6,9 +6,7 @@ decodes it as little-endian float32.
 
 from __future__ import annotations
 
-import base64
 import time
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -19,9 +17,10 @@ from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.fields import Text
 from api.usage import Usage
+from api.vectors import VectorFormat, vector_rows
 from engine.errors import InvalidInput
 from engine.inference import InferenceEngine
-from engine.types import DenseMatrix, Operation
+from engine.types import Operation
 
 __all__ = ["EmbeddingRequest", "EmbeddingResponse", "OpenAIController", "create_embeddings"]
 
@@ -31,7 +30,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     # they are accepted by the decoder so the error can say what to do instead.
     input: Text | Annotated[list[Text | int | list[int]], msgspec.Meta(min_length=1)]
     model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: VectorFormat = "float"
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
     user: str | None = None
 
@@ -75,16 +74,6 @@ class ModelList(msgspec.Struct, kw_only=True):
     data: list[Model]
 
 
-def _float_rows(matrix: DenseMatrix) -> list[list[float]]:
-    rows: list[list[float]] = matrix.tolist()
-    return rows
-
-
-def _base64_rows(matrix: DenseMatrix) -> list[str]:
-    little_endian = matrix.astype("<f4", copy=False)
-    return [base64.b64encode(row.tobytes()).decode("ascii") for row in little_endian]
-
-
 async def create_embeddings(
     request: Request[Any, Any, Any],
     data: EmbeddingRequest,
@@ -98,9 +87,7 @@ async def create_embeddings(
     dense, tokens = await unless_disconnected(
         request, engine.embed_dense(data.texts(), dimensions=dimensions)
     )
-    rows: Sequence[list[float] | str] = (
-        _base64_rows(dense) if data.encoding_format == "base64" else _float_rows(dense)
-    )
+    rows = vector_rows(dense, data.encoding_format)
     return EmbeddingResponse(
         data=[Embedding(index=i, embedding=row) for i, row in enumerate(rows)],
         model=served,

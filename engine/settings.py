@@ -80,6 +80,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     log_format: Literal["text", "json"] = "text"
     shutdown_timeout_s: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
     runpod_concurrency: Positive = 16
+    runpod_max_output_mb: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 20.0
     http_read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     http_keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
     max_connections: Positive = 1024
@@ -199,6 +200,10 @@ HELP: dict[str, str] = {
     "their answers before the process exits.",
     "runpod_concurrency": "Jobs one bge-runpod-worker takes at once (its concurrency_modifier); "
     "the micro-batcher shares forward passes among them.",
+    "runpod_max_output_mb": "The largest answer (MB, 10^6 bytes) a bge-runpod-worker job "
+    "returns. RunPod refuses a job result over 20 MB and the job never completes; a larger "
+    "answer is a 413 that names its size instead. ColBERT vectors are the large ones: ask for "
+    '"encoding_format": "base64" (a quarter the size) or send fewer texts per job.',
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -11,7 +12,7 @@ import msgspec
 from api.app import create_app
 from api.errors import problem_of
 from backends import build_chains
-from engine.errors import InvalidInput, StartupError
+from engine.errors import InputTooLarge, InvalidInput, StartupError
 from engine.inference import InferenceEngine
 from engine.settings import Settings
 from worker.asgi import InProcessApp
@@ -54,10 +55,28 @@ class Worker:
             return _refusal(exc)
         try:
             reply = await self._app.request(call.method, call.route, call.body)
-            return output_of(call, reply)
+            return self._returnable(output_of(call, reply), len(reply.body))
         except Exception as exc:  # a bug here must not hand the SDK a traceback to send on
             log.exception("job for %s %s failed", call.method, call.route)
             return _refusal(exc)
+
+    def _returnable(self, output: Any, answer_bytes: int) -> Any:
+        """``output``, or a 413 where RunPod would refuse to take it back from the worker."""
+        limit = self.settings.runpod_max_output_mb * 1_000_000
+        # The SDK sends the output on as json.dumps writes it, which is larger than the
+        # route's compact JSON (", " between numbers); it is measured only near the limit.
+        if answer_bytes < limit / 2:
+            return output
+        size = len(json.dumps({"output": output}, ensure_ascii=False).encode("utf-8"))
+        if size <= limit:
+            return output
+        return _refusal(
+            InputTooLarge(
+                f"the answer would be {size / 1e6:.3g} MB, over the {limit / 1e6:g} MB a job may "
+                "return (RUNPOD_MAX_OUTPUT_MB, RunPod's limit): send fewer or shorter texts per "
+                'job, or ask for "encoding_format": "base64"'
+            )
+        )
 
 
 def _refusal(exc: Exception) -> dict[str, str]:

@@ -3,8 +3,8 @@
 It is the only remote that computes bge-m3 sparse and ColBERT vectors. Sparse
 vectors are asked for with ``"mapping": "tokenizer"``, so indices come back as
 the token ids themselves and the front end maps them with its own settings, as
-it would a local backend's. Dense vectors travel as base64 float32: exact, and
-a third the size of JSON numbers.
+it would a local backend's. Dense and ColBERT vectors travel as base64 float32:
+exact, and a quarter the size of JSON numbers.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ __all__ = ["PeerDialect"]
 
 _PROBE_TEXT = ["dimension probe"]
 _DEFAULT_MAX_BATCH = 2048
+_HYBRID = "/v1/hybrid-embeddings"
 
 
 class _Health(msgspec.Struct):
@@ -85,9 +86,9 @@ class _SparseEmbeddings(msgspec.Struct):
 
 class _HybridRow(msgspec.Struct):
     index: int
-    dense: list[float]
+    dense: str  # base64, little-endian float32, as are the ColBERT rows
     sparse: _Sparse
-    colbert: list[list[float]] | None = None
+    colbert: list[str] | None = None
 
 
 class _HybridEmbeddings(msgspec.Struct):
@@ -116,14 +117,10 @@ class PeerDialect(TeiTokenRoutes):
                 health.embedding_model, 0, 0, dimension=int(dense.shape[1])
             )
         if Operation.SPARSE in operations:
-            body = {"input": _PROBE_TEXT, "mapping": "tokenizer"}
-            hybrid = await client.post("/v1/hybrid-embeddings", body, deadline)
-            path = "/v1/hybrid-embeddings"
-            (row,) = _in_order(
-                decode(hybrid, _HybridEmbeddings, client, path).data, 1, client, path
-            )
+            (row,), _ = await self._hybrid(client, _PROBE_TEXT, False, deadline)
+            dimension = len(base64_row(row.dense, client, _HYBRID))
             models[Operation.SPARSE] = ModelInfo(
-                health.embedding_model, 0, row.sparse.index_space, dimension=len(row.dense)
+                health.embedding_model, 0, row.sparse.index_space, dimension=dimension
             )
         if Operation.RERANK in operations:
             models[Operation.RERANK] = ModelInfo(health.reranker_model, 0, 0)
@@ -161,20 +158,18 @@ class PeerDialect(TeiTokenRoutes):
                 token_count=sparse.usage.prompt_tokens,
                 lexical=tuple(_weights(row.sparse) for row in rows),
             )
-        path = "/v1/hybrid-embeddings"
-        body = {
-            "input": list(texts),
-            "mapping": "tokenizer",
-            "return_colbert": Output.COLBERT in outputs,
-        }
-        hybrid = decode(await client.post(path, body, deadline), _HybridEmbeddings, client, path)
-        hybrid_rows = _in_order(hybrid.data, len(texts), client, path)
+        hybrid_rows, tokens = await self._hybrid(client, texts, Output.COLBERT in outputs, deadline)
         colbert = None
         if Output.COLBERT in outputs:
-            colbert = tuple(_colbert(row.colbert, client, path) for row in hybrid_rows)
+            colbert = tuple(_colbert(row.colbert, client) for row in hybrid_rows)
         return Encoding(
-            token_count=hybrid.usage.prompt_tokens,
-            dense=dense_matrix([row.dense for row in hybrid_rows], len(texts), client, path)
+            token_count=tokens,
+            dense=dense_matrix(
+                [base64_row(row.dense, client, _HYBRID) for row in hybrid_rows],
+                len(texts),
+                client,
+                _HYBRID,
+            )
             if Output.DENSE in outputs
             else None,
             lexical=tuple(_weights(row.sparse) for row in hybrid_rows)
@@ -200,6 +195,20 @@ class PeerDialect(TeiTokenRoutes):
     ) -> tuple[list[int], ...]:
         rows = await tei_tokens(client, texts, True, deadline)
         return tuple([token.id for token in row] for row in rows)
+
+    async def _hybrid(
+        self, client: RemoteClient, texts: Sequence[str], colbert: bool, deadline: Deadline
+    ) -> tuple[list[_HybridRow], int]:
+        """Rows in input order, and the tokens counted."""
+        body = {
+            "input": list(texts),
+            "mapping": "tokenizer",
+            "return_colbert": colbert,
+            "encoding_format": "base64",
+        }
+        answer = await client.post(_HYBRID, body, deadline)
+        hybrid = decode(answer, _HybridEmbeddings, client, _HYBRID)
+        return _in_order(hybrid.data, len(texts), client, _HYBRID), hybrid.usage.prompt_tokens
 
     async def _dense(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
@@ -233,7 +242,8 @@ def _weights(sparse: _Sparse) -> TokenWeights:
     )
 
 
-def _colbert(rows: list[list[float]] | None, client: RemoteClient, path: str) -> ColbertMatrix:
+def _colbert(rows: list[str] | None, client: RemoteClient) -> ColbertMatrix:
     if not rows:
-        raise BackendFailure(f"the remote {client.url} answered {path} without ColBERT vectors")
-    return dense_matrix(rows, len(rows), client, path)
+        raise BackendFailure(f"the remote {client.url} answered {_HYBRID} without ColBERT vectors")
+    vectors = [base64_row(row, client, _HYBRID) for row in rows]
+    return dense_matrix(vectors, len(rows), client, _HYBRID)

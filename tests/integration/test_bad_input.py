@@ -31,6 +31,7 @@ CASES = [
     ("/v1/sparse-embeddings", {"input": ["\n"]}, 422, "input[0]"),
     ("/v1/hybrid-embeddings", {"input": [""]}, 422, "input[0]"),
     ("/v1/hybrid-embeddings", {"input": "a", "return_colbert": "yes"}, 422, "return_colbert"),
+    ("/v1/hybrid-embeddings", {"input": "a", "encoding_format": "hex"}, 422, "encoding_format"),
     ("/v1/rerank", {"query": "q", "documents": []}, 422, "documents"),
     ("/v1/rerank", {"query": " ", "documents": ["a"]}, 422, "query"),
     ("/v1/rerank", {"query": "q", "documents": ["a", ""]}, 422, "documents[1]"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import re
+from typing import Any
 
 import httpx
 import numpy as np
@@ -109,6 +111,28 @@ def test_hybrid_is_dense_plus_sparse_plus_optional_colbert(client: httpx.Client)
         np.testing.assert_allclose(
             np.linalg.norm(np.array(item["colbert"]), axis=1), 1.0, atol=1e-5
         )
+
+
+def test_hybrid_base64_is_the_float_answer_exactly(client: httpx.Client) -> None:
+    texts = ["hello world", "the quick brown fox jumps"]
+    body = {"input": texts, "return_colbert": True}
+    numbers = client.post("/v1/hybrid-embeddings", json=body).json()
+    packed = client.post("/v1/hybrid-embeddings", json={**body, "encoding_format": "base64"})
+    assert packed.status_code == 200, packed.text
+
+    def unpacked(row: str) -> np.ndarray[Any, np.dtype[np.float32]]:
+        return np.frombuffer(base64.b64decode(row), dtype="<f4")
+
+    for plain, item in zip(numbers["data"], packed.json()["data"], strict=True):
+        assert isinstance(item["dense"], str) and all(isinstance(r, str) for r in item["colbert"])
+        np.testing.assert_array_equal(unpacked(item["dense"]), np.float32(plain["dense"]))
+        np.testing.assert_array_equal(
+            np.stack([unpacked(row) for row in item["colbert"]]), np.float32(plain["colbert"])
+        )
+        assert item["sparse"] == plain["sparse"]
+    assert packed.json()["usage"] == numbers["usage"]
+    # A quarter the bytes, give or take the sparse part both carry as numbers.
+    assert len(packed.content) * 3 < len(client.post("/v1/hybrid-embeddings", json=body).content)
 
 
 def test_rerank_sorted_top_n_and_documents(client: httpx.Client) -> None:

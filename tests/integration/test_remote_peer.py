@@ -62,6 +62,10 @@ def test_front_end_found_a_peer_and_routes_everything_to_it(front: Server) -> No
         ("/v1/sparse-embeddings", {"input": TEXTS, "mapping": "tokenizer"}),
         ("/v1/hybrid-embeddings", {"input": TEXTS}),
         ("/v1/hybrid-embeddings", {"input": TEXTS, "return_colbert": True}),
+        (
+            "/v1/hybrid-embeddings",
+            {"input": TEXTS, "return_colbert": True, "encoding_format": "base64"},
+        ),
         ("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}),
         ("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "top_n": 3}),
     ],

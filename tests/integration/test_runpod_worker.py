@@ -246,6 +246,36 @@ def test_a_worker_with_api_keys_set_answers_its_jobs(
         loop.run_until_complete(keyed.stop())
 
 
+def test_an_answer_larger_than_runpod_takes_back_is_a_413_naming_its_size(
+    models: ModelDirs, worker: Worker, loop: asyncio.AbstractEventLoop
+) -> None:
+    body: dict[str, Any] = {"input": TEXTS[:8], "return_colbert": True}
+    as_numbers = answer(loop, worker, {"route": "/v1/hybrid-embeddings", "body": body})
+    base64_body = {**body, "encoding_format": "base64"}
+    as_base64 = answer(loop, worker, {"route": "/v1/hybrid-embeddings", "body": base64_body})
+
+    def sent(output: Any) -> int:  # as the SDK hands a result back to RunPod
+        return len(json.dumps({"output": output}, ensure_ascii=False).encode())
+
+    assert sent(as_base64) * 3 < sent(as_numbers)
+    limit_mb = (sent(as_base64) + sent(as_numbers)) / 2 / 1e6
+    capped = Worker(
+        load_settings([], environ=server_env(models, {"RUNPOD_MAX_OUTPUT_MB": str(limit_mb)}))
+    )
+    loop.run_until_complete(capped.start())
+    try:
+        refused = answer(loop, capped, {"route": "/v1/hybrid-embeddings", "body": body})
+        detail = json.loads(refused["error"])
+        assert detail["http_status"] == 413
+        message = detail["error"]["message"]
+        assert f"{sent(as_numbers) / 1e6:.3g} MB" in message and "RUNPOD_MAX_OUTPUT_MB" in message
+        # The same vectors as base64 fit, and are the uncapped worker's answer.
+        fits = answer(loop, capped, {"route": "/v1/hybrid-embeddings", "body": base64_body})
+        assert fits == as_base64
+    finally:
+        loop.run_until_complete(capped.stop())
+
+
 # -- through the SDK's local API server, and a front bge-serve ------------------------
 
 

@@ -95,6 +95,9 @@ class Offer:
 
 class Dialect(Protocol):
     kind: Kind
+    # Whether "too large" (413) for several items means the batch, never one item, was
+    # too much (so halves may pass): true of this service, whose inputs are truncated.
+    halves_too_large: bool
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
         """What the remote serves; ProbeFailed when it cannot tell now, StartupError when

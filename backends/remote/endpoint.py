@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -29,7 +29,7 @@ from backends.remote.transport import (
     TransportFactory,
     describe_transport_error,
 )
-from engine.errors import EngineError, StartupError, Unavailable
+from engine.errors import EngineError, InputTooLarge, StartupError, Unavailable
 from engine.router import CHAIN_SETTING
 from engine.settings import Settings
 from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
@@ -70,6 +70,9 @@ class Endpoint:
         self.offer: Offer | None = None
         self.down_reason: str | None = _NOT_PROBED
         self._prober: asyncio.Task[None] | None = None
+        # Per kind of call, the most items a remote that answers "too large" for a batch
+        # (a RunPod result over its cap) took at once: later calls are split to it.
+        self._fits: dict[str, int] = {}
 
     # -- state -----------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class Endpoint:
             lambda dialect, offer, chunk, deadline: dialect.encode(
                 self.client, chunk, outputs, offer, deadline
             ),
+            "encode " + ",".join(sorted(outputs)),
         )
         return _merge(parts)
 
@@ -124,6 +128,7 @@ class Endpoint:
             lambda dialect, offer, chunk, deadline: dialect.score(
                 self.client, query, chunk, offer, deadline
             ),
+            "score",
         )
         return Scores(
             logits=np.concatenate([p.logits for p in parts]),
@@ -136,6 +141,7 @@ class Endpoint:
             lambda dialect, offer, chunk, deadline: dialect.tokenize(
                 self.client, chunk, offer, deadline
             ),
+            "tokenize",
         )
         return tuple(ids for part in parts for ids in part)
 
@@ -147,6 +153,7 @@ class Endpoint:
             lambda dialect, offer, chunk, deadline: dialect.tokens(
                 self.client, chunk, add_special_tokens, offer, deadline
             ),
+            "tokens",
         )
         return tuple(row for part in parts for row in part)
 
@@ -158,6 +165,7 @@ class Endpoint:
             lambda dialect, offer, chunk, deadline: dialect.decode(
                 self.client, chunk, skip_special_tokens, offer, deadline
             ),
+            "decode",
         )
         return tuple(text for part in parts for text in part)
 
@@ -165,28 +173,42 @@ class Endpoint:
         self,
         items: Sequence[Item],
         call: Callable[[Dialect, Offer, Sequence[Item], Deadline], Coroutine[Any, Any, T]],
+        kind: str,
     ) -> list[T]:
         """``call`` on chunks of ``items`` no larger than the remote takes, sent at once
         (the client bounds what is in flight), answers in order; the first failure
         cancels the rest. One deadline covers them all."""
         offer, dialect = self._ready()
         deadline = Deadline(self._settings.remote_timeout_s)
-        size = offer.max_batch_size
-        tasks: list[asyncio.Future[T]] = []
+        size = min(offer.max_batch_size, self._fits.get(kind, offer.max_batch_size))
+
+        async def fitted(chunk: Sequence[Item]) -> list[T]:
+            try:
+                return [await call(dialect, offer, chunk, deadline)]
+            except InputTooLarge:
+                if not dialect.halves_too_large or len(chunk) < 2:
+                    raise
+            half = (len(chunk) + 1) // 2
+            if half < self._fits.get(kind, offer.max_batch_size):
+                self._fits[kind] = half
+                log.info(
+                    "remote %s: %d items were too large an answer for %s; sending %d at most",
+                    self.url,
+                    len(chunk),
+                    kind,
+                    half,
+                )
+            halves = await _together([fitted(chunk[:half]), fitted(chunk[half:])])
+            return [part for parts in halves for part in parts]
+
         try:
             if len(items) <= size:  # the usual case: no task to spawn
-                return [await call(dialect, offer, items, deadline)]
-            tasks = [
-                asyncio.ensure_future(call(dialect, offer, items[start : start + size], deadline))
-                for start in range(0, len(items), size)
-            ]
-            return list(await asyncio.gather(*tasks))
+                return await fitted(items)
+            chunks = [items[start : start + size] for start in range(0, len(items), size)]
+            return [part for parts in await _together(map(fitted, chunks)) for part in parts]
         except RemoteUnreachable as exc:
             self._mark_down(f"unreachable: {exc.reason}")
             raise
-        finally:
-            for task in tasks:
-                task.cancel()
 
     def _ready(self) -> tuple[Offer, Dialect]:
         if self.offer is None or self._dialect is None or self.down_reason is not None:
@@ -348,3 +370,13 @@ def _merge(parts: list[Encoding]) -> Encoding:
         if first.colbert is not None
         else None,
     )
+
+
+async def _together(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """``calls`` at once, answers in order; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()

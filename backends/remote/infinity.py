@@ -56,6 +56,7 @@ class _Embeddings(msgspec.Struct):
 
 class InfinityDialect:
     kind: Kind = "infinity"
+    halves_too_large: bool = False
 
     def __init__(self, *, embed_model: str | None, rerank_model: str | None) -> None:
         self._configured = {Operation.EMBED: embed_model, Operation.RERANK: rerank_model}

@@ -98,6 +98,7 @@ class _HybridEmbeddings(msgspec.Struct):
 
 class PeerDialect(TeiTokenRoutes):
     kind: Kind = "self"
+    halves_too_large: bool = True
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
         answer = await client.get("/health", deadline)

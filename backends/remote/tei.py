@@ -62,6 +62,7 @@ class _SparseValue(msgspec.Struct):
 
 class TeiDialect(TeiTokenRoutes):
     kind: Kind = "tei"
+    halves_too_large: bool = False
 
     def __init__(self, *, truncate: bool) -> None:
         self._truncate = truncate

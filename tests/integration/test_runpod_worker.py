@@ -11,6 +11,7 @@ handler, concurrency and all, and answers /runsync as the platform does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import subprocess
@@ -88,19 +89,20 @@ def without_ids(answer: Any) -> Any:
     return answer
 
 
-def assert_same(got: Any, want: Any, where: str = "$") -> None:
+def assert_same(got: Any, want: Any, where: str = "$", rtol: float = 0.0) -> None:
     """Equal JSON; numbers within 1e-6 (two processes may split work across threads
-    differently), everything else exactly."""
+    differently) and ``rtol``, everything else exactly."""
     if isinstance(want, dict):
         assert isinstance(got, dict) and got.keys() == want.keys(), where
         for key in want:
-            assert_same(got[key], want[key], f"{where}.{key}")
+            assert_same(got[key], want[key], f"{where}.{key}", rtol)
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), where
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            assert_same(g, w, f"{where}[{i}]")
+            assert_same(g, w, f"{where}[{i}]", rtol)
     elif isinstance(want, float):
-        assert isinstance(got, int | float) and abs(got - want) <= 1e-6, (where, got, want)
+        assert isinstance(got, int | float), (where, got, want)
+        assert abs(got - want) <= 1e-6 + rtol * abs(want), (where, got, want)
     else:
         assert got == want, (where, got, want)
 
@@ -380,6 +382,49 @@ def test_a_front_ends_refusals_are_its_own_and_reach_no_job(front: Server) -> No
     response = over_http(front, "POST", "/v1/embeddings", {"input": ""})
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "input"
+
+
+def test_a_front_end_halves_a_batch_whose_answer_is_over_the_workers_cap(
+    models: ModelDirs, worker: Worker, loop: asyncio.AbstractEventLoop, server: Server
+) -> None:
+    def sent(texts: list[str]) -> int:  # the worker's answer, as the SDK hands it back
+        body = {"input": texts, "return_colbert": True, "encoding_format": "base64"}
+        output = answer(loop, worker, {"route": "/v1/hybrid-embeddings", "body": body})
+        return len(json.dumps({"output": output}, ensure_ascii=False).encode())
+
+    whole, halves = sent(TEXTS[:8]), max(sent(TEXTS[:4]), sent(TEXTS[4:8]))
+    capped = start_worker(models, {"RUNPOD_MAX_OUTPUT_MB": str((whole + halves) / 2 / 1e6)})
+    front = start_server(
+        models,
+        {
+            "EMBED_BACKENDS": "remote",
+            "SPARSE_BACKENDS": "remote",
+            "RERANK_BACKENDS": "remote",
+            "REMOTE_KIND": "runpod",
+            "REMOTE_URL": capped.url,
+        },
+    )
+
+    def computed() -> int:  # texts the capped worker's model has run
+        health = runsync(capped.url, {"route": "/health"})["output"]
+        return int(health["backends"]["flag"]["stats"]["embed.units_computed"])
+
+    try:
+        body = {"input": TEXTS[:8], "return_colbert": True}
+        local = over_http(server, "POST", "/v1/hybrid-embeddings", body).json()
+        counts = [computed()]
+        for _ in range(2):
+            through = over_http(front, "POST", "/v1/hybrid-embeddings", body)
+            assert through.status_code == 200, through.text
+            # Batches of four, not eight: padding moves the last float32 bits.
+            assert_same(through.json(), local, rtol=1e-5)
+            counts.append(computed())
+        # The first: the eight refused as one job, then two jobs of four. The second
+        # starts at four.
+        assert [b - a for a, b in itertools.pairwise(counts)] == [16, 8]
+    finally:
+        stop_server(front)
+        stop_server(capped)
 
 
 # -- a worker whose own backend fails or stalls -------------------------------------

@@ -192,7 +192,7 @@ class Endpoint:
             if half < self._fits.get(kind, offer.max_batch_size):
                 self._fits[kind] = half
                 log.info(
-                    "remote %s: %d items were too large an answer for %s; sending %d at most",
+                    "remote %s refused %d items at once as too large (%s); sending %d at most",
                     self.url,
                     len(chunk),
                     kind,

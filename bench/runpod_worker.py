@@ -24,9 +24,7 @@ printed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,7 @@ from typing import Any
 import httpx
 
 from bench.load import free_port, random_minilm, sentences
+from bench.report import write_results
 
 RESULTS = Path(__file__).parent / "results" / "runpod_worker.json"
 BIN = Path(sys.executable).parent
@@ -241,19 +240,11 @@ def main() -> None:
             rounds.append(rows)
             print(f"round {index + 1} of {args.rounds} done", file=sys.stderr)
     rows = median_rows(rounds)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-                "python": platform.python_version(),
-                "rounds": args.rounds,
-                "requests": args.requests,
-                "rows": [asdict(row) for row in rows],
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        RESULTS,
+        [asdict(row) for row in rows],
+        rounds=args.rounds,
+        requests=args.requests,
     )
     print(table(rows))
 

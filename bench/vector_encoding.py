@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import httpx
 import numpy as np
 
 from bench.load import free_port, sentences
+from bench.report import write_results
 
 RESULTS = Path(__file__).parent / "results" / "vector_encoding.json"
 ENV = {
@@ -184,19 +183,11 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     rows = median_rows(rounds)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-                "python": platform.python_version(),
-                "rounds": args.rounds,
-                "requests": args.requests,
-                "rows": [asdict(row) for row in rows],
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        RESULTS,
+        [asdict(row) for row in rows],
+        rounds=args.rounds,
+        requests=args.requests,
     )
     print(table(rows))
 

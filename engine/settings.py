@@ -43,7 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     reranker_served_name: str | None = None
     model_aliases: tuple[str, ...] = ()
     embedding_size: Positive | None = None
-    sparse_token_mapping: Literal["tokenizer", "hash"] = "hash"
+    sparse_token_mapping: Literal["tokenizer", "hash"] = "tokenizer"
     sparse_index_space: Annotated[int, msgspec.Meta(ge=1, le=2**32)] = 1_048_576
     use_fp16: bool = True
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
@@ -125,9 +125,11 @@ HELP: dict[str, str] = {
     "(e.g. text-embedding-3-small for clients that cannot change it).",
     "embedding_size": "Expected dense dimension; start-up fails if the model differs "
     "(unset: not checked).",
-    "sparse_token_mapping": "How sparse indices are made from token ids: tokenizer "
-    "(index = token id) or hash (sha256 of the id modulo SPARSE_INDEX_SPACE, "
-    "compatible with bge_inference_service indexes).",
+    "sparse_token_mapping": "How sparse indices are made from token ids, on every route "
+    "(TEI's /embed_sparse included): tokenizer (index = token id, the space TEI, vLLM and "
+    "FlagEmbedding key by) or hash (sha256 of the id modulo SPARSE_INDEX_SPACE: for "
+    "collections built by bge_inference_service or by this service before its default "
+    "became tokenizer).",
     "sparse_index_space": "Size of the hashed sparse index space (hash mapping only).",
     "use_fp16": "Run models in float16 on a GPU (ignored on CPU).",
     "host": "Interface to listen on.",

@@ -11,8 +11,10 @@ from litestar import Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from api.docs import answers
+from engine.errors import EngineError
 from engine.inference import InferenceEngine
 from engine.settings import Settings
+from engine.sparse_mapping import SparseMapping
 from engine.types import Operation
 
 __all__ = ["health", "live", "ready"]
@@ -37,7 +39,12 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     chains: dict[str, list[str]]
     backends: dict[str, BackendStatus]
     max_batch_size: int  # MAX_BATCH_SIZE: a front end splits larger batches to this
+    # The space every route's sparse indices are in (absent where sparse is not served;
+    # the tokenizer's index space, its vocabulary, once the model has loaded).
+    sparse_mapping: SparseMapping | None = None
+    sparse_index_space: int | None = None
     error: str | None = None
+    warnings: list[str] = msgspec.field(default_factory=list)  # e.g. random (demo) weights
 
 
 _HEALTHY = {
@@ -66,6 +73,8 @@ _HEALTHY = {
         },
     },
     "max_batch_size": 2048,
+    "sparse_mapping": "tokenizer",
+    "sparse_index_space": 250002,
 }
 
 
@@ -79,6 +88,7 @@ _HEALTHY = {
 async def health(engine: InferenceEngine, settings: Settings) -> Response[Health]:
     state = engine.health()
     devices = sorted({b.device for b in state.backends.values()})
+    mapping, index_space = _sparse_space(engine, settings)
     body = Health(
         status=state.status,
         embedder_loaded=state.loaded.get(Operation.EMBED, False)
@@ -100,10 +110,25 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
             for name, b in state.backends.items()
         },
         max_batch_size=settings.max_batch_size,
+        sparse_mapping=mapping,
+        sparse_index_space=index_space,
         error=state.error,
+        warnings=list(engine.warnings),
     )
     status = HTTP_200_OK if state.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE
     return Response(body, status_code=status)
+
+
+def _sparse_space(
+    engine: InferenceEngine, settings: Settings
+) -> tuple[SparseMapping | None, int | None]:
+    if Operation.SPARSE not in engine.operations:
+        return None, None
+    try:
+        return settings.sparse_token_mapping, engine.sparse_index_space()
+    except EngineError:
+        # Loading, or a remote that is down: the tokenizer's vocabulary is not known yet.
+        return settings.sparse_token_mapping, None
 
 
 class Liveness(msgspec.Struct, kw_only=True):

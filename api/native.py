@@ -1,6 +1,8 @@
 """The service's own routes: bge-m3 sparse vectors and hybrid (one-pass) embeddings.
 
-Sparse vectors come ready for Qdrant's ``SparseVector(indices, values)``.
+Sparse vectors come ready for Qdrant's ``SparseVector(indices, values)``, in
+SPARSE_TOKEN_MAPPING's space unless the request names a ``mapping``; each says which
+space it is in (``mapping``, ``index_space``), so a client can check before it stores.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class SparseRequest(msgspec.Struct, kw_only=True):
     input: Text | Texts
     model: str | None = None
     # Overrides SPARSE_TOKEN_MAPPING for this request; "tokenizer" returns the token ids
-    # themselves (what a front end that maps them its own way asks for).
+    # themselves (what a front end that maps them its own way asks for), "hash" the
+    # bge_inference_service space.
     mapping: Literal["tokenizer", "hash"] | None = None
 
     def texts(self) -> list[str]:
@@ -79,7 +82,7 @@ _SPARSE = {
     "mapping": "tokenizer",
     "index_space": 250002,
 }
-_SPARSE_ASKED = sends({"input": ["What is BGE M3?"], "mapping": "tokenizer"})
+_SPARSE_ASKED = sends({"input": ["What is BGE M3?"]})
 _SPARSE_ANSWER = {
     "model": "BAAI/bge-m3",
     "data": [{"index": 0, "sparse": _SPARSE}],
@@ -102,7 +105,8 @@ class NativeController(Controller):
         status_code=200,
         responses=answers(SparseResponse, _SPARSE_ANSWER, ERROR_RESPONSES),
         raises=[],
-        summary="bge-m3 sparse (lexical) vectors",
+        summary="bge-m3 sparse (lexical) vectors, in SPARSE_TOKEN_MAPPING's space or the "
+        "request's `mapping`",
     )
     async def sparse_embeddings(
         self,

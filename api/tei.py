@@ -3,8 +3,9 @@
 
 Fields, defaults and error bodies (``{"error", "error_type"}``, TEI's statuses)
 follow TEI's OpenAPI document. What TEI cannot do for bge-m3, this does:
-``/embed_sparse`` answers bge-m3's lexical weights (token-id indices, ascending),
-``/embed_all`` its ColBERT vectors. TEI ignores ``model``, and so do these routes.
+``/embed_sparse`` answers bge-m3's lexical weights (indices in SPARSE_TOKEN_MAPPING's
+space, ascending: token ids by default, as TEI's), ``/embed_all`` its ColBERT vectors.
+TEI ignores ``model``, and so do these routes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from api.fields import Text, Texts
 from engine.errors import EngineError, InvalidInput
 from engine.inference import InferenceEngine, sigmoid
 from engine.settings import Settings
+from engine.sparse_mapping import SparseMapping
 from engine.types import Operation, Token
 
 __all__ = ["TeiController", "TeiRerankRequest", "rerank"]
@@ -139,6 +141,10 @@ class Info(msgspec.Struct, kw_only=True):
     version: str
     sha: str | None = None
     docker_label: str | None = None
+    # Ours, after TEI's: the space /embed_sparse's indices are in (null where sparse is
+    # not served). TEI clients ignore fields they do not know.
+    sparse_mapping: SparseMapping | None = None
+    sparse_index_space: int | None = None
 
 
 _EMBEDDING_TYPE: dict[str, dict[str, Any]] = {"embedding": {"pooling": "cls"}}
@@ -159,6 +165,8 @@ _INFO_ANSWER = {
     "auto_truncate": True,
     "tokenization_workers": 1,
     "version": "0.1.0",
+    "sparse_mapping": "tokenizer",
+    "sparse_index_space": 250002,
 }
 _RERANKER_INFO_ANSWER = {
     **_INFO_ANSWER,
@@ -166,6 +174,8 @@ _RERANKER_INFO_ANSWER = {
     "served_model_name": "BAAI/bge-reranker-v2-m3",
     "model_type": _RERANKER_TYPE,
     "max_input_length": 512,
+    "sparse_mapping": None,
+    "sparse_index_space": None,
 }
 _TEXTS = ["What is BGE M3?", "Paris is in France."]
 _EMBED_ASKED = sends({"inputs": _TEXTS, "normalize": True, "truncate": True})
@@ -246,7 +256,8 @@ class TeiController(Controller):
         status_code=200,
         responses=answers(list[list[SparseValue]], _SPARSE_ANSWER, TEI_ERROR_RESPONSES),
         raises=[],
-        summary="bge-m3 lexical weights, index = token id (TEI-compatible)",
+        summary="bge-m3 lexical weights in SPARSE_TOKEN_MAPPING's space: index = token id "
+        "(the default, as TEI's), or hashed with SPARSE_TOKEN_MAPPING=hash (TEI-compatible)",
     )
     async def embed_sparse(
         self,
@@ -254,11 +265,13 @@ class TeiController(Controller):
         data: Annotated[EmbedSparseRequest, _SPARSE_ASKED],
         engine: InferenceEngine,
     ) -> Response[list[list[SparseValue]]]:
+        """TEI's body has no mapping field, so the indices are in the configured space:
+        token ids under the default, hashed indices under SPARSE_TOKEN_MAPPING=hash, so
+        that a collection built from any route of this service is queryable from this one.
+        /info's ``sparse_mapping`` and ``sparse_index_space`` say which."""
         vectors, tokens = await unless_disconnected(
             request,
-            engine.embed_sparse(
-                data.texts(), mapping="tokenizer", truncate=data.truncate, field="inputs"
-            ),
+            engine.embed_sparse(data.texts(), truncate=data.truncate, field="inputs"),
         )
         body = [
             [
@@ -394,6 +407,7 @@ def _info(engine: InferenceEngine, settings: Settings, version: str, operation: 
     model = engine.model_info(operation)
     name = engine.model_name(operation)
     on_gpu = any(b.device.startswith("cuda") for b in engine.health().backends.values())
+    sparse = operation is not Operation.RERANK and Operation.SPARSE in engine.operations
     return Info(
         model_id=name,
         model_sha=None,
@@ -408,6 +422,8 @@ def _info(engine: InferenceEngine, settings: Settings, version: str, operation: 
         auto_truncate=settings.truncate,
         tokenization_workers=1,
         version=version,
+        sparse_mapping=settings.sparse_token_mapping if sparse else None,
+        sparse_index_space=engine.sparse_index_space() if sparse else None,
     )
 
 

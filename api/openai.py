@@ -16,18 +16,21 @@ from api.disconnect import unless_disconnected
 from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.fields import Text
+from api.token_arrays import TokenArrays
 from api.usage import Usage
 from api.vectors import VectorFormat, vector_rows
 from engine.errors import InvalidInput
 from engine.inference import InferenceEngine
+from engine.settings import Settings
 from engine.types import Operation
 
 __all__ = ["EmbeddingRequest", "EmbeddingResponse", "OpenAIController", "create_embeddings"]
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
-    # Token-id arrays are part of OpenAI's schema (LangChain sends them by default);
-    # they are accepted by the decoder so the error can say what to do instead.
+    # Token-id arrays are part of OpenAI's schema (LangChain sends them by default): the
+    # OpenAI route decodes them (api/token_arrays.py); Infinity's, whose schema has none,
+    # refuses them with an error that says what to send instead.
     input: Text | Annotated[list[Text | int | list[int]], msgspec.Meta(min_length=1)]
     model: str | None = None
     encoding_format: VectorFormat = "float"
@@ -81,11 +84,16 @@ async def create_embeddings(
     *,
     dimensions: int | None,
     model: str | None,
+    token_arrays: TokenArrays | None = None,
 ) -> EmbeddingResponse:
-    """The OpenAI answer to ``data``; Infinity's ``/embeddings`` answers the same."""
+    """The OpenAI answer to ``data``; Infinity's ``/embeddings`` answers the same.
+
+    ``token_arrays``: how token-id arrays in ``input`` are decoded (None: refused).
+    """
     served = engine.served_model(Operation.EMBED, model)
+    texts = data.texts() if token_arrays is None else await token_arrays.texts(data.input)
     dense, tokens = await unless_disconnected(
-        request, engine.embed_dense(data.texts(), dimensions=dimensions)
+        request, engine.embed_dense(texts, dimensions=dimensions)
     )
     rows = vector_rows(dense, data.encoding_format)
     return EmbeddingResponse(
@@ -134,9 +142,15 @@ class OpenAIController(Controller):
         request: Request[Any, Any, Any],
         data: Annotated[EmbeddingRequest, _EMBEDDINGS_ASKED],
         engine: InferenceEngine,
+        settings: Settings,
     ) -> EmbeddingResponse:
         return await create_embeddings(
-            request, data, engine, dimensions=data.dimensions, model=data.model
+            request,
+            data,
+            engine,
+            dimensions=data.dimensions,
+            model=data.model,
+            token_arrays=TokenArrays.of(settings),
         )
 
     @get(

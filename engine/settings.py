@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     max_text_chars: Positive = 100_000
     max_request_bytes: Positive = 64 * 1024 * 1024
     max_input_tokens: Positive | None = None
+    openai_token_encoding: Annotated[str, msgspec.Meta(min_length=1)] = "cl100k_base"
     reranker_max_tokens: Positive = 512
     truncate: bool = True
     max_batch_tokens: Positive = 16_384
@@ -139,6 +140,11 @@ HELP: dict[str, str] = {
     "max_text_chars": "Most characters in one text; longer is answered 413.",
     "max_request_bytes": "Largest request body in bytes; larger is answered 413.",
     "max_input_tokens": "Tokens kept per text (unset: the model's maximum).",
+    "openai_token_encoding": "tiktoken encoding that decodes token-id arrays sent as "
+    "/v1/embeddings' input (what LangChain's OpenAIEmbeddings sends by default) back to text: "
+    "cl100k_base (LangChain's fallback for a model name tiktoken does not know) ships with the "
+    "service; another name loads through tiktoken, which downloads it unless TIKTOKEN_CACHE_DIR "
+    "holds it; off: token arrays are answered 422.",
     "reranker_max_tokens": "Tokens per query+document pair for the reranker "
     "(the query keeps at most 3/4; FlagReranker's default is 512).",
     "truncate": "Truncate texts longer than the token limit; when off they are answered 413.",

@@ -32,6 +32,9 @@ class ServiceError(RuntimeError):
 class SparseVector(msgspec.Struct, frozen=True):
     indices: list[int]
     values: list[float]
+    # The space the indices are in, as the service says (retrieval.space).
+    mapping: str | None = None
+    index_space: int | None = None
 
 
 class _Item(msgspec.Struct):

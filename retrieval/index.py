@@ -11,6 +11,11 @@ of the document ids: a re-run overwrites, never duplicates, and ``--resume`` ski
 the documents already stored. With ``--alias`` the alias is moved to the collection
 only once every document is in it, so searches through the alias see the old
 collection, whole, until then.
+
+The service's sparse index space (its SPARSE_TOKEN_MAPPING, as its answers say) is
+recorded in the collection's metadata when the collection is created; indexing into
+an existing collection recorded in another space is refused, as ``bge-search`` refuses
+to query one (``retrieval.space``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -33,6 +38,7 @@ from retrieval import store as qd
 from retrieval.client import ServiceClient
 from retrieval.corpus import Document, read_corpus
 from retrieval.settings import Connections, add_connection_flags, connections
+from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
 
 __all__ = ["IndexReport", "index_documents", "main"]
 
@@ -61,18 +67,23 @@ async def index_documents(
     concurrency: int = 4,
     total: int | None = None,
     progress: bool = True,
+    on_warning: Callable[[str], None] = warn,
 ) -> IndexReport:
     """Embed and store every document; the collection is created to fit the service."""
     began = time.perf_counter()
     sparse = "sparse" in await service.served()
     probe = (await service.embed(["dimension probe"], sparse=sparse, colbert=colbert))[0]
+    space = SparseSpace.of(probe.sparse) if sparse else None
     qd.ensure_collection(
         store,
         collection,
         dimension=len(probe.dense),
         sparse=sparse,
         colbert_dimension=len(probe.colbert[0]) if probe.colbert else None,
+        space=space,
     )
+    if space is not None:
+        _check_space(store, collection, space, on_warning)
     read = embedded = skipped = 0
     bar = tqdm(total=total, unit="doc", disable=not progress, file=sys.stderr, smoothing=0.1)
 
@@ -113,6 +124,20 @@ async def index_documents(
             task.cancel()
         bar.close()
     return IndexReport(read, embedded, skipped, time.perf_counter() - began)
+
+
+def _check_space(
+    store: QdrantClient, collection: str, space: SparseSpace, on_warning: Callable[[str], None]
+) -> None:
+    recorded = qd.sparse_space(store, collection)
+    if recorded is None:
+        # Empty (created by a run that stopped before recording): nothing to contradict.
+        if store.count(collection, exact=True).count == 0:
+            qd.record_sparse_space(store, collection, space)
+        else:
+            on_warning(unrecorded(collection, space))
+    elif recorded != space:
+        raise SpaceMismatch(mismatch(collection, recorded, space))
 
 
 def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:

@@ -10,6 +10,10 @@ the fused candidates by MAX_SIM of the query's and each document's ColBERT vecto
 (in Qdrant, one query: prefetch, RRF, then MAX_SIM); ``--rerank`` then scores the
 best ``--rerank-top`` with the service's cross-encoder (``/v1/rerank``). The JSON
 answer gives every hit's score at every stage it went through.
+
+A sparse or hybrid search is refused when the service's sparse vectors are in another
+index space than the one ``bge-index`` recorded for the collection (nothing would
+match); a collection with no record gets a warning that says what is assumed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +31,7 @@ from qdrant_client import QdrantClient, models
 from retrieval import store as qd
 from retrieval.client import ServiceClient
 from retrieval.settings import add_connection_flags, connections
+from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
 
 __all__ = ["RRF_K", "Hit", "Mode", "Searcher", "main", "rrf"]
 
@@ -57,10 +62,19 @@ def rrf(rankings: Sequence[Sequence[str]], k: int = RRF_K) -> dict[str, float]:
 class Searcher:
     """Searches one collection (or alias) with vectors from one service."""
 
-    def __init__(self, service: ServiceClient, store: QdrantClient, collection: str) -> None:
+    def __init__(
+        self,
+        service: ServiceClient,
+        store: QdrantClient,
+        collection: str,
+        *,
+        on_warning: Callable[[str], None] = warn,
+    ) -> None:
         self._service = service
         self._store = store
         self._collection = collection
+        self._on_warning = on_warning
+        self._space_checked = False
 
     async def search(
         self,
@@ -81,6 +95,7 @@ class Searcher:
         if mode in ("sparse", "hybrid"):
             if embedded.sparse is None:
                 raise ValueError("the service gave no sparse vector: it does not serve sparse")
+            self._check_space(SparseSpace.of(embedded.sparse))
             prefetches.append(
                 models.Prefetch(
                     query=models.SparseVector(
@@ -142,6 +157,17 @@ class Searcher:
             )
             for key in order[:limit]
         ]
+
+    def _check_space(self, service: SparseSpace | None) -> None:
+        """Once per searcher: the collection's recorded space is the service's."""
+        if self._space_checked or service is None:
+            return
+        stored = qd.sparse_space(self._store, self._collection)
+        if stored is None:
+            self._on_warning(unrecorded(self._collection, service))
+        elif stored != service:
+            raise SpaceMismatch(mismatch(self._collection, stored, service))
+        self._space_checked = True
 
     def _query(self, query: Any, using: str | None, *, limit: int) -> list[models.ScoredPoint]:
         return self._store.query_points(

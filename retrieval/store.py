@@ -1,6 +1,7 @@
 """The Qdrant side: a collection with named vectors ``dense`` (cosine), ``sparse`` and,
 optionally, ``colbert`` (a MAX_SIM multivector, kept for re-scoring only), points with
-stable ids, and the alias that makes a re-indexed collection live in one step."""
+stable ids, the alias that makes a re-indexed collection live in one step, and the
+sparse index space the collection's vectors are in, kept in its metadata."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from retrieval.client import Embedded
+from retrieval.space import SparseSpace
 
 __all__ = [
     "COLBERT",
@@ -19,7 +21,9 @@ __all__ = [
     "ensure_collection",
     "missing",
     "point_id",
+    "record_sparse_space",
     "scroll_texts",
+    "sparse_space",
     "switch_alias",
     "upsert",
 ]
@@ -35,9 +39,16 @@ def point_id(document_id: str) -> str:
 
 
 def ensure_collection(
-    store: QdrantClient, name: str, *, dimension: int, sparse: bool, colbert_dimension: int | None
+    store: QdrantClient,
+    name: str,
+    *,
+    dimension: int,
+    sparse: bool,
+    colbert_dimension: int | None,
+    space: SparseSpace | None = None,
 ) -> None:
-    """Create ``name``, or check that the existing one has the same vectors."""
+    """Create ``name`` (recording ``space``, its sparse vectors' index space, with it),
+    or check that the existing one has the same vectors."""
     if store.collection_exists(name):
         _check_existing(store, name, dimension, sparse, colbert_dimension)
         return
@@ -56,6 +67,27 @@ def ensure_collection(
         name,
         vectors_config=vectors,
         sparse_vectors_config={SPARSE: models.SparseVectorParams()} if sparse else None,
+        # Qdrant's collection metadata (1.16+): durable, and read back with the collection.
+        metadata=space.metadata() if sparse and space is not None else None,
+    )
+
+
+def sparse_space(store: QdrantClient, name: str) -> SparseSpace | None:
+    """The sparse index space recorded for ``name`` (a collection or an alias), or None
+    for a collection built before bge-index recorded it."""
+    return SparseSpace.from_metadata(
+        store.get_collection(_collection_of(store, name)).config.metadata
+    )
+
+
+def record_sparse_space(store: QdrantClient, name: str, space: SparseSpace) -> None:
+    # Qdrant merges metadata keys: other keys a user set stay.
+    store.update_collection(_collection_of(store, name), metadata=space.metadata())
+
+
+def _collection_of(store: QdrantClient, name: str) -> str:
+    return next(
+        (a.collection_name for a in store.get_aliases().aliases if a.alias_name == name), name
     )
 
 

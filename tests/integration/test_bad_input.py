@@ -19,7 +19,7 @@ CASES = [
     ("/v1/embeddings", {"input": ["ok", "   "]}, 422, "input[1]"),
     ("/v1/embeddings", {"input": 3}, 422, "input"),
     ("/v1/embeddings", {"input": ["ok", None]}, 422, "input[1]"),
-    ("/v1/embeddings", {"input": [[101, 102]]}, 422, "input[0]"),
+    ("/v1/embeddings", {"input": [[101, -1]]}, 422, "input[0][1]"),  # not a token id
     ("/v1/embeddings", {}, 422, None),
     ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
     ("/v1/embeddings", {"input": "a", "dimensions": 0}, 422, "dimensions"),

@@ -79,16 +79,18 @@ def test_a_folder_path_is_not_a_model_name(client: httpx.Client, models: ModelDi
     assert "answers to `BAAI/tiny-bge-m3`, `tiny-bge-m3`" in response.json()["error"]["message"]
 
 
-def test_sparse_embeddings_are_qdrant_ready(client: httpx.Client) -> None:
+def test_sparse_embeddings_are_qdrant_ready(client: httpx.Client, models: ModelDirs) -> None:
     body = client.post("/v1/sparse-embeddings", json={"input": ["hello world", "paris"]}).json()
     assert [d["index"] for d in body["data"]] == [0, 1]
+    vocabulary = len(AutoTokenizer.from_pretrained(models.m3))
     for item in body["data"]:
         sparse = item["sparse"]
-        assert sparse["mapping"] == "hash"
-        assert sparse["index_space"] == 1_048_576
+        # The default space: token ids, indices below the vocabulary's size.
+        assert sparse["mapping"] == "tokenizer"
+        assert sparse["index_space"] == vocabulary
         assert len(sparse["indices"]) == len(sparse["values"]) > 0
         assert sparse["indices"] == sorted(set(sparse["indices"]))
-        assert all(0 <= i < 1_048_576 for i in sparse["indices"])
+        assert all(0 <= i < vocabulary for i in sparse["indices"])
         assert all(v > 0 for v in sparse["values"])
     assert body["usage"]["prompt_tokens"] > 0
 

@@ -198,11 +198,6 @@ def test_one_url_for_embed_and_rerank_on_tei_is_a_start_up_error(tei: respx.Mock
     ("fault", "error", "message"),
     [
         (
-            Fault.status(413, message="batch size 5 > maximum allowed batch size 4"),
-            InputTooLarge,
-            "refused the input: batch size 5",
-        ),
-        (
             Fault.status(422, message="Input validation error: too long"),
             InvalidInput,
             "refused the input: Input validation error",

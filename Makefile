@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# runpod's declared fastapi[all] conflicts with infinity-emb; pyproject's runpod extra
 	# holds the rest of its requirements.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt runpod
+	# langchain-cohere declares cohere<6; its embeddings run on the pinned cohere 7
+	# (tests/integration/test_cohere_embed.py); langchain-core comes with langchain-openai.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt langchain-cohere
 	touch $@
 
 install: $(VENV)/.installed

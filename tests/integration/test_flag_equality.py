@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from backends.flag import FlagBackend
-from engine import Operation, Output, Settings, hashed_index
+from engine import Operation, Output, Settings
 from tests.conftest import ModelDirs
 from tests.reference import M3Reference, m3_reference, rerank_reference
 from tests.texts import DOCUMENTS, QUERY, TEXTS
@@ -92,10 +92,9 @@ def test_server_hybrid_equals_bgem3flagmodel(client: httpx.Client, reference: M3
     ):
         np.testing.assert_allclose(item["dense"], dense, atol=ATOL)
         np.testing.assert_allclose(np.array(item["colbert"]), colbert, atol=ATOL)
-        expected: dict[int, float] = {}
-        for token_id, weight in lexical.items():
-            index = hashed_index(int(token_id), 1_048_576)
-            expected[index] = expected.get(index, 0.0) + weight
+        # The default space is FlagEmbedding's own: lexical_weights keyed by token id.
+        expected = {int(token_id): weight for token_id, weight in lexical.items()}
+        assert item["sparse"]["mapping"] == "tokenizer"
         assert item["sparse"]["indices"] == sorted(expected)
         np.testing.assert_allclose(
             item["sparse"]["values"], [expected[i] for i in sorted(expected)], rtol=1e-5, atol=ATOL

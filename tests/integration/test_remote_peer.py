@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from engine.sparse_mapping import hashed_index
 from tests.conftest import ModelDirs, Server, start_server, stop_server
 from tests.fixtures.tiny_models import corpus
 from tests.texts import DOCUMENTS, QUERY, TEXTS
@@ -60,6 +61,8 @@ def test_front_end_found_a_peer_and_routes_everything_to_it(front: Server) -> No
         ("/v1/embeddings", {"input": TEXTS, "encoding_format": "base64", "dimensions": 8}),
         ("/v1/sparse-embeddings", {"input": TEXTS}),
         ("/v1/sparse-embeddings", {"input": TEXTS, "mapping": "tokenizer"}),
+        ("/v1/sparse-embeddings", {"input": TEXTS, "mapping": "hash"}),
+        ("/v1/hybrid-embeddings", {"input": TEXTS, "mapping": "hash"}),
         ("/v1/hybrid-embeddings", {"input": TEXTS}),
         ("/v1/hybrid-embeddings", {"input": TEXTS, "return_colbert": True}),
         (
@@ -109,14 +112,25 @@ def test_tei_routes_through_a_peer_equal_the_peers_own(
 
 
 def test_sparse_index_space_follows_the_front_ends_mapping(front: Server, server: Server) -> None:
-    hashed = post(front.url, "/v1/sparse-embeddings", {"input": ["hello world"]})["data"][0]
-    assert hashed["sparse"]["mapping"] == "hash"
-    assert hashed["sparse"]["index_space"] == 1_048_576
-    body = {"input": ["hello world"], "mapping": "tokenizer"}
-    tokenizer = post(front.url, "/v1/sparse-embeddings", body)["data"][0]["sparse"]
-    # The vocabulary's size, which the front end read from the peer at start-up.
-    vocabulary = post(server.url, "/v1/sparse-embeddings", body)["data"][0]["sparse"]
-    assert tokenizer["index_space"] == vocabulary["index_space"] > max(tokenizer["indices"])
+    # The default: token ids, in the vocabulary the front end read from the peer at start-up.
+    tokenizer = post(front.url, "/v1/sparse-embeddings", {"input": ["hello world"]})["data"][0]
+    assert tokenizer["sparse"]["mapping"] == "tokenizer"
+    direct = post(server.url, "/v1/sparse-embeddings", {"input": ["hello world"]})["data"][0]
+    assert tokenizer["sparse"]["index_space"] == direct["sparse"]["index_space"]
+    assert tokenizer["sparse"]["index_space"] > max(tokenizer["sparse"]["indices"])
+    # The front end hashes the peer's token ids itself, with its own SPARSE_INDEX_SPACE.
+    body = {"input": ["hello world"], "mapping": "hash"}
+    hashed = post(front.url, "/v1/sparse-embeddings", body)["data"][0]["sparse"]
+    assert hashed["mapping"] == "hash"
+    assert hashed["index_space"] == 1_048_576
+    assert hashed["indices"] == sorted(
+        {hashed_index(i, 1_048_576) for i in tokenizer["sparse"]["indices"]}
+    )
+    info = httpx.get(f"{front.url}/info").json()
+    health = httpx.get(f"{front.url}/health").json()
+    for said in (info, health):
+        assert said["sparse_mapping"] == "tokenizer"
+        assert said["sparse_index_space"] == tokenizer["sparse"]["index_space"]
 
 
 def test_a_batch_larger_than_the_peers_limit_is_split_and_merged_in_order(

@@ -16,16 +16,18 @@ def test_defaults_are_the_seed_services() -> None:
     assert settings.port == 8011
     assert settings.device == "auto"
     assert settings.sparse_index_space == 1_048_576
+    # Not the seed's: token ids, the space TEI and FlagEmbedding key sparse vectors by.
+    assert settings.sparse_token_mapping == "tokenizer"
 
 
 def test_env_then_flag_precedence() -> None:
-    env = {"PORT": "9000", "USE_FP16": "false", "SPARSE_TOKEN_MAPPING": "tokenizer"}
+    env = {"PORT": "9000", "USE_FP16": "false", "SPARSE_TOKEN_MAPPING": "hash"}
     assert load_settings([], env).port == 9000
     assert load_settings([], env).use_fp16 is False
     settings = load_settings(["--port", "9100", "--use-fp16"], env)
     assert settings.port == 9100
     assert settings.use_fp16 is True
-    assert settings.sparse_token_mapping == "tokenizer"
+    assert settings.sparse_token_mapping == "hash"
 
 
 def test_empty_env_value_means_default() -> None:

@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: install serve test check bench clean
+.PHONY: install serve demo test check bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ install: $(VENV)/.installed
 
 serve: install
 	$(BIN)/bge-serve $(ARGS)
+
+# The whole API with no hub access: tiny random-weight models built here, served on CPU
+# (the console and /health say the weights are random).
+DEMO_MODELS ?= .demo-models
+demo: install
+	test -f $(DEMO_MODELS)/bge-m3/RANDOM_WEIGHTS || $(BIN)/python -m tests.fixtures.tiny_models $(DEMO_MODELS)
+	EMBEDDING_MODEL_NAME=$(DEMO_MODELS)/bge-m3 RERANKER_MODEL_NAME=$(DEMO_MODELS)/bge-reranker-v2-m3 \
+		DEVICE=cpu $(BIN)/bge-serve $(ARGS)
 
 check: install
 	$(BIN)/ruff check engine backends api retrieval worker tests bench

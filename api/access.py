@@ -24,6 +24,7 @@ __all__ = ["API_KEY_HEADER", "WWW_AUTHENTICATE", "cors_config", "key_guard"]
 API_KEY_HEADER = "X-API-Key"
 WWW_AUTHENTICATE = 'Bearer realm="bge-serve"'
 _OPEN_PATHS = ("/health", "/metrics", "/docs")
+_SHOWN_SCHEME_CHARS = 16
 
 
 def _is_open(path: str) -> bool:
@@ -37,6 +38,25 @@ def _presented(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return connection.headers.get(API_KEY_HEADER.lower()) or None
 
 
+def _missing_key(authorization: str | None) -> str:
+    if not authorization or not authorization.strip():
+        return (
+            f"an API key is required: send Authorization: Bearer <key> or {API_KEY_HEADER}: <key>"
+        )
+    scheme, _, credentials = authorization.strip().partition(" ")
+    # The scheme is named, never the value: a bare key sent without "Bearer " is a secret.
+    if scheme.lower() == "bearer":
+        sent = "no key after Bearer"
+    elif credentials.strip() and scheme.isalpha() and len(scheme) <= _SHOWN_SCHEME_CHARS:
+        sent = f"a {scheme} credential"
+    else:
+        sent = "a value without a scheme"
+    return (
+        f"Authorization carries {sent}: send Authorization: Bearer <key> (or "
+        f"{API_KEY_HEADER}: <key>) instead"
+    )
+
+
 def key_guard(settings: Settings) -> Any:
     """A Litestar guard that lets a request through only with one of ``API_KEY``'s keys."""
     keys = [key.encode() for key in settings.api_key]
@@ -47,8 +67,7 @@ def key_guard(settings: Settings) -> Any:
         presented = _presented(connection)
         if presented is None:
             raise NotAuthorizedException(
-                detail=f"an API key is required: send Authorization: Bearer <key> or "
-                f"{API_KEY_HEADER}: <key>",
+                detail=_missing_key(connection.headers.get("authorization")),
                 headers={"WWW-Authenticate": WWW_AUTHENTICATE},
             )
         candidate = presented.encode()

@@ -39,13 +39,16 @@ from engine.errors import (
     without_paths,
 )
 from engine.model_names import ModelNames
+from engine.random_weights import random_weight_warnings
 from engine.router import CHAIN_SETTING, Router
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapper, SparseMapping
 from engine.telemetry import Telemetry
 from engine.types import (
+    DEFAULT_OPTIONS,
     ColbertMatrix,
     DenseMatrix,
+    EncodeOptions,
     Encoding,
     HybridEmbeddings,
     ModelInfo,
@@ -82,7 +85,6 @@ class EngineHealth:
 class InferenceEngine:
     def __init__(self, settings: Settings, chains: Mapping[Operation, Sequence[Backend]]) -> None:
         self._settings = settings
-        self._names = ModelNames.from_settings(settings)
         self.telemetry = Telemetry()
         self.cache_stats = CacheStats()
         self._cache = _cache_store(settings, self.cache_stats)
@@ -92,6 +94,13 @@ class InferenceEngine:
             breaker_cooldown_s=settings.breaker_cooldown_s,
             telemetry=self.telemetry,
         )
+        operations = self._router.operations
+        self._names = ModelNames.from_settings(
+            settings,
+            embeds=bool(operations & {Operation.EMBED, Operation.SPARSE}),
+            reranks=Operation.RERANK in operations,
+        )
+        self.warnings = random_weight_warnings(settings)
         self._started = False
         self._start_error: str | None = None
         self._mappers: dict[SparseMapping, SparseMapper] = {}
@@ -100,6 +109,8 @@ class InferenceEngine:
 
     async def start(self) -> None:
         """Start every backend (each loads its models once), then check them against settings."""
+        for warning in self.warnings:
+            log.warning("%s", warning)
         try:
             for backend in self._router.backends:
                 began = time.perf_counter()
@@ -227,9 +238,17 @@ class InferenceEngine:
         dimensions: int | None = None,
         truncate: bool | None = None,
         field: str = "input",
+        normalize: bool = True,
+        truncate_left: bool = False,
     ) -> tuple[DenseMatrix, int]:
         result = await self.embed_hybrid(
-            texts, frozenset({Output.DENSE}), dimensions=dimensions, truncate=truncate, field=field
+            texts,
+            frozenset({Output.DENSE}),
+            dimensions=dimensions,
+            truncate=truncate,
+            field=field,
+            normalize=normalize,
+            truncate_left=truncate_left,
         )
         assert result.dense is not None
         return result.dense, result.prompt_tokens
@@ -241,18 +260,33 @@ class InferenceEngine:
         mapping: SparseMapping | None = None,
         truncate: bool | None = None,
         field: str = "input",
+        truncate_left: bool = False,
     ) -> tuple[tuple[SparseVector, ...], int]:
         result = await self.embed_hybrid(
-            texts, frozenset({Output.SPARSE}), mapping=mapping, truncate=truncate, field=field
+            texts,
+            frozenset({Output.SPARSE}),
+            mapping=mapping,
+            truncate=truncate,
+            field=field,
+            truncate_left=truncate_left,
         )
         assert result.sparse is not None
         return result.sparse, result.prompt_tokens
 
     async def embed_colbert(
-        self, texts: Sequence[str], *, truncate: bool | None = None, field: str = "input"
+        self,
+        texts: Sequence[str],
+        *,
+        truncate: bool | None = None,
+        field: str = "input",
+        truncate_left: bool = False,
     ) -> tuple[tuple[ColbertMatrix, ...], int]:
         result = await self.embed_hybrid(
-            texts, frozenset({Output.COLBERT}), truncate=truncate, field=field
+            texts,
+            frozenset({Output.COLBERT}),
+            truncate=truncate,
+            field=field,
+            truncate_left=truncate_left,
         )
         assert result.colbert is not None
         return result.colbert, result.prompt_tokens
@@ -266,9 +300,13 @@ class InferenceEngine:
         mapping: SparseMapping | None = None,
         truncate: bool | None = None,
         field: str = "input",
+        normalize: bool = True,
+        truncate_left: bool = False,
     ) -> HybridEmbeddings:
         """Any subset of dense / sparse / ColBERT for ``texts`` from one forward pass;
-        ``mapping`` overrides SPARSE_TOKEN_MAPPING and ``truncate`` TRUNCATE for this call."""
+        ``mapping`` overrides SPARSE_TOKEN_MAPPING and ``truncate`` TRUNCATE for this call.
+        ``normalize`` off: dense vectors as the model pools them (TEI's normalize false);
+        ``truncate_left``: a text over the token limit keeps its end (TEI's Left)."""
         if not outputs:
             raise InvalidInput("ask for at least one of dense, sparse, colbert")
         operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.SPARSE
@@ -276,13 +314,22 @@ class InferenceEngine:
         self._check_texts(texts, field)
         if dimensions is not None:
             self._check_dimensions(operation, dimensions)
-        if not (self._settings.truncate if truncate is None else truncate):
+        truncating = self._settings.truncate if truncate is None else truncate
+        # Only what changes the answer: without truncation no text is cut at either end.
+        options = EncodeOptions(
+            normalize=normalize or Output.DENSE not in outputs,
+            truncate_left=truncate_left and truncating,
+        )
+        self._check_options(operation, options)
+        if not truncating:
             await self._check_token_counts(operation, texts, field)
-        encoding = await self._encode(operation, texts, outputs)
+        encoding = await self._encode(operation, texts, outputs, options)
         self._count(operation, len(texts), encoding.token_count)
         dense = encoding.dense
         if dense is not None and dimensions is not None and dimensions < dense.shape[1]:
-            dense = _normalize(dense[:, :dimensions])
+            # As TEI: cut, then normalise only what is served normalised.
+            dense = dense[:, :dimensions]
+            dense = _normalize(dense) if options.normalize else np.ascontiguousarray(dense)
         sparse = None
         if encoding.lexical is not None:
             mapper = self._mapper(mapping)
@@ -422,18 +469,22 @@ class InferenceEngine:
     # -- internals -------------------------------------------------------------------
 
     async def _encode(
-        self, operation: Operation, texts: Sequence[str], outputs: frozenset[Output]
+        self,
+        operation: Operation,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions,
     ) -> Encoding:
         """The backend's encoding of ``texts``, from the cache for every text it holds all
         asked heads of; the rest computed in one call, and stored where the backend says
         how many tokens each text took."""
         store = self._cache
         if store is None:
-            return await self._router.call(operation, lambda b: b.encode(texts, outputs))
+            return await self._computed(operation, texts, outputs, options)
         heads = [head for head in _HEADS if head in outputs]
         model = self._settings.embedding_model_name
         limit = self.model_info(operation).max_tokens
-        keys = [[entry_key(model, head, limit, text) for head in heads] for text in texts]
+        keys = [[entry_key(model, head, limit, text, options) for head in heads] for text in texts]
         found = await store.get_many([key for row in keys for key in row])
         cached: dict[int, dict[Output, Entry]] = {}
         for position in range(len(texts)):
@@ -446,7 +497,7 @@ class InferenceEngine:
         computed: Encoding | None = None
         if missing:
             asked = [texts[position] for position in missing]
-            computed = await self._router.call(operation, lambda b: b.encode(asked, outputs))
+            computed = await self._computed(operation, asked, outputs, options)
             counts = computed.text_tokens
             if counts is None and len(asked) == 1:
                 counts = (computed.token_count,)
@@ -461,6 +512,48 @@ class InferenceEngine:
         if computed is not None and not cached:
             return computed
         return _merged(len(texts), heads, cached, missing, computed)
+
+    async def _computed(
+        self,
+        operation: Operation,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions,
+    ) -> Encoding:
+        """``texts`` encoded by the first backend of the chain that can; a backend that
+        does not honour ``options`` is passed by, as one that is down."""
+        if options == DEFAULT_OPTIONS:
+            return await self._router.call(operation, lambda b: b.encode(texts, outputs))
+        wanted = _departures(options)
+
+        async def encoded(backend: Backend) -> Encoding:
+            if not wanted <= backend.capabilities.options:
+                raise Unavailable(f"the {backend.name} backend cannot: {_refusal(backend, wanted)}")
+            return await backend.encode(texts, outputs, options)
+
+        return await self._router.call(operation, encoded)
+
+    def _check_options(self, operation: Operation, options: EncodeOptions) -> None:
+        """A request no backend of the chain can honour is the client's to change: 422."""
+        wanted = _departures(options)
+        chain = self._router.chain(operation)
+        if not wanted or any(wanted <= b.capabilities.options for b in chain):
+            return
+        # Named: an option no backend honours, else the first (each is honoured alone).
+        option = next(
+            (o for o in sorted(wanted) if all(o not in b.capabilities.options for b in chain)),
+            min(wanted),
+        )
+        param, meaning = _OPTION_FIELDS[option]
+        reasons = "; ".join(
+            f"the {b.name} backend: {b.capabilities.refusals.get(option, 'not supported')}"
+            for b in chain
+            if option not in b.capabilities.options
+        )
+        raise InvalidInput(
+            f"`{param}`: {meaning} is not available from {CHAIN_SETTING[operation]} ({reasons})",
+            param=param,
+        )
 
     def _count(self, operation: Operation, items: int, tokens: int) -> None:
         self.telemetry.items[operation] += items
@@ -554,6 +647,24 @@ def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
 
 
 _HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
+# Each EncodeOptions field a backend may not honour: the request field that asks for it,
+# and what it means.
+_OPTION_FIELDS = {
+    "normalize": ("normalize", "false (vectors as pooled, not L2-normalised)"),
+    "truncate_left": ("truncation_direction", "Left (a long text keeps its end)"),
+}
+
+
+def _departures(options: EncodeOptions) -> frozenset[str]:
+    """The EncodeOptions fields ``options`` sets off their defaults."""
+    return frozenset(
+        name for name in _OPTION_FIELDS if getattr(options, name) != getattr(DEFAULT_OPTIONS, name)
+    )
+
+
+def _refusal(backend: Backend, wanted: frozenset[str]) -> str:
+    missing = sorted(wanted - backend.capabilities.options)
+    return "; ".join(backend.capabilities.refusals.get(o, f"{o} not supported") for o in missing)
 
 
 def _cache_store(settings: Settings, stats: CacheStats) -> Store | None:

@@ -52,7 +52,10 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> ModelDirs:
     root = tmp_path_factory.mktemp("models")
-    return ModelDirs(m3=build_m3(root / "tiny-bge-m3"), reranker=build_reranker(root / "tiny-rr"))
+    # Named as the hub names them, with the published config.json's fields.
+    return ModelDirs(
+        m3=build_m3(root / "bge-m3"), reranker=build_reranker(root / "bge-reranker-v2-m3")
+    )
 
 
 def free_port() -> int:

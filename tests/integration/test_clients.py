@@ -31,7 +31,7 @@ def test_openai_sdk_embeddings(
     # None: the SDK's default, which asks for base64 and decodes it itself; an explicit
     # "base64" hands the caller the string, little-endian float32.
     kwargs = {"encoding_format": encoding_format} if encoding_format else {}
-    result = oai.embeddings.create(model="BAAI/tiny-bge-m3", input=TEXTS[:6], **kwargs)  # type: ignore[arg-type]
+    result = oai.embeddings.create(model="BAAI/bge-m3", input=TEXTS[:6], **kwargs)  # type: ignore[arg-type]
     rows = [item.embedding for item in result.data]
     if encoding_format == "base64":
         assert all(isinstance(row, str) for row in rows)
@@ -39,13 +39,13 @@ def test_openai_sdk_embeddings(
     got = np.array(rows)
     np.testing.assert_allclose(got, reference.dense, atol=2e-5)
     assert result.usage.prompt_tokens == result.usage.total_tokens > 0
-    assert result.model == "BAAI/tiny-bge-m3"
+    assert result.model == "BAAI/bge-m3"
 
 
 def test_openai_sdk_dimensions(
     oai: openai.OpenAI, models: ModelDirs, reference: M3Reference
 ) -> None:
-    result = oai.embeddings.create(model="tiny-bge-m3", input=TEXTS[0], dimensions=16)
+    result = oai.embeddings.create(model="bge-m3", input=TEXTS[0], dimensions=16)
     vector = np.array(result.data[0].embedding)
     prefix = reference.dense[0, :16]
     np.testing.assert_allclose(vector, prefix / np.linalg.norm(prefix), atol=2e-5)
@@ -53,7 +53,7 @@ def test_openai_sdk_dimensions(
 
 def test_openai_sdk_sees_errors(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as info:
-        oai.embeddings.create(model="tiny-bge-m3", input=[])
+        oai.embeddings.create(model="bge-m3", input=[])
     assert "input" in str(info.value)
     with pytest.raises(openai.NotFoundError) as not_found:
         oai.embeddings.create(model="text-embedding-3-small", input="hi")
@@ -61,7 +61,7 @@ def test_openai_sdk_sees_errors(oai: openai.OpenAI) -> None:
 
 
 def test_openai_sdk_lists_models(oai: openai.OpenAI) -> None:
-    assert {m.id for m in oai.models.list()} == {"BAAI/tiny-bge-m3", "BAAI/tiny-rr"}
+    assert {m.id for m in oai.models.list()} == {"BAAI/bge-m3", "BAAI/bge-reranker-v2-m3"}
 
 
 @pytest.mark.parametrize("client_class", [cohere.Client, cohere.ClientV2])
@@ -69,7 +69,7 @@ def test_cohere_sdk_rerank(
     server: Server, models: ModelDirs, client_class: type[cohere.Client] | type[cohere.ClientV2]
 ) -> None:
     co = client_class(api_key="unused", base_url=server.url)
-    result = co.rerank(model="BAAI/tiny-rr", query=QUERY, documents=DOCUMENTS, top_n=4)
+    result = co.rerank(model="BAAI/bge-reranker-v2-m3", query=QUERY, documents=DOCUMENTS, top_n=4)
     logits = np.array(rerank_reference(models.reranker, QUERY, DOCUMENTS))
     best = np.argsort(-logits, kind="stable")[:4].tolist()
     assert [r.index for r in result.results] == best

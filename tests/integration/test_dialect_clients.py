@@ -31,8 +31,8 @@ from tests.contract import post_checked, validate_response
 from tests.reference import M3Reference, m3_reference, rerank_reference
 from tests.texts import DOCUMENTS, QUERY, TEXTS
 
-EMBEDDER = "BAAI/tiny-bge-m3"
-RERANKER = "BAAI/tiny-rr"
+EMBEDDER = "BAAI/bge-m3"
+RERANKER = "BAAI/bge-reranker-v2-m3"
 EMBED_TEXTS = TEXTS[:6]  # one of them is longer than the model's 512 tokens
 UNNAMED = "default/not-specified"  # what Infinity's client sends when no model is named
 
@@ -228,7 +228,7 @@ def test_infinity_rerank_top_n_with_documents(
         "documents": DOCUMENTS,
         "return_documents": True,
         "raw_scores": True,
-        "model": "tiny-rr",
+        "model": "bge-reranker-v2-m3",
         "top_n": 3,
     }
     results = post_infinity(client, "/rerank", body)["results"]
@@ -259,7 +259,7 @@ def test_openai_sdk_lists_public_names(server: Server) -> None:
 
 def test_cohere_v2_rerank_by_short_name(server: Server, logits: NDArray[np.float64]) -> None:
     co = cohere.ClientV2(api_key="unused", base_url=server.url)
-    result = co.rerank(model="tiny-rr", query=QUERY, documents=DOCUMENTS, max_tokens_per_doc=4096)
+    result = co.rerank(model="bge-reranker-v2-m3", query=QUERY, documents=DOCUMENTS, max_tokens_per_doc=4096)
     assert len(result.results) == len(DOCUMENTS)
     assert_ranked(
         [r.index for r in result.results], [r.relevance_score for r in result.results], logits

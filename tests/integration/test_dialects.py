@@ -153,7 +153,7 @@ def test_tei_decode_is_the_tokenizers(
 def test_tei_info(client: httpx.Client) -> None:
     info = client.get("/info").json()
     validate("tei", "Info", info)
-    assert info["model_id"] == info["served_model_name"] == "BAAI/tiny-bge-m3"
+    assert info["model_id"] == info["served_model_name"] == "BAAI/bge-m3"
     assert info["model_type"] == {"embedding": {"pooling": "cls"}}
     assert info["max_input_length"] == 512
 
@@ -198,14 +198,14 @@ def test_infinity_embeddings_equal_openai(client: httpx.Client) -> None:
     answer = infinity(client, "/embeddings", {**body, "modality": "text"})
     got = np.array([row["embedding"] for row in answer["data"]])
     np.testing.assert_allclose(got, native_dense(client, INPUTS), atol=1e-5)
-    assert answer["model"] == "BAAI/tiny-bge-m3"
+    assert answer["model"] == "BAAI/bge-m3"
 
 
 def test_infinity_rerank_on_the_bare_route(client: httpx.Client) -> None:
     body = {"query": QUERY, "documents": DOCUMENTS, "return_documents": True, "top_n": 3}
     answer = infinity(client, "/rerank", body)
     logits = native_logits(client, QUERY, DOCUMENTS)
-    assert answer["object"] == "rerank" and answer["model"] == "BAAI/tiny-rr"
+    assert answer["object"] == "rerank" and answer["model"] == "BAAI/bge-reranker-v2-m3"
     assert [r["index"] for r in answer["results"]] == np.argsort(-logits)[:3].tolist()
     for result in answer["results"]:
         assert result["document"] == DOCUMENTS[result["index"]]  # a plain string
@@ -216,7 +216,7 @@ def test_infinity_models(client: httpx.Client) -> None:
     answer = client.get("/models").json()
     validate_response("infinity", "GET", "/models", 200, answer)
     capabilities = {m["id"]: m["capabilities"] for m in answer["data"]}
-    assert capabilities == {"BAAI/tiny-bge-m3": ["embed"], "BAAI/tiny-rr": ["rerank"]}
+    assert capabilities == {"BAAI/bge-m3": ["embed"], "BAAI/bge-reranker-v2-m3": ["rerank"]}
 
 
 # -- Cohere v2 ------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def test_infinity_models(client: httpx.Client) -> None:
 def test_cohere_v2_shape_and_max_tokens_per_doc(
     client: httpx.Client, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    body = {"model": "tiny-rr", "query": QUERY, "documents": DOCUMENTS, "top_n": 2}
+    body = {"model": "bge-reranker-v2-m3", "query": QUERY, "documents": DOCUMENTS, "top_n": 2}
     answer = client.post("/v2/rerank", json=body).json()
     assert set(answer) == {"id", "results", "meta"}
     logits = native_logits(client, QUERY, DOCUMENTS)

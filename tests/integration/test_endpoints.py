@@ -29,7 +29,7 @@ def test_health_reports_models_routes_and_device(client: httpx.Client, models: M
     assert body["reranker_loaded"] is True
     assert body["device"] == "cpu"
     # Public names, never the folders the models were loaded from.
-    assert (body["embedding_model"], body["reranker_model"]) == ("BAAI/tiny-bge-m3", "BAAI/tiny-rr")
+    assert (body["embedding_model"], body["reranker_model"]) == ("BAAI/bge-m3", "BAAI/bge-reranker-v2-m3")
     assert body["routes"] == {"embed": "flag", "sparse": "flag", "rerank": "flag"}
     assert body["chains"] == {"embed": ["flag"], "sparse": ["flag"], "rerank": ["flag"]}
     assert body["backends"]["flag"]["stats"]["embed.forward_passes"] >= 0
@@ -37,9 +37,9 @@ def test_health_reports_models_routes_and_device(client: httpx.Client, models: M
 
 def test_embeddings_shape_usage_and_norm(client: httpx.Client, models: ModelDirs) -> None:
     texts = ["hello world", "the cat", LONG_TEXT]
-    body = client.post("/v1/embeddings", json={"input": texts, "model": "BAAI/tiny-bge-m3"}).json()
+    body = client.post("/v1/embeddings", json={"input": texts, "model": "BAAI/bge-m3"}).json()
     assert body["object"] == "list"
-    assert body["model"] == "BAAI/tiny-bge-m3"
+    assert body["model"] == "BAAI/bge-m3"
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     assert all(d["object"] == "embedding" for d in body["data"])
     vectors = np.array([d["embedding"] for d in body["data"]])
@@ -51,7 +51,7 @@ def test_embeddings_shape_usage_and_norm(client: httpx.Client, models: ModelDirs
 
 
 def test_embeddings_single_string_and_model_basename(client: httpx.Client) -> None:
-    body = client.post("/v1/embeddings", json={"input": "hello", "model": "tiny-bge-m3"}).json()
+    body = client.post("/v1/embeddings", json={"input": "hello", "model": "bge-m3"}).json()
     assert len(body["data"]) == 1
     assert body["usage"]["prompt_tokens"] > 0
 
@@ -70,13 +70,13 @@ def test_embeddings_dimensions_truncate_and_renormalize(client: httpx.Client) ->
 def test_models_list(client: httpx.Client) -> None:
     body = client.get("/v1/models").json()
     assert body["object"] == "list"
-    assert {m["id"] for m in body["data"]} == {"BAAI/tiny-bge-m3", "BAAI/tiny-rr"}
+    assert {m["id"] for m in body["data"]} == {"BAAI/bge-m3", "BAAI/bge-reranker-v2-m3"}
 
 
 def test_a_folder_path_is_not_a_model_name(client: httpx.Client, models: ModelDirs) -> None:
     response = client.post("/v1/embeddings", json={"input": "a", "model": str(models.m3)})
     assert response.status_code == 404
-    assert "answers to `BAAI/tiny-bge-m3`, `tiny-bge-m3`" in response.json()["error"]["message"]
+    assert "answers to `BAAI/bge-m3`, `bge-m3`" in response.json()["error"]["message"]
 
 
 def test_sparse_embeddings_are_qdrant_ready(client: httpx.Client, models: ModelDirs) -> None:

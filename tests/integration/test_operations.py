@@ -38,11 +38,11 @@ def locked(models: ModelDirs) -> Iterator[Server]:
 
 def test_official_clients_send_the_key(locked: Server) -> None:
     oai = openai.OpenAI(base_url=f"{locked.url}/v1", api_key=KEY, max_retries=0)
-    assert len(oai.embeddings.create(model="tiny-bge-m3", input="hello").data) == 1
+    assert len(oai.embeddings.create(model="bge-m3", input="hello").data) == 1
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{locked.url}/v1", api_key="wrong", max_retries=0).models.list()
     co = cohere.ClientV2(api_key=KEY, base_url=locked.url)
-    assert len(co.rerank(model="tiny-rr", query="q", documents=["a", "b"]).results) == 2
+    assert len(co.rerank(model="bge-reranker-v2-m3", query="q", documents=["a", "b"]).results) == 2
 
 
 def test_logs_are_json_lines_without_keys_or_texts(locked: Server) -> None:

@@ -172,7 +172,7 @@ def test_a_refused_job_carries_the_routes_error_body_and_status(
 def test_the_openai_route_shape_is_a_route_job(
     worker: Worker, loop: asyncio.AbstractEventLoop, server: Server
 ) -> None:
-    body = {"input": TEXTS[:3], "model": "tiny-bge-m3"}
+    body = {"input": TEXTS[:3], "model": "bge-m3"}
     job = {"openai_route": "/v1/embeddings", "openai_input": body}
     assert_same(answer(loop, worker, job), over_http(server, "POST", "/v1/embeddings", body).json())
     models = answer(loop, worker, {"openai_route": "/v1/models"})

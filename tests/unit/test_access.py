@@ -48,7 +48,20 @@ def test_a_valid_key_passes(locked: TestClient[Any], headers: dict[str, str]) ->
         ({}, "an API key is required"),
         ({"Authorization": "Bearer key-on"}, "the API key is not valid"),
         ({"Authorization": "Bearer key-one-and-more"}, "the API key is not valid"),
-        ({"Authorization": "Basic a2V5LW9uZQ=="}, "an API key is required"),
+        (
+            {"Authorization": "Basic a2V5LW9uZQ=="},
+            "Authorization carries a Basic credential: send Authorization: Bearer <key>",
+        ),
+        # The key without "Bearer ": told how to send it, and the key is not echoed.
+        (
+            {"Authorization": "key-one"},
+            "Authorization carries a value without a scheme: send Authorization: Bearer <key>",
+        ),
+        (
+            {"Authorization": "Token key-one"},
+            "Authorization carries a Token credential: send Authorization: Bearer <key>",
+        ),
+        ({"Authorization": "Bearer "}, "Authorization carries no key after Bearer"),
         ({"X-API-Key": ""}, "an API key is required"),
     ],
 )

@@ -118,8 +118,9 @@ HELP: dict[str, str] = {
     "RERANKER_MODEL_NAME loads MODELS_DIR/<its name> (BAAI/bge-m3: MODELS_DIR/bge-m3), never "
     "the hub; start-up fails if it is missing. Also download's default --to.",
     "embedding_served_name": "The embedding model's name in responses and /v1/models, and what "
-    "a request's model must say (unset: the hub id EMBEDDING_MODEL_NAME is or its folder records, "
-    "else BAAI/<folder name>; never a path).",
+    "a request's model must say (unset: the hub id EMBEDDING_MODEL_NAME is, else the repo of a "
+    "Hugging Face cache snapshot, else the folder's name as configured, with BAAI/ before a BGE "
+    "model's name such as bge-m3; never a path, never config.json's _name_or_path).",
     "reranker_served_name": "The reranker's public name, as EMBEDDING_SERVED_NAME "
     "(unset: derived from RERANKER_MODEL_NAME the same way).",
     "model_aliases": "More names a request's model may use for either model, comma-separated "

@@ -10,6 +10,8 @@ ENVELOPE_POST_ROUTES = [
     "/v1/hybrid-embeddings",
     "/v1/rerank",
     "/v2/rerank",
+    "/v1/embed",
+    "/v2/embed",
     "/rerank",
     "/reranker/rerank",
     "/embeddings",

@@ -27,6 +27,7 @@ __all__ = [
     "Kind",
     "Offer",
     "ProbeFailed",
+    "RemoteChanged",
     "TeiTokenRoutes",
     "Usage",
     "base64_row",
@@ -70,6 +71,11 @@ class _Reranked(msgspec.Struct):
 
 class ProbeFailed(Exception):
     """The remote could not be probed now (down, loading, answering errors); try later."""
+
+
+class RemoteChanged(BackendFailure):
+    """The remote no longer is what its probe found (e.g. it now refuses batches its
+    /info allowed): the call fails, and the endpoint probes the remote again."""
 
 
 @dataclass(frozen=True, slots=True)

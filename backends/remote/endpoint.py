@@ -17,7 +17,15 @@ import httpx
 import msgspec
 import numpy as np
 
-from backends.remote.dialect import KIND_NAMES, Dialect, Kind, Offer, ProbeFailed, expect_ok
+from backends.remote.dialect import (
+    KIND_NAMES,
+    Dialect,
+    Kind,
+    Offer,
+    ProbeFailed,
+    RemoteChanged,
+    expect_ok,
+)
 from backends.remote.infinity import InfinityDialect
 from backends.remote.peer import PeerDialect
 from backends.remote.runpod import RunpodClient, RunpodDialect
@@ -208,6 +216,9 @@ class Endpoint:
             return [part for parts in await _together(map(fitted, chunks)) for part in parts]
         except RemoteUnreachable as exc:
             self._mark_down(f"unreachable: {exc.reason}")
+            raise
+        except RemoteChanged as exc:
+            self._mark_down(exc.message)
             raise
 
     def _ready(self) -> tuple[Offer, Dialect]:

@@ -3,13 +3,25 @@
 An embedding container serves dense vectors (``POST /embed``), a SPLADE one
 sparse vectors (``POST /embed_sparse``; any other model answers 424 there), a
 reranker container rerank logits (``POST /rerank``). ``GET /info`` says which,
-and the batch limit (``max_client_batch_size``). Token usage comes from TEI's
-``x-compute-tokens`` header, or from ``POST /tokenize`` where a proxy strips it.
+and the batch limit: ``max_client_batch_size`` inputs a request, and no more than
+``max_concurrent_requests``, since TEI takes a permit per input and refuses (429)
+a request it cannot give them all (router/src/http/server.rs, core/src/infer.rs).
+Token usage comes from TEI's ``x-compute-tokens`` header. Where a proxy strips it
+(the probe finds out), each chunk's tokens are counted by ``POST /tokenize`` sent
+beside it, never after it; a reranker's chunks then hold one document fewer than
+the limit, so the query and the chunk's documents fit one ``/tokenize``.
+
+TEI refuses as 422 both an input over its token limit (the request's fault:
+InputTooLarge) and a batch over its limit, which the probe's limit rules out
+unless the container changed since (RemoteChanged: the endpoint re-probes it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import re
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 import msgspec
 import numpy as np
@@ -17,16 +29,18 @@ import numpy as np
 from backends.remote.dialect import (
     Kind,
     Offer,
+    RemoteChanged,
     TeiTokenRoutes,
     decode,
     dense_matrix,
     expect_ok,
     expect_rows,
     logits_by_index,
+    tei_decode,
     tei_tokens,
 )
 from backends.remote.transport import Answer, Deadline, RemoteClient
-from engine.errors import Unavailable
+from engine.errors import InputTooLarge, InvalidInput, Unavailable
 from engine.types import (
     DenseMatrix,
     Encoding,
@@ -34,12 +48,19 @@ from engine.types import (
     Operation,
     Output,
     Scores,
+    Token,
     TokenWeights,
 )
 
 __all__ = ["TeiDialect"]
 
+T = TypeVar("T")
+
 _PROBE_TEXT = "dimension probe"
+# TEI's words (router/src/http/server.rs, every batch handler; core/src/tokenization.rs,
+# tokenize_input and encode_input), each answered 422 Validation.
+_BATCH_REFUSED = re.compile(r"batch size (\d+) > maximum allowed batch size (\d+)")
+_TOO_LONG = re.compile(r"must have less than \d+ (tokens|characters)\. Given: \d+")
 
 
 class _Info(msgspec.Struct):
@@ -47,6 +68,7 @@ class _Info(msgspec.Struct):
     model_type: dict[str, dict[str, object]]
     max_input_length: int
     max_client_batch_size: int
+    max_concurrent_requests: int = 512
     version: str = ""
 
 
@@ -66,11 +88,19 @@ class TeiDialect(TeiTokenRoutes):
 
     def __init__(self, *, truncate: bool) -> None:
         self._truncate = truncate
+        # Whether answers carry x-compute-tokens (the probe finds out), the inputs one
+        # request may hold, and the token limit TEI truncates to.
+        self._counted = True
+        self._limit = 1
+        self._max_tokens = 0
 
     async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
         answer = await client.get("/info", deadline)
         expect_ok(answer, "/info")
         info = decode(answer, _Info, client, "/info")
+        self._limit = max(1, min(info.max_client_batch_size, info.max_concurrent_requests))
+        self._max_tokens = info.max_input_length
+        batch_size = self._limit
         model_type, details = next(iter(info.model_type.items()), ("unknown", {}))
         models: dict[Operation, ModelInfo] = {}
         missing: dict[Operation, str] = {}
@@ -92,6 +122,12 @@ class TeiDialect(TeiTokenRoutes):
             missing[Operation.SPARSE] = sparse_why
         elif model_type == "reranker":
             models[Operation.RERANK] = ModelInfo(info.model_id, info.max_input_length, 0)
+            # Truncated, so that no token limit refuses the probe.
+            probe = await self._rerank(client, "probe", ["probe"], deadline, truncate=True)
+            self._counted = _header_tokens(probe) is not None
+            if not self._counted and self._limit > 1:
+                # Room for the query beside a chunk's documents in the one /tokenize.
+                batch_size = self._limit - 1
         container = f"{info.model_id} is a TEI {model_type} container"
         missing = {op: missing.get(op, container) for op in Operation if op not in models}
         return Offer(
@@ -99,7 +135,7 @@ class TeiDialect(TeiTokenRoutes):
             operations=frozenset(models),
             outputs=outputs,
             models=models,
-            max_batch_size=max(1, info.max_client_batch_size),
+            max_batch_size=batch_size,
             version=info.version,
             missing=missing,
         )
@@ -117,7 +153,7 @@ class TeiDialect(TeiTokenRoutes):
             return Encoding(token_count=tokens, dense=dense)
         if outputs == {Output.SPARSE}:
             body = {"inputs": list(texts), "truncate": self._truncate}
-            answer = await client.post("/embed_sparse", body, deadline)
+            answer = await _refusals(client, client.post("/embed_sparse", body, deadline))
             rows = decode(answer, list[list[_SparseValue]], client, "/embed_sparse")
             expect_rows(len(rows), len(texts), client, "/embed_sparse")
             lexical = tuple(
@@ -139,41 +175,94 @@ class TeiDialect(TeiTokenRoutes):
         offer: Offer,
         deadline: Deadline,
     ) -> Scores:
-        body = {
-            "query": query,
-            "texts": list(documents),
-            "raw_scores": True,
-            "truncate": self._truncate,
-        }
-        answer = await client.post("/rerank", body, deadline)
+        counted: int | None = None
+        if self._counted:
+            answer = await self._rerank(client, query, documents, deadline)
+            counted = _header_tokens(answer)
+        else:
+            # The counting goes beside the rerank, in the same number of round trips.
+            async with asyncio.TaskGroup() as group:
+                reranked = group.create_task(self._rerank(client, query, documents, deadline))
+                counting = group.create_task(self._pair_tokens(client, query, documents, deadline))
+            answer, counted = reranked.result(), counting.result()
         ranks = decode(answer, list[_Rank], client, "/rerank")
         ranked = [(rank.index, rank.score) for rank in ranks]
         logits = logits_by_index(ranked, len(documents), client, "/rerank")
-        header = answer.headers.get("x-compute-tokens", "")
-        if header.isdigit():
-            tokens = int(header)
-        else:
-            # <s> q </s></s> d </s> has the tokens of <s> q </s> plus those of <s> d </s>.
-            query_ids, *document_ids = await self._ids(client, [query, *documents], deadline)
-            tokens = len(documents) * len(query_ids) + sum(len(ids) for ids in document_ids)
-        return Scores(logits=logits, token_count=tokens)
+        if counted is None:  # the header went missing after the probe
+            counted = await self._pair_tokens(client, query, documents, deadline)
+        return Scores(logits=logits, token_count=counted)
 
     async def tokenize(
         self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
     ) -> tuple[list[int], ...]:
         return await self._ids(client, texts, deadline)
 
+    async def tokens(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        add_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[tuple[Token, ...], ...]:
+        return await _refusals(client, tei_tokens(client, texts, add_special_tokens, deadline))
+
+    async def decode(
+        self,
+        client: RemoteClient,
+        ids: Sequence[Sequence[int]],
+        skip_special_tokens: bool,
+        offer: Offer,
+        deadline: Deadline,
+    ) -> tuple[str, ...]:
+        return await _refusals(client, tei_decode(client, ids, skip_special_tokens, deadline))
+
+    async def _rerank(
+        self,
+        client: RemoteClient,
+        query: str,
+        documents: Sequence[str],
+        deadline: Deadline,
+        *,
+        truncate: bool | None = None,
+    ) -> Answer:
+        body = {
+            "query": query,
+            "texts": list(documents),
+            "raw_scores": True,
+            "truncate": self._truncate if truncate is None else truncate,
+        }
+        return await _refusals(client, client.post("/rerank", body, deadline))
+
+    async def _pair_tokens(
+        self, client: RemoteClient, query: str, documents: Sequence[str], deadline: Deadline
+    ) -> int:
+        """What TEI counts for the (query, document) pairs: <s> q </s></s> d </s> has the
+        tokens of <s> q </s> plus those of <s> d </s>, cut to its limit when truncating.
+        Sent in requests of the remote's limit, together."""
+        texts = [query, *documents]
+        async with asyncio.TaskGroup() as group:
+            parts = [
+                group.create_task(self._ids(client, texts[start : start + self._limit], deadline))
+                for start in range(0, len(texts), self._limit)
+            ]
+        query_ids, *document_ids = [ids for part in parts for ids in part.result()]
+        pairs = [len(query_ids) + len(ids) for ids in document_ids]
+        if self._truncate and self._max_tokens:
+            pairs = [min(pair, self._max_tokens) for pair in pairs]
+        return sum(pairs)
+
     async def _ids(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
     ) -> tuple[list[int], ...]:
-        rows = await tei_tokens(client, texts, True, deadline)
+        rows = await _refusals(client, tei_tokens(client, texts, True, deadline))
         return tuple([token.id for token in row] for row in rows)
 
     async def _embed(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
     ) -> tuple[DenseMatrix, int]:
         body = {"inputs": list(texts), "truncate": self._truncate, "normalize": True}
-        answer = await client.post("/embed", body, deadline)
+        answer = await _refusals(client, client.post("/embed", body, deadline))
         rows = decode(answer, list[list[float]], client, "/embed")
         dense = dense_matrix(rows, len(texts), client, "/embed")
         tokens = await self._token_count(client, answer, texts, deadline)
@@ -187,3 +276,25 @@ class TeiDialect(TeiTokenRoutes):
             return int(header)
         # A proxy in front of TEI dropped the header: count what was sent, not guess.
         return sum(len(ids) for ids in await self._ids(client, texts, deadline))
+
+
+def _header_tokens(answer: Answer) -> int | None:
+    header = answer.headers.get("x-compute-tokens", "")
+    return int(header) if header.isdigit() else None
+
+
+async def _refusals(client: RemoteClient, call: Awaitable[T]) -> T:
+    """``call``, with TEI's 422s told apart: an input over the token or character limit
+    is too large; a batch over the limit the probe found means the container changed."""
+    try:
+        return await call
+    except InvalidInput as exc:
+        if _TOO_LONG.search(exc.message):
+            raise InputTooLarge(exc.message, param=exc.param) from exc
+        refused = _BATCH_REFUSED.search(exc.message)
+        if refused is None:
+            raise
+        raise RemoteChanged(
+            f"the remote {client.url} now takes at most {refused[2]} inputs a request "
+            f"(it refused {refused[1]}), fewer than when it was probed; probing it again"
+        ) from exc

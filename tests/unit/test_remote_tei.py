@@ -7,6 +7,7 @@ published contract and checks every request body the proxy sends against it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -144,12 +145,149 @@ def test_rerank_is_split_reordered_by_index_and_left_raw(
 ) -> None:
     query = "where do cats live"
     scores = with_backend(lambda b: b.score(query, TEXTS))
-    sent = [r.json for r in reranker.requests if r.path == "/rerank"]
+    sent = [r.json for r in reranker.requests if r.path == "/rerank"][1:]  # after the probe
     assert [len(body["texts"]) for body in sent] == [4, 4, 2]
     assert all(body["raw_scores"] is True and body["query"] == query for body in sent)
     expected = [reranker.logit(query, t) for t in TEXTS]
     np.testing.assert_allclose(scores.logits, expected, rtol=1e-6)
     assert scores.token_count > 0
+
+
+QUERY = "where do cats live"
+DOCUMENTS = [f"document {n} says cats live in {'warm ' * (n % 4)}places" for n in range(100)]
+
+
+def direct_rerank(query: str, documents: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """What one TEI that takes every document at once answers: ranks best first, and the
+    tokens it counted."""
+    whole = FakeTEI(kind="reranker", max_client_batch_size=len(documents))
+    status, headers, content = whole.respond(
+        "POST", "/rerank", {"query": query, "texts": documents, "raw_scores": True}, {}
+    )
+    assert status == 200
+    return json.loads(content), int(headers["x-compute-tokens"])
+
+
+@pytest.mark.parametrize("proxy_strips_headers", [False, True])
+def test_rerank_of_100_documents_at_a_limit_of_4_equals_reranking_directly(
+    tei: respx.MockRouter, reranker: FakeTEI, proxy_strips_headers: bool
+) -> None:
+    # The reproducer of issue 18: with the token header stripped, the count was one /tokenize
+    # of the query and the chunk's 4 documents, 5 inputs, which TEI refuses (422).
+    reranker.strip_headers = proxy_strips_headers
+    scores = with_backend(lambda b: b.score(QUERY, DOCUMENTS), frozenset({Operation.RERANK}))
+    ranks, tokens = direct_rerank(QUERY, DOCUMENTS)
+    order = np.argsort(-scores.logits, kind="stable")
+    assert order.tolist() == [rank["index"] for rank in ranks]
+    np.testing.assert_array_equal(
+        scores.logits[order], np.array([rank["score"] for rank in ranks], dtype=np.float32)
+    )
+    assert scores.token_count == tokens
+    reranks = [r.json for r in reranker.requests if r.path == "/rerank"][1:]  # after the probe
+    tokenizes = [r.json for r in reranker.requests if r.path == "/tokenize"]
+    assert all(len(body["texts"]) <= 4 for body in reranks)
+    assert all(len(body["inputs"]) <= 4 for body in tokenizes)
+    # Counting never costs more round trips than the rerank itself.
+    assert len(tokenizes) == (len(reranks) if proxy_strips_headers else 0)
+    assert reranker.contract_violations == []
+
+
+def test_tokenize_tokens_and_decode_are_split_at_the_limit(
+    tei: respx.MockRouter, embedder: FakeTEI
+) -> None:
+    texts = [f"word{n} and more" for n in range(10)]
+
+    async def work(backend: RemoteBackend) -> Any:
+        ids = await backend.tokenize(texts)
+        rows = await backend.tokens(texts, add_special_tokens=False)
+        decoded = await backend.decode(ids, skip_special_tokens=True)
+        return ids, rows, decoded
+
+    ids, rows, decoded = with_backend(work, frozenset({Operation.EMBED}))
+    assert ids == tuple([t["id"] for t in embedder.tokens(text)] for text in texts)
+    assert [[token.text for token in row] for row in rows] == [text.split() for text in texts]
+    assert decoded == tuple(texts)
+    tokenized = [len(r.json["inputs"]) for r in embedder.requests if r.path == "/tokenize"]
+    assert tokenized == [4, 4, 2, 4, 4, 2]
+    assert [len(r.json["ids"]) for r in embedder.requests if r.path == "/decode"] == [4, 4, 2]
+
+
+def test_chunks_also_fit_max_concurrent_requests() -> None:
+    # TEI takes a permit per input (core/src/infer.rs): a request of more inputs than
+    # max_concurrent_requests is refused 429 however often it is retried.
+    narrow = FakeTEI(kind="embedding", max_client_batch_size=8, max_concurrent_requests=3)
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="tei-embed").mock(side_effect=narrow.respx_async_side_effect)
+        encoding = with_backend(dense, frozenset({Operation.EMBED}), remote_max_concurrency=1)
+    np.testing.assert_array_equal(
+        encoding.dense, np.array([narrow.vector(t) for t in TEXTS], dtype=np.float32)
+    )
+    assert [len(r.json["inputs"]) for r in narrow.requests if r.path == "/embed"][1:] == [
+        3,
+        3,
+        3,
+        1,
+    ]
+
+
+def test_tei_validations_become_the_requests_own_errors() -> None:
+    """Each of TEI's refusals of a request, as TEI words it, as the error kind it is."""
+    strict = FakeTEI(kind="embedding", max_input_length=4, auto_truncate=False)
+    judge = FakeTEI(kind="reranker", max_input_length=6, auto_truncate=False)
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="tei-embed").mock(side_effect=strict.respx_async_side_effect)
+        router.route(host="tei-rerank").mock(side_effect=judge.respx_async_side_effect)
+
+        async def work(backend: RemoteBackend) -> None:
+            with pytest.raises(InputTooLarge, match=r"must have less than 4 tokens\. Given: 7"):
+                await dense(backend, ["one two three four five"])
+            with pytest.raises(InputTooLarge, match=r"must have less than 6 tokens\. Given: 9"):
+                await backend.score("a b", ["c d e"])
+            with pytest.raises(InputTooLarge, match=r"less than 1000 characters\. Given: 1001"):
+                await backend.tokens(["x" * 1001], add_special_tokens=True)
+            with pytest.raises(InvalidInput, match="`inputs` cannot be empty"):
+                await dense(backend, ["fine", ""])
+            with pytest.raises(InvalidInput, match="`input_ids` cannot be empty"):
+                await backend.decode([[5], []], skip_special_tokens=True)
+            assert backend.health().healthy
+
+        with_backend(work, truncate=False)
+
+
+def test_a_container_changed_since_its_probe_is_a_backend_failure_then_reprobed(
+    tei: respx.MockRouter, embedder: FakeTEI
+) -> None:
+    async def work(backend: RemoteBackend) -> None:
+        embedder.max_client_batch_size = 2  # restarted with a lower limit
+        with pytest.raises(BackendFailure, match="now takes at most 2 inputs a request"):
+            await dense(backend, TEXTS[:4])
+        assert not backend.health().healthy
+        for _ in range(100):
+            if backend.health().healthy:
+                break
+            await asyncio.sleep(0.02)
+        encoding = await dense(backend, TEXTS[:4])
+        assert encoding.dense is not None and encoding.dense.shape == (4, 8)
+        embedder.kind = "reranker"  # another model behind the same URL
+        with pytest.raises(BackendFailure, match="HTTP 424: Backend error: Model is not an"):
+            await dense(backend, ["one"])
+
+    with_backend(work, frozenset({Operation.EMBED}))
+    assert [len(r.json["inputs"]) for r in embedder.requests if r.path == "/embed"][-3:-1] == [
+        2,
+        2,
+    ]
+
+
+def test_tei_overloaded_is_retried_then_overloaded(
+    tei: respx.MockRouter, embedder: FakeTEI
+) -> None:
+    async def work(backend: RemoteBackend) -> None:
+        embedder.max_concurrent_requests = 0  # every permit taken by other clients
+        with pytest.raises(Overloaded, match="overloaded: Model is overloaded"):
+            await dense(backend, ["one"])
+
+    with_backend(work, frozenset({Operation.EMBED}), remote_retries=1)
 
 
 def test_tokenize_uses_tei_tokenize(tei: respx.MockRouter, embedder: FakeTEI) -> None:

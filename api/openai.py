@@ -1,7 +1,8 @@
 """OpenAI dialect: ``POST /v1/embeddings`` and ``GET /v1/models``.
 
 Works with the official ``openai`` SDK, which asks for base64 by default and
-decodes it as little-endian float32.
+decodes it as little-endian float32, and with LangChain's ``OpenAIEmbeddings`` at its
+defaults, which sends token-id arrays (decoded to text: api/token_arrays.py).
 """
 
 from __future__ import annotations

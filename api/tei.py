@@ -43,26 +43,18 @@ class _Inputs(msgspec.Struct, kw_only=True):
                 "`prompt_name`: bge-m3 has no prompts; send the text as it should be embedded",
                 param="prompt_name",
             )
-        if self.truncation_direction.lower() != "right":
-            raise InvalidInput(
-                "`truncation_direction`: only Right is supported (the end of a long text is cut)",
-                param="truncation_direction",
-            )
         return [self.inputs] if isinstance(self.inputs, str) else self.inputs
+
+    @property
+    def truncate_left(self) -> bool:
+        """Left: a text over the token limit keeps its end (when truncation is on)."""
+        return self.truncation_direction.lower() == "left"
 
 
 class EmbedRequest(_Inputs, kw_only=True):
+    # false: the pooled vector as the model computes it, before L2 normalisation (TEI's)
     normalize: bool = True
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
-
-    def checked(self) -> list[str]:
-        if not self.normalize:
-            raise InvalidInput(
-                "`normalize`: false is not supported; bge-m3's dense vectors are served "
-                "L2-normalised (compare them by dot product or cosine)",
-                param="normalize",
-            )
-        return self.texts()
 
 
 class EmbedSparseRequest(_Inputs, kw_only=True):
@@ -245,7 +237,12 @@ class TeiController(Controller):
         dense, tokens = await unless_disconnected(
             request,
             engine.embed_dense(
-                data.checked(), dimensions=data.dimensions, truncate=data.truncate, field="inputs"
+                data.texts(),
+                dimensions=data.dimensions,
+                truncate=data.truncate,
+                field="inputs",
+                normalize=data.normalize,
+                truncate_left=data.truncate_left,
             ),
         )
         rows: list[list[float]] = dense.tolist()
@@ -271,7 +268,12 @@ class TeiController(Controller):
         /info's ``sparse_mapping`` and ``sparse_index_space`` say which."""
         vectors, tokens = await unless_disconnected(
             request,
-            engine.embed_sparse(data.texts(), truncate=data.truncate, field="inputs"),
+            engine.embed_sparse(
+                data.texts(),
+                truncate=data.truncate,
+                field="inputs",
+                truncate_left=data.truncate_left,
+            ),
         )
         body = [
             [
@@ -296,7 +298,13 @@ class TeiController(Controller):
         engine: InferenceEngine,
     ) -> Response[list[list[list[float]]]]:
         matrices, tokens = await unless_disconnected(
-            request, engine.embed_colbert(data.texts(), truncate=data.truncate, field="inputs")
+            request,
+            engine.embed_colbert(
+                data.texts(),
+                truncate=data.truncate,
+                field="inputs",
+                truncate_left=data.truncate_left,
+            ),
         )
         return _counted([matrix.tolist() for matrix in matrices], tokens)
 

@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.telemetry import SizeHistogram
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
+from engine.types import (
+    DEFAULT_OPTIONS,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+)
 
 __all__ = ["Backend", "BackendHealth", "Capabilities"]
 
@@ -26,6 +35,12 @@ class Capabilities:
     embedding_model: str | None
     reranker_model: str | None
     max_batch_size: int
+    # The EncodeOptions fields encode() honours off their defaults ("normalize",
+    # "truncate_left"); a backend is never sent a departure it does not list here.
+    options: frozenset[str] = frozenset()
+    # Why it does not honour the others, by field: what a client is told when no backend
+    # of the chain can.
+    refusals: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +70,14 @@ class Backend(Protocol):
     def model_info(self, operation: Operation) -> ModelInfo:
         """The loaded model behind ``operation``; only valid after load()."""
 
-    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
-        """Any subset of bge-m3 heads for ``texts`` from one forward pass."""
+    async def encode(
+        self,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ) -> Encoding:
+        """Any subset of bge-m3 heads for ``texts`` from one forward pass; ``options``
+        departs from the defaults only in what ``capabilities.options`` lists."""
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
         """Raw cross-encoder logits of (query, document) pairs."""

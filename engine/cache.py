@@ -4,9 +4,10 @@ known ones computes one.
 An entry is one text's raw output of one head (dense vector, lexical weights or
 ColBERT matrix) with the text's token count, stored as compact bytes (float32 and
 int32 arrays, not JSON) under a key that hashes everything the output depends on:
-model, head, token limit and the text. What the engine finishes afterwards (sparse
-index mapping, dimension truncation) is done on cached and computed rows alike, so a
-cached answer is byte-equal to the computed one.
+model, head, token limit, the text, and the EncodeOptions that change the head's output
+(an unnormalised vector is never served for a normalised one). What the engine finishes
+afterwards (sparse index mapping, dimension truncation) is done on cached and computed
+rows alike, so a cached answer is byte-equal to the computed one.
 
 Two stores: an in-process LRU bounded by entries and bytes (``CACHE_MAX_ITEMS``,
 ``CACHE_MAX_MB``), and Redis (``REDIS_URL``, entries expire after ``CACHE_TTL_S``),
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engine.types import ColbertMatrix, Output, TokenWeights
+from engine.types import DEFAULT_OPTIONS, ColbertMatrix, EncodeOptions, Output, TokenWeights
 
 __all__ = [
     "CacheStats",
@@ -38,6 +39,7 @@ __all__ = [
     "decode_entry",
     "encode_entry",
     "entry_key",
+    "head_variant",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,21 @@ _HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
 _REDIS_RETRY_S = 5.0
 
 
-def entry_key(model: str, head: Output, max_tokens: int, text: str) -> str:
-    digest = hashlib.sha256(f"{model}\0{head}\0{max_tokens}\0{text}".encode()).hexdigest()
-    return f"bge:{head}:{digest}"
+def entry_key(
+    model: str, head: Output, max_tokens: int, text: str, options: EncodeOptions = DEFAULT_OPTIONS
+) -> str:
+    """Raw and normalised vectors, and a text cut at its start or at its end, get keys of
+    their own; with the default options a key is what it always was."""
+    variant = head_variant(head, options)
+    label = f"{head}{variant}"
+    digest = hashlib.sha256(f"{model}\0{label}\0{max_tokens}\0{text}".encode()).hexdigest()
+    return f"bge:{label}:{digest}"
+
+
+def head_variant(head: Output, options: EncodeOptions) -> str:
+    """What ``options`` change in ``head``'s output, as a key suffix ("" for nothing)."""
+    variant = "-raw" if head is Output.DENSE and not options.normalize else ""
+    return variant + ("-left" if options.truncate_left else "")
 
 
 def encode_entry(head: Output, tokens: int, value: Any) -> bytes:

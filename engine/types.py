@@ -9,8 +9,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "ColbertMatrix",
     "DenseMatrix",
+    "EncodeOptions",
     "Encoding",
     "HybridEmbeddings",
     "ModelInfo",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 DenseMatrix = NDArray[np.float32]
-"""(texts, dimension), each row L2-normalised."""
+"""(texts, dimension), each row L2-normalised (unless EncodeOptions.normalize is off)."""
 ColbertMatrix = NDArray[np.float32]
 """(tokens after CLS, dimension), each row L2-normalised."""
 
@@ -44,6 +46,19 @@ class Output(StrEnum):
     DENSE = "dense"
     SPARSE = "sparse"
     COLBERT = "colbert"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeOptions:
+    """How one encode() call departs from bge-m3's defaults (TEI's ``normalize`` and
+    ``truncation_direction``). A backend whose Capabilities do not declare an option is
+    never asked for it."""
+
+    normalize: bool = True  # False: dense rows as pooled, before any L2 normalisation
+    truncate_left: bool = False  # a text over the token limit keeps its end, not its start
+
+
+DEFAULT_OPTIONS = EncodeOptions()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from backends.device import resolve_device, resolve_dtype
-from backends.flag.m3 import M3Encoder, M3Row
+from backends.flag.m3 import M3Ask, M3Encoder, M3Row
 from backends.flag.reranker import CrossEncoder
 from backends.model_files import resolve_model_dir
 from backends.tokens import decode_ids, tokens_of
@@ -32,7 +32,16 @@ from engine.batching import MicroBatcher, Unit
 from engine.errors import Overloaded, Unavailable
 from engine.settings import Settings
 from engine.telemetry import SizeHistogram
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
+from engine.types import (
+    DEFAULT_OPTIONS,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+)
 
 __all__ = ["FlagBackend"]
 
@@ -44,8 +53,6 @@ R = TypeVar("R")
 
 # Texts per forward pass, on top of the MAX_BATCH_TOKENS budget.
 _MAX_BATCH_ITEMS = 256
-
-M3Item = tuple[list[int], frozenset[Output]]
 
 
 class FlagBackend:
@@ -61,10 +68,11 @@ class FlagBackend:
             embedding_model=settings.embedding_model_name if embeds else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
             max_batch_size=settings.max_batch_size,
+            options=frozenset({"normalize", "truncate_left"}),
         )
         self._m3: M3Encoder | None = None
         self._reranker: CrossEncoder | None = None
-        self._m3_batcher: MicroBatcher[M3Item, M3Row] | None = None
+        self._m3_batcher: MicroBatcher[M3Ask, M3Row] | None = None
         self._rerank_batcher: MicroBatcher[list[int], float] | None = None
         self._workers = model_workers(settings.model_workers, self._device)
         self._model_thread = ThreadPoolExecutor(
@@ -139,7 +147,7 @@ class FlagBackend:
                 self._device,
                 dtype,
             )
-            self._m3 = M3Encoder(
+            m3 = self._m3 = M3Encoder(
                 caps.embedding_model,
                 folder,
                 device=self._device,
@@ -149,6 +157,7 @@ class FlagBackend:
                 max_batch_items=_MAX_BATCH_ITEMS,
                 need_sparse_heads=Operation.SPARSE in caps.operations,
             )
+            log.info("flag: %s dense vectors: %s", caps.embedding_model, m3.pipeline.describe())
         if caps.reranker_model is not None:
             folder = resolve_model_dir(
                 caps.reranker_model, "RERANKER_MODEL_NAME", settings.models_dir
@@ -198,11 +207,17 @@ class FlagBackend:
             return self._require(self._reranker, "reranker").info
         return self._require(self._m3, "embedding").info
 
-    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+    async def encode(
+        self,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ) -> Encoding:
         m3 = self._require(self._m3, "embedding")
         batcher = self._require(self._m3_batcher, "embedding")
-        rows = await self._tokenize(functools.partial(m3.tokenize, truncate=True), texts)
-        units = [Unit((row, outputs), len(row)) for row in rows]
+        tokenize = functools.partial(m3.tokenize, truncate=True, from_left=options.truncate_left)
+        rows = await self._tokenize(tokenize, texts)
+        units = [Unit(M3Ask(row, outputs, options.normalize), len(row)) for row in rows]
         results = await batcher.submit(units)
         return m3.assemble(results, outputs, [len(row) for row in rows])
 

@@ -1,7 +1,9 @@
 """bge-m3's three heads over one transformer pass, computed the way FlagEmbedding does.
 
 Same folder, same numbers as ``BGEM3FlagModel.encode`` (the tests assert it):
-- dense: the CLS hidden state, L2-normalised;
+- dense: the CLS hidden state, L2-normalised; for another folder, the pooling its
+  ``modules.json`` names (CLS, mean or last token, as sentence-transformers computes
+  it; ``backends.pooling``), L2-normalised unless a request asks for the pooled vector;
 - sparse: ``relu(sparse_linear(h))`` per token, the max weight per token id,
   special tokens (cls, eos, pad, unk) left out, weights > 0 only;
 - ColBERT: ``colbert_linear`` on every token after CLS (eos included, padding
@@ -25,12 +27,30 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
+from backends.pooling import Pooling, read_pipeline
 from engine.errors import StartupError
-from engine.types import ColbertMatrix, Encoding, ModelInfo, Output, TokenWeights
+from engine.types import (
+    DEFAULT_OPTIONS,
+    ColbertMatrix,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Output,
+    TokenWeights,
+)
 
-__all__ = ["M3Encoder", "M3Row"]
+__all__ = ["M3Ask", "M3Encoder", "M3Row"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class M3Ask:
+    """One text's token ids and what it wants from a forward pass."""
+
+    ids: list[int]
+    outputs: frozenset[Output]
+    normalize: bool = True  # False: the dense vector as pooled
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +80,12 @@ class M3Encoder:
         self._max_batch_items = max_batch_items
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
         self.model = AutoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.pipeline = read_pipeline(folder)
         hidden = int(self.model.config.hidden_size)
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_input_tokens)
+        if self.pipeline.max_seq_length is not None:
+            # The limit sentence-transformers and TEI cut at (256 for all-MiniLM-L6-v2).
+            self.max_tokens = min(self.max_tokens, self.pipeline.max_seq_length)
         self.info = ModelInfo(
             name=name, max_tokens=self.max_tokens, vocab_size=len(self.tokenizer), dimension=hidden
         )
@@ -92,34 +116,52 @@ class M3Encoder:
             ):
                 raise StartupError(f"{folder}: the sparse/ColBERT heads do not fit the encoder")
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[list[int]]:
-        encoded = self.tokenizer(
-            list(texts), truncation=truncate, max_length=self.max_tokens if truncate else None
-        )
+    def tokenize(
+        self, texts: Sequence[str], *, truncate: bool, from_left: bool = False
+    ) -> list[list[int]]:
+        """Token ids with special tokens; ``from_left`` cuts a long text's start (its
+        special tokens stay). Not thread-safe: the caller keeps the tokenizer to one thread."""
+        tokenizer = self.tokenizer
+        side = tokenizer.truncation_side
+        tokenizer.truncation_side = "left" if from_left else "right"
+        try:
+            encoded = tokenizer(
+                list(texts), truncation=truncate, max_length=self.max_tokens if truncate else None
+            )
+        finally:
+            tokenizer.truncation_side = side
         return [list(ids) for ids in encoded["input_ids"]]
 
-    def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+    def encode(
+        self,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ) -> Encoding:
         """All of ``texts`` at once, batched by length here (no micro-batcher)."""
-        rows = self.tokenize(texts, truncate=True)
+        rows = self.tokenize(texts, truncate=True, from_left=options.truncate_left)
         results: list[M3Row | None] = [None] * len(rows)
         lengths = [len(row) for row in rows]
         for batch in length_sorted_batches(lengths, self._max_batch_tokens, self._max_batch_items):
-            for position, result in zip(
-                batch, self.run_batch([(rows[i], outputs) for i in batch]), strict=True
-            ):
+            asks = [M3Ask(rows[i], outputs, options.normalize) for i in batch]
+            for position, result in zip(batch, self.run_batch(asks), strict=True):
                 results[position] = result
         return self.assemble(_complete(results), outputs, lengths)
 
     @torch.inference_mode()
-    def run_batch(self, items: Sequence[tuple[list[int], frozenset[Output]]]) -> list[M3Row]:
+    def run_batch(self, items: Sequence[M3Ask]) -> list[M3Row]:
         """One forward pass over token-id rows; each row gets the heads it asked for."""
-        rows = [ids for ids, _ in items]
-        wanted = frozenset().union(*(outputs for _, outputs in items))
-        ids, mask = pad(rows, self._pad_id, self._device)
+        wanted = frozenset().union(*(item.outputs for item in items))
+        ids, mask = pad([item.ids for item in items], self._pad_id, self._device)
         hidden = self.model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
-        dense = weights = colbert = None
+        dense = pooled = weights = colbert = None
         if Output.DENSE in wanted:
-            dense = F.normalize(hidden[:, 0], dim=-1).float().cpu().numpy()
+            states = pool(hidden, mask, self.pipeline.pooling)
+            # Normalised where it was pooled (fp16 on a GPU), as FlagEmbedding does.
+            if any(item.normalize for item in items):
+                dense = F.normalize(states, dim=-1).float().cpu().numpy()
+            if not all(item.normalize for item in items):
+                pooled = states.float().cpu().numpy()
         if Output.SPARSE in wanted:
             assert self.sparse_linear is not None
             weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()
@@ -128,12 +170,14 @@ class M3Encoder:
             vectors = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
             colbert = F.normalize(vectors, dim=-1).float().cpu().numpy()
         results = []
-        for row, (token_ids, outputs) in enumerate(items):
-            length = len(token_ids)
+        for row, item in enumerate(items):
+            length = len(item.ids)
+            outputs = item.outputs
+            vectors = dense if item.normalize else pooled
             results.append(
                 M3Row(
-                    dense=dense[row] if dense is not None and Output.DENSE in outputs else None,
-                    lexical=self._token_weights(np.asarray(token_ids), weights[row, :length])
+                    dense=vectors[row] if vectors is not None and Output.DENSE in outputs else None,
+                    lexical=self._token_weights(np.asarray(item.ids), weights[row, :length])
                     if weights is not None and Output.SPARSE in outputs
                     else None,
                     colbert=colbert[row, : length - 1]
@@ -161,6 +205,19 @@ class M3Encoder:
         best = np.zeros(unique.shape[0], dtype=np.float32)
         np.maximum.at(best, inverse, weights[keep].astype(np.float32))
         return TokenWeights(token_ids=unique.astype(np.int64), weights=best)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """One vector per row of right-padded token states, as sentence-transformers pools."""
+    if pooling is Pooling.CLS:
+        return hidden[:, 0]
+    if pooling is Pooling.LAST_TOKEN:
+        last = mask.sum(dim=1) - 1  # right padding: the last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    # In float32: a sum of 8192 fp16 token states can overflow fp16's range.
+    total = torch.sum(hidden * weights, dim=1, dtype=torch.float32)
+    return total / torch.clamp(weights.sum(dim=1, dtype=torch.float32), min=1e-9)
 
 
 def _present(item: T | None) -> T:

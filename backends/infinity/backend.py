@@ -23,11 +23,21 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from backends.device import resolve_device
 from backends.flag.limits import model_max_tokens
 from backends.model_files import resolve_model_dir
+from backends.pooling import sentence_max_tokens
 from backends.tokens import decode_ids, tokens_of
 from engine.backend import BackendHealth, Capabilities
 from engine.errors import Overloaded, Unavailable
 from engine.settings import Settings
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
+from engine.types import (
+    DEFAULT_OPTIONS,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+)
 
 if TYPE_CHECKING:
     from infinity_emb import AsyncEngineArray
@@ -52,6 +62,12 @@ class InfinityBackend:
             embedding_model=settings.embedding_model_name if Operation.EMBED in served else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in served else None,
             max_batch_size=settings.max_batch_size,
+            refusals={
+                "normalize": "infinity_emb L2-normalises every vector it returns and has no "
+                "option to skip it; serve unnormalised vectors from the flag backend",
+                "truncate_left": "infinity_emb (sentence-transformers) always cuts the end of "
+                "a long text; serve truncation_direction Left from the flag backend",
+            },
         )
         self._array: AsyncEngineArray | None = None
         self._info: dict[Operation, ModelInfo] = {}
@@ -131,9 +147,12 @@ class InfinityBackend:
             if operation is Operation.EMBED
             else self._capabilities.reranker_model
         )
+        limit = model_max_tokens(config, tokenizer, None)
+        # sentence-transformers cuts at its own max_seq_length (256 for all-MiniLM-L6-v2).
+        cut = sentence_max_tokens(folder) if operation is Operation.EMBED else None
         return ModelInfo(
             name=name or str(folder),
-            max_tokens=model_max_tokens(config, tokenizer, None),
+            max_tokens=min(limit, cut) if cut is not None else limit,
             vocab_size=len(tokenizer),
             dimension=dimension,
         )
@@ -159,13 +178,21 @@ class InfinityBackend:
             raise Unavailable(f"the infinity backend has no {operation} model loaded")
         return info
 
-    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+    async def encode(
+        self,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ) -> Encoding:
         if outputs != {Output.DENSE}:
             raise Unavailable("infinity_emb computes dense vectors only")
+        if options != DEFAULT_OPTIONS:  # the engine never sends what refusals lists
+            raise Unavailable("infinity_emb computes normalised, right-truncated vectors only")
         async with self._admitted():
             vectors, usage = await self._engine(Operation.EMBED).embed(sentences=list(texts))
         dense = np.asarray(vectors, dtype=np.float32)
-        # Normalise here too: a folder without a Normalize module comes back unnormalised.
+        # infinity_emb normalises already; again here, so the engine's promise does not
+        # rest on another library's default.
         dense /= np.maximum(np.linalg.norm(dense, axis=1, keepdims=True), 1e-12)
         return Encoding(token_count=int(usage), dense=dense)
 

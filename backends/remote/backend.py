@@ -18,7 +18,16 @@ from engine.backend import BackendHealth, Capabilities
 from engine.errors import StartupError
 from engine.router import CHAIN_SETTING
 from engine.settings import Settings
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
+from engine.types import (
+    DEFAULT_OPTIONS,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+)
 
 __all__ = ["RemoteBackend"]
 
@@ -54,6 +63,9 @@ class RemoteBackend:
             else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
             max_batch_size=settings.max_batch_size,
+            # Whether the remote can is its dialect's to say, per call (TEI and bge-serve
+            # can, Infinity cannot).
+            options=frozenset({"normalize", "truncate_left"}),
         )
 
     @property
@@ -95,10 +107,15 @@ class RemoteBackend:
     def model_info(self, operation: Operation) -> ModelInfo:
         return self._by_operation[operation].model_info(operation)
 
-    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+    async def encode(
+        self,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ) -> Encoding:
         dense_only = outputs == {Output.DENSE} and Operation.EMBED in self._by_operation
         operation = Operation.EMBED if dense_only else Operation.SPARSE
-        return await self._by_operation[operation].encode(texts, outputs)
+        return await self._by_operation[operation].encode(texts, outputs, options)
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
         return await self._by_operation[Operation.RERANK].score(query, documents)

@@ -19,7 +19,17 @@ from numpy.typing import NDArray
 
 from backends.remote.transport import Answer, Deadline, RemoteClient
 from engine.errors import BackendFailure
-from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores, Token
+from engine.types import (
+    DEFAULT_OPTIONS,
+    DenseMatrix,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+)
 
 __all__ = [
     "KIND_NAMES",
@@ -116,7 +126,10 @@ class Dialect(Protocol):
         outputs: frozenset[Output],
         offer: Offer,
         deadline: Deadline,
-    ) -> Encoding: ...
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ) -> Encoding:
+        """``options`` off their defaults: honoured, or refused with InvalidInput saying
+        why this kind of remote cannot."""
 
     async def score(
         self,
@@ -182,8 +195,11 @@ def dense_matrix(
     sent: int,
     client: RemoteClient,
     path: str,
+    *,
+    normalize: bool = True,
 ) -> DenseMatrix:
-    """One L2-normalised row per input, all of one non-zero width, or a backend failure."""
+    """One row per input, all of one non-zero width, or a backend failure; L2-normalised
+    unless ``normalize`` is off (rows asked for as pooled)."""
     expect_rows(len(rows), sent, client, path)
     width = len(rows[0]) if rows else 0
     if width == 0 or any(len(row) != width for row in rows):
@@ -191,6 +207,8 @@ def dense_matrix(
             f"the remote {client.url} answered {path} with vectors of differing or zero width"
         )
     dense = np.asarray(rows, dtype=np.float32)
+    if not normalize:
+        return dense
     norms = np.sqrt(np.einsum("ij,ij->i", dense, dense))
     # A remote may serve a model without a Normalize step, and the engine promises unit
     # rows; rows already normalised stay bit for bit what the remote sent.

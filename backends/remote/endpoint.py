@@ -40,7 +40,16 @@ from backends.remote.transport import (
 from engine.errors import EngineError, InputTooLarge, StartupError, Unavailable
 from engine.router import CHAIN_SETTING
 from engine.settings import Settings
-from engine.types import Encoding, ModelInfo, Operation, Output, Scores, Token
+from engine.types import (
+    DEFAULT_OPTIONS,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+)
 
 __all__ = ["Endpoint"]
 
@@ -114,7 +123,12 @@ class Endpoint:
 
     # -- calls -----------------------------------------------------------------------
 
-    async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
+    async def encode(
+        self,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions = DEFAULT_OPTIONS,
+    ) -> Encoding:
         served, _ = self._ready()
         if not outputs <= served.outputs:
             wanted = ", ".join(sorted(outputs - served.outputs))
@@ -124,7 +138,7 @@ class Endpoint:
         parts = await self._chunked(
             texts,
             lambda dialect, offer, chunk, deadline: dialect.encode(
-                self.client, chunk, outputs, offer, deadline
+                self.client, chunk, outputs, offer, deadline, options
             ),
             "encode " + ",".join(sorted(outputs)),
         )

@@ -24,7 +24,17 @@ from backends.remote.dialect import (
 )
 from backends.remote.transport import Deadline, RemoteClient
 from engine.errors import InvalidInput, StartupError, Unavailable
-from engine.types import DenseMatrix, Encoding, ModelInfo, Operation, Output, Scores, Token
+from engine.types import (
+    DEFAULT_OPTIONS,
+    DenseMatrix,
+    EncodeOptions,
+    Encoding,
+    ModelInfo,
+    Operation,
+    Output,
+    Scores,
+    Token,
+)
 
 __all__ = ["InfinityDialect"]
 
@@ -121,9 +131,22 @@ class InfinityDialect:
         outputs: frozenset[Output],
         offer: Offer,
         deadline: Deadline,
+        options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> Encoding:
         if outputs != {Output.DENSE}:
             raise Unavailable(f"the Infinity at {client.url} computes dense vectors only")
+        if not options.normalize:
+            raise InvalidInput(
+                f"`normalize`: false is not available: the Infinity at {client.url} "
+                "L2-normalises every vector, and its /embeddings has no option to skip it",
+                param="normalize",
+            )
+        if options.truncate_left:
+            raise InvalidInput(
+                f"`truncation_direction`: Left is not available: the Infinity at {client.url} "
+                "always cuts the end of a long text",
+                param="truncation_direction",
+            )
         dense, tokens = await self._embed(client, texts, deadline)
         return Encoding(token_count=tokens, dense=dense)
 

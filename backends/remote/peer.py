@@ -26,14 +26,17 @@ from backends.remote.dialect import (
     decode,
     dense_matrix,
     expect_ok,
+    expect_rows,
     permutation,
     tei_tokens,
 )
-from backends.remote.transport import Deadline, RemoteClient
-from engine.errors import BackendFailure
+from backends.remote.transport import Answer, Deadline, RemoteClient
+from engine.errors import BackendFailure, InvalidInput
 from engine.types import (
+    DEFAULT_OPTIONS,
     ColbertMatrix,
     DenseMatrix,
+    EncodeOptions,
     Encoding,
     ModelInfo,
     Operation,
@@ -144,7 +147,10 @@ class PeerDialect(TeiTokenRoutes):
         outputs: frozenset[Output],
         offer: Offer,
         deadline: Deadline,
+        options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> Encoding:
+        if options != DEFAULT_OPTIONS:
+            return await self._tei_encode(client, texts, outputs, deadline, options)
         if outputs == {Output.DENSE} and Operation.EMBED in offer.operations:
             dense, tokens = await self._dense(client, texts, deadline)
             return Encoding(token_count=tokens, dense=dense)
@@ -197,6 +203,39 @@ class PeerDialect(TeiTokenRoutes):
         rows = await tei_tokens(client, texts, True, deadline)
         return tuple([token.id for token in row] for row in rows)
 
+    async def _tei_encode(
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        deadline: Deadline,
+        options: EncodeOptions,
+    ) -> Encoding:
+        """Options passed on through the peer's TEI routes, which take them: dense
+        (/embed) and ColBERT (/embed_all) vectors. Its /embed_sparse answers in the peer's
+        own SPARSE_TOKEN_MAPPING, not token ids, so sparse vectors are refused."""
+        body: dict[str, object] = {"inputs": list(texts)}
+        if options.truncate_left:  # only sent when this side truncates
+            body.update(truncate=True, truncation_direction="Left")
+        if outputs == {Output.DENSE}:
+            body["normalize"] = options.normalize
+            answer = await client.post("/embed", body, deadline)
+            rows = decode(answer, list[list[float]], client, "/embed")
+            dense = dense_matrix(rows, len(texts), client, "/embed", normalize=options.normalize)
+            return Encoding(token_count=_compute_tokens(answer, client, "/embed"), dense=dense)
+        if outputs == {Output.COLBERT} and options.normalize:
+            answer = await client.post("/embed_all", body, deadline)
+            matrices = decode(answer, list[list[list[float]]], client, "/embed_all")
+            expect_rows(len(matrices), len(texts), client, "/embed_all")
+            colbert = tuple(dense_matrix(m, len(m), client, "/embed_all") for m in matrices)
+            tokens = _compute_tokens(answer, client, "/embed_all")
+            return Encoding(token_count=tokens, colbert=colbert)
+        raise InvalidInput(
+            f"`truncation_direction`: Left is passed on to the bge-serve at {client.url} for "
+            "dense or ColBERT vectors alone, not for " + ", ".join(sorted(outputs)),
+            param="truncation_direction",
+        )
+
     async def _hybrid(
         self, client: RemoteClient, texts: Sequence[str], colbert: bool, deadline: Deadline
     ) -> tuple[list[_HybridRow], int]:
@@ -233,6 +272,14 @@ Row = TypeVar("Row", bound=_Indexed)
 def _in_order(rows: list[Row], sent: int, client: RemoteClient, path: str) -> list[Row]:
     permutation([row.index for row in rows], sent, client, path)
     return sorted(rows, key=lambda row: row.index)
+
+
+def _compute_tokens(answer: Answer, client: RemoteClient, path: str) -> int:
+    """The tokens a bge-serve counted, from the header its TEI routes send."""
+    header = answer.headers.get("x-compute-tokens", "")
+    if not header.isdigit():
+        raise BackendFailure(f"the remote {client.url} answered {path} without x-compute-tokens")
+    return int(header)
 
 
 def _weights(sparse: _Sparse) -> TokenWeights:

@@ -42,7 +42,9 @@ from backends.remote.dialect import (
 from backends.remote.transport import Answer, Deadline, RemoteClient
 from engine.errors import InputTooLarge, InvalidInput, Unavailable
 from engine.types import (
+    DEFAULT_OPTIONS,
     DenseMatrix,
+    EncodeOptions,
     Encoding,
     ModelInfo,
     Operation,
@@ -147,12 +149,13 @@ class TeiDialect(TeiTokenRoutes):
         outputs: frozenset[Output],
         offer: Offer,
         deadline: Deadline,
+        options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> Encoding:
         if outputs == {Output.DENSE}:
-            dense, tokens = await self._embed(client, texts, deadline)
+            dense, tokens = await self._embed(client, texts, deadline, options)
             return Encoding(token_count=tokens, dense=dense)
         if outputs == {Output.SPARSE}:
-            body = {"inputs": list(texts), "truncate": self._truncate}
+            body = {"inputs": list(texts), "truncate": self._truncate, **_direction(options)}
             answer = await _refusals(client, client.post("/embed_sparse", body, deadline))
             rows = decode(answer, list[list[_SparseValue]], client, "/embed_sparse")
             expect_rows(len(rows), len(texts), client, "/embed_sparse")
@@ -259,12 +262,21 @@ class TeiDialect(TeiTokenRoutes):
         return tuple([token.id for token in row] for row in rows)
 
     async def _embed(
-        self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
+        self,
+        client: RemoteClient,
+        texts: Sequence[str],
+        deadline: Deadline,
+        options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> tuple[DenseMatrix, int]:
-        body = {"inputs": list(texts), "truncate": self._truncate, "normalize": True}
+        body = {
+            "inputs": list(texts),
+            "truncate": self._truncate,
+            "normalize": options.normalize,
+            **_direction(options),
+        }
         answer = await _refusals(client, client.post("/embed", body, deadline))
         rows = decode(answer, list[list[float]], client, "/embed")
-        dense = dense_matrix(rows, len(texts), client, "/embed")
+        dense = dense_matrix(rows, len(texts), client, "/embed", normalize=options.normalize)
         tokens = await self._token_count(client, answer, texts, deadline)
         return dense, tokens
 
@@ -276,6 +288,11 @@ class TeiDialect(TeiTokenRoutes):
             return int(header)
         # A proxy in front of TEI dropped the header: count what was sent, not guess.
         return sum(len(ids) for ids in await self._ids(client, texts, deadline))
+
+
+def _direction(options: EncodeOptions) -> dict[str, str]:
+    """TEI's truncation_direction, sent only off its default (Right)."""
+    return {"truncation_direction": "Left"} if options.truncate_left else {}
 
 
 def _header_tokens(answer: Answer) -> int | None:

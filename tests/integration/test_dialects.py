@@ -164,7 +164,7 @@ def test_tei_info(client: httpx.Client) -> None:
         ("/embed", {"inputs": []}, 422),
         ("/embed", {"inputs": ["ok", " "]}, 422),
         ("/embed", {"texts": ["the wrong field"]}, 422),
-        ("/embed", {"inputs": ["a"], "normalize": False}, 422),
+        ("/embed", {"inputs": ["a"], "truncation_direction": "Up"}, 422),
         ("/embed_sparse", {"inputs": "a", "prompt_name": "query"}, 422),
         ("/rerank", {"query": QUERY, "texts": []}, 422),
         ("/decode", {"ids": [1, [2]]}, 422),

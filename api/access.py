@@ -23,7 +23,8 @@ __all__ = ["API_KEY_HEADER", "WWW_AUTHENTICATE", "cors_config", "key_guard"]
 
 API_KEY_HEADER = "X-API-Key"
 WWW_AUTHENTICATE = 'Bearer realm="bge-serve"'
-_OPEN_PATHS = ("/health", "/metrics", "/docs")
+# /ping: TEI's SageMaker health check, which carries no key (TEI leaves it open too).
+_OPEN_PATHS = ("/health", "/metrics", "/docs", "/ping")
 _SHOWN_SCHEME_CHARS = 16
 
 

@@ -1,5 +1,6 @@
 """TEI dialect (Text Embeddings Inference 1.9): ``/embed``, ``/embed_sparse``, ``/embed_all``,
-``/predict``, ``/tokenize``, ``/decode``, ``/info``, ``POST /``, and ``/rerank`` with ``texts``.
+``/predict``, ``/similarity``, ``/tokenize``, ``/decode``, ``/info``, ``POST /``,
+``/invocations`` and ``GET /ping`` (SageMaker's), and ``/rerank`` with ``texts``.
 
 Fields, defaults and error bodies (``{"error", "error_type"}``, TEI's statuses)
 follow TEI's OpenAPI document. What TEI cannot do for bge-m3, this does:
@@ -10,15 +11,18 @@ TEI ignores ``model``, and so do these routes.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+import numpy as np
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
+from litestar.openapi import ResponseSpec
+from litestar.params import Body
 
 from api.disconnect import unless_disconnected
 from api.docs import VECTOR, answers, sends
-from api.errors import TEI_ERROR_RESPONSES, tei_error
+from api.errors import TEI_ERROR_RESPONSES, TeiError, problem_of, tei_error
 from api.fields import Text, Texts
 from engine.errors import EngineError, InvalidInput
 from engine.inference import InferenceEngine, sigmoid
@@ -29,6 +33,7 @@ from engine.types import Operation, Token
 __all__ = ["TeiController", "TeiRerankRequest", "rerank"]
 
 Direction = Literal["Right", "right", "Left", "left"]
+T = TypeVar("T")
 
 
 class _Inputs(msgspec.Struct, kw_only=True):
@@ -72,6 +77,8 @@ class TeiRerankRequest(msgspec.Struct, kw_only=True):
     return_text: bool = False
     truncate: bool | None = None  # pairs are always cut to RERANKER_MAX_TOKENS, as FlagReranker
     truncation_direction: Direction = "Right"
+    # Ours: TEI ignores it and answers every text; litellm's huggingface/ rerank sends it.
+    top_n: int | None = None
 
 
 class PredictRequest(msgspec.Struct, kw_only=True):
@@ -188,6 +195,38 @@ _TOKENIZE_ANSWER = [
 _DECODE_ASKED = sends({"ids": [0, 2009, 13946, 2], "skip_special_tokens": True})
 
 
+class SimilarityInput(msgspec.Struct, kw_only=True):
+    source_sentence: Text
+    sentences: Texts
+
+
+class SimilarityParameters(msgspec.Struct, kw_only=True):
+    truncate: bool | None = None
+    truncation_direction: Direction = "Right"
+    prompt_name: str | None = None
+
+
+class SimilarityRequest(msgspec.Struct, kw_only=True):
+    """TEI's (router/src/http/types.rs): each sentence's cosine with the source sentence."""
+
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+
+
+_SIMILARITY_ASKED = sends(
+    {
+        "inputs": {
+            "source_sentence": "What is BGE M3?",
+            "sentences": ["BGE M3 is an embedding model.", "Paris is in France."],
+        }
+    }
+)
+_INVOCATION_SHAPES = (
+    "`{query, texts}` (rerank), `{inputs: {source_sentence, sentences}}` (similarity), "
+    "`{inputs: [[query, passage], ...]}` (predict) or `{inputs}` (embed)"
+)
+
+
 def _counted(body: Any, tokens: int) -> Response[Any]:
     # TEI reports the tokens it computed in a header (a bge-serve behind another reads it).
     return Response(body, headers={"x-compute-tokens": str(tokens)})
@@ -196,8 +235,10 @@ def _counted(body: Any, tokens: int) -> Response[Any]:
 async def rerank(
     request: Request[Any, Any, Any], data: TeiRerankRequest, engine: InferenceEngine
 ) -> Response[Any]:
-    """TEI's rerank: every text, best first (TEI has no top_n)."""
-    ranking = await unless_disconnected(request, engine.rerank(data.query, data.texts))
+    """TEI's rerank: every text, best first; ``top_n`` (ours) keeps the best ones."""
+    ranking = await unless_disconnected(
+        request, engine.rerank(data.query, data.texts, top_n=data.top_n)
+    )
     body = [
         Rank(
             index=r.index,
@@ -409,6 +450,97 @@ class TeiController(Controller):
         self, engine: InferenceEngine, settings: Settings, version: str
     ) -> Info:
         return _info(engine, settings, version, Operation.RERANK)
+
+    @post(
+        "/similarity",
+        status_code=200,
+        responses=answers(list[float], [0.7614, 0.3102], TEI_ERROR_RESPONSES),
+        raises=[],
+        summary="Cosine similarity of each sentence with the source sentence (TEI-compatible)",
+    )
+    async def similarity(
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[SimilarityRequest, _SIMILARITY_ASKED],
+        engine: InferenceEngine,
+    ) -> Response[list[float]]:
+        parameters = data.parameters or SimilarityParameters()
+        if parameters.prompt_name is not None:
+            raise InvalidInput(
+                "`parameters.prompt_name`: bge-m3 has no prompts", param="parameters.prompt_name"
+            )
+        # TEI embeds the source with the sentences, one batch (server.rs, similarity).
+        dense, tokens = await unless_disconnected(
+            request,
+            engine.embed_dense(
+                [data.inputs.source_sentence, *data.inputs.sentences],
+                truncate=parameters.truncate,
+                field="inputs",
+                truncate_left=parameters.truncation_direction.lower() == "left",
+            ),
+        )
+        rows = dense.astype(np.float64)
+        norms = np.linalg.norm(rows, axis=1)
+        cosines = rows[1:] @ rows[0] / np.maximum(norms[1:] * norms[0], 1e-12)
+        return _counted([float(np.float32(c)) for c in cosines], tokens)
+
+    @post(
+        "/invocations",
+        status_code=200,
+        responses=answers(list[list[float]], [VECTOR], TEI_ERROR_RESPONSES),
+        raises=[],
+        summary="AWS SageMaker's inference route (TEI-compatible): rerank, similarity, "
+        "predict or embed, by the body's shape",
+        description="TEI mounts this on its one model's route; this service serves several "
+        f"models, so it reads the body, as TEI's /vertex does: {_INVOCATION_SHAPES}.",
+    )
+    async def invocations(
+        self,
+        request: Request[Any, Any, Any],
+        data: dict[str, Any] = Body(  # noqa: B008 - Litestar reads the body's docs from here
+            title="Invocation", description=f"One of {_INVOCATION_SHAPES}"
+        ),
+        *,
+        engine: InferenceEngine,
+    ) -> Response[Any]:
+        # TEI's /vertex tries rerank first: the one payload that can be matched safely.
+        if "query" in data and "texts" in data:
+            return await rerank(request, _decoded(data, TeiRerankRequest), engine)
+        inputs = data.get("inputs")
+        if isinstance(inputs, dict):
+            handler: Any = TeiController.similarity.fn
+            return await handler(self, request, _decoded(data, SimilarityRequest), engine)  # type: ignore[no-any-return]
+        pairs = isinstance(inputs, list) and any(isinstance(item, list) for item in inputs)
+        if pairs or (Operation.EMBED not in engine.operations and "inputs" in data):
+            handler = TeiController.predict.fn
+            return await handler(self, request, _decoded(data, PredictRequest), engine)  # type: ignore[no-any-return]
+        if "inputs" not in data:
+            raise InvalidInput(
+                f"the body is none of the shapes this route takes: {_INVOCATION_SHAPES}"
+            )
+        handler = TeiController.embed.fn
+        return await handler(self, request, _decoded(data, EmbedRequest), engine)  # type: ignore[no-any-return]
+
+    @get(
+        "/ping",
+        summary="AWS SageMaker's health check (TEI-compatible): 200 with no body when every "
+        "model is loaded and healthy, else 503",
+        cache=False,
+        responses={503: ResponseSpec(TeiError, description="Loading or degraded")},
+    )
+    async def ping(self, engine: InferenceEngine) -> Response[Any]:
+        # server.rs, health: an empty 200, or 503 {"error": "unhealthy", ...}.
+        if engine.health().status == "ok":
+            return Response(b"", status_code=200, media_type="text/plain")
+        return Response(TeiError("unhealthy", "Unhealthy"), status_code=503)
+
+
+def _decoded(data: dict[str, Any], kind: type[T]) -> T:
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        problem = problem_of(exc)
+        raise InvalidInput(problem.message, param=problem.param) from exc
 
 
 def _info(engine: InferenceEngine, settings: Settings, version: str, operation: Operation) -> Info:

@@ -430,7 +430,8 @@ class TeiController(Controller):
 
     @get(
         "/info",
-        summary="The model and the limits clients must respect (TEI-compatible)",
+        summary="The model, the limits clients must respect (TEI-compatible) and the "
+        "sparse index space",
         responses=answers(Info, _INFO_ANSWER, {}),
     )
     async def info(self, engine: InferenceEngine, settings: Settings, version: str) -> Info:

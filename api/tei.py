@@ -527,13 +527,15 @@ class TeiController(Controller):
         summary="AWS SageMaker's health check (TEI-compatible): 200 with no body when every "
         "model is loaded and healthy, else 503",
         cache=False,
+        media_type="text/plain",
         responses={503: ResponseSpec(TeiError, description="Loading or degraded")},
     )
     async def ping(self, engine: InferenceEngine) -> Response[Any]:
         # server.rs, health: an empty 200, or 503 {"error": "unhealthy", ...}.
         if engine.health().status == "ok":
-            return Response(b"", status_code=200, media_type="text/plain")
-        return Response(TeiError("unhealthy", "Unhealthy"), status_code=503)
+            return Response(b"", status_code=200)
+        unhealthy = TeiError("unhealthy", "Unhealthy")
+        return Response(unhealthy, status_code=503, media_type="application/json")
 
 
 def _decoded(data: dict[str, Any], kind: type[T]) -> T:

@@ -18,4 +18,14 @@ ENVELOPE_POST_ROUTES = [
     "/rerank/batch",
 ]
 # TEI's {"error", "error_type"}.
-TEI_POST_ROUTES = ["/embed", "/", "/embed_sparse", "/embed_all", "/predict", "/tokenize", "/decode"]
+TEI_POST_ROUTES = [
+    "/embed",
+    "/",
+    "/embed_sparse",
+    "/embed_all",
+    "/predict",
+    "/similarity",
+    "/invocations",
+    "/tokenize",
+    "/decode",
+]

@@ -24,7 +24,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt langchain-cohere
 	touch $@
 
-install: $(VENV)/.installed
+# The RAG frameworks' clients (tests/integration/test_frameworks.py) in a venv of their own:
+# their pins conflict with the service's (cohere<6, huggingface_hub>=1). Every package is
+# locked in the requirements file, so nothing is resolved here; none of them needs torch.
+FRAMEWORKS_VENV := .venv-frameworks
+FRAMEWORKS_REQUIREMENTS := tests/frameworks/requirements.txt
+
+$(FRAMEWORKS_VENV)/.installed: $(FRAMEWORKS_REQUIREMENTS)
+	test -x $(FRAMEWORKS_VENV)/bin/python || $(PYTHON) -m venv $(FRAMEWORKS_VENV)
+	$(FRAMEWORKS_VENV)/bin/pip install --quiet --no-deps -r $(FRAMEWORKS_REQUIREMENTS)
+	$(FRAMEWORKS_VENV)/bin/pip check
+	touch $@
+
+install: $(VENV)/.installed $(FRAMEWORKS_VENV)/.installed
 
 serve: install
 	$(BIN)/bge-serve $(ARGS)
@@ -47,7 +59,7 @@ test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(FRAMEWORKS_VENV) .mypy_cache .ruff_cache .pytest_cache
 
 bench: install
 	$(BIN)/python -m bench.load $(ARGS)

@@ -11,14 +11,15 @@ Embeddings are bge-m3's dense vectors, the same as ``/v1/embeddings`` answers.
 alike, with no prefix or instruction. ``embedding_types`` ``float`` and ``base64``
 (little-endian float32, as Cohere writes it) are served; the quantized types are
 refused 422. ``truncate``: ``END`` cuts the end of a text over the token limit,
-``NONE`` answers it 413, absent means the service's ``TRUNCATE`` (on: ``END``,
-Cohere's default); ``START`` is refused 422 until the backends can cut a text's start.
+``START`` its start (422 where a backend of the chain cannot), ``NONE`` answers it
+413; absent means the service's ``TRUNCATE`` (on: ``END``, Cohere's default).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
 import msgspec
@@ -111,6 +112,7 @@ InputType = Literal["search_document", "search_query", "classification", "cluste
 Truncate = Literal["NONE", "START", "END"]
 EmbeddingTypes = Annotated[list[EmbeddingType], msgspec.Meta(min_length=1)]
 _SERVED_TYPES: dict[str, VectorFormat] = {"float": "float", "base64": "base64"}
+_TEI_DIRECTION = "truncation_direction"
 
 
 class EmbedRequest(msgspec.Struct, kw_only=True):
@@ -241,15 +243,19 @@ def _served_types(kinds: Sequence[EmbeddingType]) -> list[VectorFormat]:
     return served
 
 
-def _truncation(truncate: Truncate | None, settings: Settings) -> bool:
-    """Whether a text over the token limit is cut at its end (else it is refused)."""
-    if truncate == "START":
-        raise InvalidInput(
-            "`truncate`: START (cutting the start of a long text) is not supported yet; "
-            "send END to cut its end, or NONE to have it refused",
-            param="truncate",
-        )
-    return settings.truncate if truncate is None else truncate == "END"
+@dataclass(frozen=True, slots=True)
+class _Truncation:
+    """What happens to a text over the token limit: cut (at its start or its end), or
+    refused 413."""
+
+    cut: bool
+    from_start: bool = False
+
+    @classmethod
+    def of(cls, truncate: Truncate | None, settings: Settings) -> _Truncation:
+        if truncate is None:
+            return cls(cut=settings.truncate)
+        return cls(cut=truncate != "NONE", from_start=truncate == "START")
 
 
 def _check_output_dimension(engine: InferenceEngine, dimension: int) -> None:
@@ -263,10 +269,14 @@ def _check_output_dimension(engine: InferenceEngine, dimension: int) -> None:
 
 
 async def _cut_to(
-    engine: InferenceEngine, texts: list[str], max_tokens: int, cut: bool, field: str
+    engine: InferenceEngine,
+    texts: list[str],
+    max_tokens: int,
+    truncation: _Truncation,
+    field: str,
 ) -> list[str]:
-    """Each text cut to its first ``max_tokens`` tokens (special tokens not counted), or
-    refused 413 when ``cut`` is off; the model's own limit is applied after."""
+    """Each text cut to ``max_tokens`` tokens (special tokens not counted), at the end
+    ``truncation`` says, or refused 413; the model's own limit is applied after."""
     if max_tokens >= engine.model_info(Operation.EMBED).max_tokens:
         return texts
     rows = await engine.tokens(texts, add_special_tokens=False, field=field)
@@ -275,14 +285,19 @@ async def _cut_to(
         if len(row) <= max_tokens:
             kept.append(text)
             continue
-        if not cut:
+        if not truncation.cut:
             raise InputTooLarge(
                 f"`{field}[{position}]` has {len(row)} tokens; `max_tokens` is {max_tokens} "
                 "and `truncate` is NONE",
                 param=f"{field}[{position}]",
             )
-        stop = row[max_tokens - 1].stop
-        kept.append(text if stop is None else text.encode()[:stop].decode())
+        data = text.encode()
+        if truncation.from_start:
+            start = row[-max_tokens].start
+            kept.append(text if start is None else data[start:].decode())
+        else:
+            stop = row[max_tokens - 1].stop
+            kept.append(text if stop is None else data[:stop].decode())
     return kept
 
 
@@ -290,15 +305,30 @@ async def _dense(
     request: Request[Any, Any, Any],
     engine: InferenceEngine,
     texts: list[str],
+    truncation: _Truncation,
     *,
-    truncate: bool,
     field: str,
     dimensions: int | None = None,
 ) -> tuple[DenseMatrix, int]:
-    return await unless_disconnected(
-        request,
-        engine.embed_dense(texts, dimensions=dimensions, truncate=truncate, field=field),
+    embedding = engine.embed_dense(
+        texts,
+        dimensions=dimensions,
+        truncate=truncation.cut,
+        field=field,
+        truncate_left=truncation.from_start,
     )
+    try:
+        return await unless_disconnected(request, embedding)
+    except InvalidInput as exc:
+        # The engine names TEI's field for a chain that cannot cut a text's start.
+        if exc.param != _TEI_DIRECTION:
+            raise
+        _, _, why = exc.message.partition(" is not available ")
+        raise InvalidInput(
+            f"`truncate`: START (a long text keeps its end) is not available {why}; "
+            "send END or NONE",
+            param="truncate",
+        ) from exc
 
 
 def _by_type(dense: DenseMatrix, encodings: Sequence[VectorFormat]) -> EmbeddingsByType:
@@ -484,9 +514,9 @@ class CohereController(Controller):
     ) -> EmbedFloatsResponse | EmbedByTypeResponse:
         engine.served_model(Operation.EMBED, data.model)
         encodings = _served_types(data.embedding_types or ["float"])
-        truncate = _truncation(data.truncate, settings)
+        truncation = _Truncation.of(data.truncate, settings)
         texts = _texts(data.texts, data.images)
-        dense, tokens = await _dense(request, engine, texts, truncate=truncate, field="texts")
+        dense, tokens = await _dense(request, engine, texts, truncation, field="texts")
         if data.embedding_types is None:
             return EmbedFloatsResponse(
                 id=str(uuid.uuid4()),
@@ -508,8 +538,8 @@ class CohereController(Controller):
         raises=[],
         summary="Dense embeddings (Cohere v2-compatible)",
         description="`texts`, or `inputs` of one text each. `embedding_types` defaults to "
-        "`float`. `max_tokens` cuts each text to its first N tokens (or, with `truncate` "
-        "NONE, refuses a longer one); `output_dimension` keeps the first N dimensions, "
+        "`float`. `max_tokens` cuts each text to N tokens at the end `truncate` says (END, "
+        "START; NONE refuses a longer text); `output_dimension` keeps the first N dimensions, "
         "renormalized, as `/v1/embeddings`' `dimensions` does. `input_type` changes nothing: "
         "bge-m3 takes no query or document prefix.",
     )
@@ -522,18 +552,18 @@ class CohereController(Controller):
     ) -> EmbedByTypeResponse:
         engine.served_model(Operation.EMBED, data.model)
         encodings = _served_types(data.embedding_types or ["float"])
-        truncate = _truncation(data.truncate, settings)
+        truncation = _Truncation.of(data.truncate, settings)
         texts, field = data.texts_and_field()
         if data.output_dimension is not None:
             _check_output_dimension(engine, data.output_dimension)
         embedded = texts
         if data.max_tokens is not None:
-            embedded = await _cut_to(engine, texts, data.max_tokens, truncate, field)
+            embedded = await _cut_to(engine, texts, data.max_tokens, truncation, field)
         dense, tokens = await _dense(
             request,
             engine,
             embedded,
-            truncate=truncate,
+            truncation,
             field=field,
             dimensions=data.output_dimension,
         )

@@ -166,15 +166,33 @@ def test_truncate_end_cuts_a_long_text(client: httpx.Client, path: str) -> None:
     assert body["meta"]["billed_units"]["input_tokens"] == tokens
 
 
-def test_v2_max_tokens_cuts_each_text(client: httpx.Client) -> None:
+@pytest.mark.parametrize("path", ["/v1/embed", "/v2/embed"])
+def test_truncate_start_keeps_the_end(client: httpx.Client, path: str) -> None:
+    tei = client.post("/embed", json={"inputs": [LONG_TEXT], "truncation_direction": "Left"})
+    assert tei.status_code == 200, tei.text
+    end, _, _ = openai_answer(client, [LONG_TEXT])
+    response = client.post(path, json={"texts": [LONG_TEXT], "truncate": "START"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    embeddings = body["embeddings"] if path == "/v1/embed" else body["embeddings"]["float"]
+    np.testing.assert_array_equal(np.array(embeddings), np.array(tei.json()))
+    assert not np.allclose(np.array(embeddings), end, atol=1e-3)  # not the start kept
+
+
+@pytest.mark.parametrize(
+    ("truncate", "keep"), [("END", slice(None, 3)), ("START", slice(-3, None))]
+)
+def test_v2_max_tokens_cuts_each_text(client: httpx.Client, truncate: str, keep: slice) -> None:
     text = TEXTS[1]
     tokens = client.post("/tokenize", json={"inputs": text, "add_special_tokens": False})
     assert tokens.status_code == 200, tokens.text
-    row = tokens.json()[0]
-    assert len(row) > 3
-    cut = text.encode()[: row[2]["stop"]].decode()
+    row = tokens.json()[0][keep]
+    assert len(row) == 3
+    cut = text.encode()[row[0]["start"] : row[-1]["stop"]].decode()
     want, _, _ = openai_answer(client, [cut, TEXTS[3]])
-    response = client.post("/v2/embed", json={"texts": [text, TEXTS[3]], "max_tokens": 3})
+    response = client.post(
+        "/v2/embed", json={"texts": [text, TEXTS[3]], "max_tokens": 3, "truncate": truncate}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     np.testing.assert_array_equal(np.array(body["embeddings"]["float"]), want)
@@ -212,7 +230,6 @@ def assert_refused(response: httpx.Response, status: int, param: str | None, *wo
         ({"texts": ["ok"], "embedding_types": ["ubinary"]}, 422, "embedding_types[0]", []),
         ({"texts": ["ok"] * (MAX_BATCH + 1)}, 413, "texts", ["MAX_BATCH_SIZE"]),
         ({"texts": ["ok"], "truncate": "end"}, 422, "truncate", []),
-        ({"texts": ["ok"], "truncate": "START"}, 422, "truncate", ["START", "END"]),
         ({"texts": ["ok"], "input_type": "query"}, 422, "input_type", []),
         ({"texts": ["ok"], "images": ["data:image/png;base64,AA=="]}, 422, "images", ["text"]),
         ({"texts": ["ok"], "model": "embed-english-v3.0"}, 404, "model", ["embed-english-v3.0"]),

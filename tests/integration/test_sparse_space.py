@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from huggingface_hub import InferenceClient
 from qdrant_client import QdrantClient, models
 from tei_client import HttpClient
 from transformers import AutoTokenizer
@@ -165,8 +166,10 @@ def test_info_and_health_say_the_space(
     # The reranker's /info has no sparse space.
     reranker = httpx.get(f"{url}/reranker/info").json()
     assert reranker["sparse_mapping"] is None and reranker["sparse_index_space"] is None
-    # A TEI client decodes /info with the extra fields (pydantic ignores unknown keys).
+    # TEI clients decode /info with the extra fields: tei-client's pydantic model ignores
+    # unknown keys, huggingface_hub (haystack's TEI components use it) answers a dict.
     assert HttpClient(url).info().server_model_id == info["model_id"]
+    assert InferenceClient(model=url, provider="hf-inference").get_endpoint_info() == info
 
 
 # -- bge-index / bge-search ------------------------------------------------------------

@@ -277,6 +277,16 @@ def litellm_cohere(url: str, inputs: Inputs) -> Any:
     return litellm_rows(response)
 
 
+@case("litellm", "litellm.embedding infinity/")
+def litellm_infinity(url: str, inputs: Inputs) -> Any:
+    import litellm
+
+    response = litellm.embedding(
+        model=f"infinity/{inputs['embedder']}", input=inputs["texts"], api_base=url
+    )
+    return litellm_rows(response)
+
+
 @case("litellm", "litellm.rerank cohere/")
 def litellm_cohere_rerank(url: str, inputs: Inputs) -> Any:
     import litellm
@@ -303,6 +313,20 @@ def litellm_huggingface_rerank(url: str, inputs: Inputs) -> Any:
         top_n=3,
         api_base=url,
         api_key="unused",
+    )
+    return litellm_ranking(response)
+
+
+@case("litellm", "litellm.rerank infinity/")
+def litellm_infinity_rerank(url: str, inputs: Inputs) -> Any:
+    import litellm
+
+    response = litellm.rerank(
+        model=f"infinity/{inputs['reranker']}",
+        query=inputs["query"],
+        documents=inputs["documents"],
+        top_n=3,
+        api_base=url,
     )
     return litellm_ranking(response)
 

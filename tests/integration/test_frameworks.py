@@ -1,10 +1,11 @@
 """The RAG frameworks' own clients against one live bge-serve, at their default settings.
 
 LangChain (``langchain-openai``, ``langchain-cohere``, ``langchain-qdrant``), LlamaIndex
-(``OpenAILikeEmbedding``, ``TextEmbeddingsInference``, ``CohereRerank``), Haystack (OpenAI and
-TEI embedders, TEI ranker, TEI sparse embedders) and LiteLLM (``embedding``, ``rerank``),
-each pointed at the service the way its docs point it at a self-hosted server, and named
-the models as ``/v1/models`` lists them. Every answer must equal the service's own answer
+(``OpenAILikeEmbedding``, ``TextEmbeddingsInference``, ``CohereRerank``), Haystack (OpenAI
+and TEI embedders, TEI ranker, TEI sparse embedders) and LiteLLM (``embedding`` and
+``rerank`` through its OpenAI, Hugging Face, Cohere and Infinity providers), each pointed
+at the service the way its docs point it at a self-hosted server, and naming the models
+as ``/v1/models`` lists them. Every answer must equal the service's own answer
 for the same input, asked over plain HTTP.
 
 The frameworks' pins conflict with the service's (``langchain-cohere`` and LlamaIndex's
@@ -290,14 +291,21 @@ def test_haystack_tei_sparse_embedders(frameworks: dict[str, Answers], http: htt
 
 @pytest.mark.parametrize(
     "name",
-    ["litellm.embedding openai/", "litellm.embedding huggingface/", "litellm.embedding cohere/"],
+    [
+        "litellm.embedding openai/",
+        "litellm.embedding huggingface/",
+        "litellm.embedding cohere/",
+        "litellm.embedding infinity/",
+    ],
 )
 def test_litellm_embedding(frameworks: dict[str, Answers], dense: Dense, name: str) -> None:
     rows = frameworks["litellm"].value(name)
     np.testing.assert_allclose(np.array(rows), dense.documents, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["litellm.rerank cohere/", "litellm.rerank huggingface/"])
+@pytest.mark.parametrize(
+    "name", ["litellm.rerank cohere/", "litellm.rerank huggingface/", "litellm.rerank infinity/"]
+)
 def test_litellm_rerank(
     frameworks: dict[str, Answers], ranking: list[tuple[int, float]], name: str
 ) -> None:
@@ -328,8 +336,10 @@ def test_every_case_is_checked(frameworks: dict[str, Answers]) -> None:
             "litellm.embedding openai/",
             "litellm.embedding huggingface/",
             "litellm.embedding cohere/",
+            "litellm.embedding infinity/",
             "litellm.rerank cohere/",
             "litellm.rerank huggingface/",
+            "litellm.rerank infinity/",
         },
     }
     assert {name: set(answers.cases) for name, answers in frameworks.items()} == checked

@@ -556,7 +556,9 @@ def _info(engine: InferenceEngine, settings: Settings, version: str, operation: 
         model_sha=None,
         model_dtype="float16" if on_gpu and settings.use_fp16 else "float32",
         served_model_name=name,
-        model_type=_RERANKER_TYPE if operation is Operation.RERANK else _EMBEDDING_TYPE,
+        model_type=_RERANKER_TYPE
+        if operation is Operation.RERANK
+        else {"embedding": {"pooling": model.pooling or "cls"}},
         max_concurrent_requests=settings.max_queued_requests,
         max_input_length=model.max_tokens,
         max_batch_tokens=settings.max_batch_tokens,

@@ -32,15 +32,23 @@ class Pooling(StrEnum):
     MEAN = "mean"  # attention-mask weighted mean of the token states
     LAST_TOKEN = "lasttoken"
 
+    @property
+    def tei_name(self) -> str:
+        """What TEI's /info calls it."""
+        return "last_token" if self is Pooling.LAST_TOKEN else self.value
+
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     pooling: Pooling
-    normalize: bool  # whether the model's own pipeline L2-normalises (a Normalize module)
+    # Whether the model's own pipeline ends in a Normalize module. What is served does not
+    # hang on it, as in TEI: L2-normalised unless a request asks for the pooled vector.
+    normalize: bool
     max_seq_length: int | None = None  # sentence_bert_config.json's token limit, if any
 
     def describe(self) -> str:
-        return f"{self.pooling} pooling, " + ("normalised" if self.normalize else "not normalised")
+        module = "with" if self.normalize else "without"
+        return f"{self.pooling} pooling ({module} a Normalize module)"
 
 
 # FlagEmbedding's BGEM3FlagModel: CLS, then L2-normalised.

@@ -67,6 +67,7 @@ class ModelInfo:
     max_tokens: int
     vocab_size: int
     dimension: int | None = None  # None for a cross-encoder
+    pooling: str | None = None  # TEI's name of the dense pooling (cls, mean, last_token)
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,7 +87,11 @@ class M3Encoder:
             # The limit sentence-transformers and TEI cut at (256 for all-MiniLM-L6-v2).
             self.max_tokens = min(self.max_tokens, self.pipeline.max_seq_length)
         self.info = ModelInfo(
-            name=name, max_tokens=self.max_tokens, vocab_size=len(self.tokenizer), dimension=hidden
+            name=name,
+            max_tokens=self.max_tokens,
+            vocab_size=len(self.tokenizer),
+            dimension=hidden,
+            pooling=self.pipeline.pooling.tei_name,
         )
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._special_ids = np.array(

@@ -23,10 +23,10 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from backends.device import resolve_device
 from backends.flag.limits import model_max_tokens
 from backends.model_files import resolve_model_dir
-from backends.pooling import sentence_max_tokens
+from backends.pooling import read_pipeline, sentence_max_tokens
 from backends.tokens import decode_ids, tokens_of
 from engine.backend import BackendHealth, Capabilities
-from engine.errors import Overloaded, Unavailable
+from engine.errors import Overloaded, StartupError, Unavailable
 from engine.settings import Settings
 from engine.types import (
     DEFAULT_OPTIONS,
@@ -155,6 +155,7 @@ class InfinityBackend:
             max_tokens=min(limit, cut) if cut is not None else limit,
             vocab_size=len(tokenizer),
             dimension=dimension,
+            pooling=_pooling_name(folder) if operation is Operation.EMBED else None,
         )
 
     async def stop(self) -> None:
@@ -250,3 +251,12 @@ class InfinityBackend:
         if self._array is None:
             raise Unavailable("the infinity backend is not started")
         return self._array[_SERVED[operation]]
+
+
+def _pooling_name(folder: Path) -> str | None:
+    """TEI's name of the folder's pooling, for /info; None where the flag backend's reader
+    cannot name it (sentence-transformers may still compute it, so it loads here)."""
+    try:
+        return read_pipeline(folder).pooling.tei_name
+    except StartupError:
+        return None

@@ -10,19 +10,21 @@ FlagEmbedding and transformers on the same folder.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from litestar.testing import TestClient
+from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, AutoTokenizer
 
 from api.app import create_app
 from backends import build_chains
 from engine import InferenceEngine, Settings
 from tests.conftest import ModelDirs, wait_started
-from tests.fixtures.tiny_models import MAX_TOKENS
+from tests.fixtures.tiny_models import MAX_TOKENS, build_m3, set_pooling
 from tests.reference import M3Reference, m3_reference
 from tests.texts import LONG_TEXT
 
@@ -154,3 +156,26 @@ def test_left_without_truncation_still_refuses_a_long_text(tei: TestClient[Any])
         "/embed", json={"inputs": [LONG_TEXT], "truncate": False, "truncation_direction": "Left"}
     )
     assert response.status_code == 413, response.text
+
+
+@pytest.mark.parametrize(("pooling", "tei_name"), [("mean", "mean"), ("lasttoken", "last_token")])
+def test_a_folder_pooled_otherwise_is_served_and_described_as_it_says(
+    tmp_path: Path, pooling: str, tei_name: str
+) -> None:
+    folder = set_pooling(build_m3(tmp_path / "m"), pooling, normalize=False)
+    settings = Settings(
+        embedding_model_name=str(folder), sparse_backends=(), rerank_backends=(), device="cpu"
+    )
+    engine = InferenceEngine(settings, build_chains(settings))
+    with TestClient(create_app(settings, engine), timeout=120) as client:
+        wait_started(client)
+        info = client.get("/info").json()
+        raw = embed(client, "/embed", inputs=TEXTS[:2], normalize=False)
+        unit = embed(client, "/embed", inputs=TEXTS[:2])
+    assert info["model_type"] == {"embedding": {"pooling": tei_name}}
+    # No Normalize module: sentence-transformers answers the pooled vector itself.
+    expected = SentenceTransformer(str(folder), device="cpu").encode(TEXTS[:2])
+    np.testing.assert_allclose(raw, expected, atol=1e-5)
+    np.testing.assert_allclose(
+        unit, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5
+    )

@@ -102,6 +102,7 @@ class TeiDialect(TeiTokenRoutes):
         info = decode(answer, _Info, client, "/info")
         self._limit = max(1, min(info.max_client_batch_size, info.max_concurrent_requests))
         self._max_tokens = info.max_input_length
+        self._counted = True  # until an answer comes without the header
         batch_size = self._limit
         model_type, details = next(iter(info.model_type.items()), ("unknown", {}))
         models: dict[Operation, ModelInfo] = {}
@@ -156,7 +157,7 @@ class TeiDialect(TeiTokenRoutes):
             return Encoding(token_count=tokens, dense=dense)
         if outputs == {Output.SPARSE}:
             body = {"inputs": list(texts), "truncate": self._truncate, **_direction(options)}
-            answer = await _refusals(client, client.post("/embed_sparse", body, deadline))
+            answer, tokens = await self._posted(client, "/embed_sparse", body, texts, deadline)
             rows = decode(answer, list[list[_SparseValue]], client, "/embed_sparse")
             expect_rows(len(rows), len(texts), client, "/embed_sparse")
             lexical = tuple(
@@ -166,7 +167,6 @@ class TeiDialect(TeiTokenRoutes):
                 )
                 for row in rows
             )
-            tokens = await self._token_count(client, answer, texts, deadline)
             return Encoding(token_count=tokens, lexical=lexical)
         raise Unavailable(f"the TEI at {client.url} computes one kind of vector per container")
 
@@ -274,20 +274,41 @@ class TeiDialect(TeiTokenRoutes):
             "normalize": options.normalize,
             **_direction(options),
         }
-        answer = await _refusals(client, client.post("/embed", body, deadline))
+        answer, tokens = await self._posted(client, "/embed", body, texts, deadline)
         rows = decode(answer, list[list[float]], client, "/embed")
         dense = dense_matrix(rows, len(texts), client, "/embed", normalize=options.normalize)
-        tokens = await self._token_count(client, answer, texts, deadline)
         return dense, tokens
 
-    async def _token_count(
-        self, client: RemoteClient, answer: Answer, texts: Sequence[str], deadline: Deadline
+    async def _posted(
+        self,
+        client: RemoteClient,
+        path: str,
+        body: object,
+        texts: Sequence[str],
+        deadline: Deadline,
+    ) -> tuple[Answer, int]:
+        """``body``'s answer and the tokens TEI ran ``texts`` on: its header, or, where a
+        proxy drops it, its ``/tokenize`` of them, sent beside the request (the chunk is
+        within the limit), cut to the token limit when truncating."""
+        if self._counted:
+            answer = await _refusals(client, client.post(path, body, deadline))
+            header = _header_tokens(answer)
+            if header is not None:
+                return answer, header
+            self._counted = False  # counted beside from now on
+            return answer, await self._text_tokens(client, texts, deadline)
+        async with asyncio.TaskGroup() as group:
+            posted = group.create_task(_refusals(client, client.post(path, body, deadline)))
+            counting = group.create_task(self._text_tokens(client, texts, deadline))
+        return posted.result(), counting.result()
+
+    async def _text_tokens(
+        self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
     ) -> int:
-        header = answer.headers.get("x-compute-tokens", "")
-        if header.isdigit():
-            return int(header)
-        # A proxy in front of TEI dropped the header: count what was sent, not guess.
-        return sum(len(ids) for ids in await self._ids(client, texts, deadline))
+        counts = [len(ids) for ids in await self._ids(client, texts, deadline)]
+        if self._truncate and self._max_tokens:
+            counts = [min(count, self._max_tokens) for count in counts]
+        return sum(counts)
 
 
 def _direction(options: EncodeOptions) -> dict[str, str]:

@@ -125,19 +125,31 @@ def test_dense_is_split_at_max_client_batch_size_and_merged_in_order(
 
 
 def test_usage_is_counted_with_tokenize_when_a_proxy_strips_the_header(
-    embedder: FakeTEI,
+    tei: respx.MockRouter, embedder: FakeTEI
 ) -> None:
-    async def no_header(request: Any) -> Any:
-        response = await embedder.respx_async_side_effect(request)
-        response.headers.pop("x-compute-tokens", None)
-        return response
-
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="tei-embed").mock(side_effect=no_header)
-        encoding = with_backend(dense, frozenset({Operation.EMBED}))
+    embedder.strip_headers = True
+    encoding = with_backend(dense, frozenset({Operation.EMBED}))
     assert encoding.token_count == sum(embedder.token_count(t) for t in TEXTS)
-    assert any(r.path == "/tokenize" for r in embedder.requests)
+    embeds = [r.json["inputs"] for r in embedder.requests if r.path == "/embed"][1:]
+    tokenizes = [r.json["inputs"] for r in embedder.requests if r.path == "/tokenize"][1:]
+    # The probe found the header missing: each chunk is counted beside it, in its own words.
+    assert tokenizes == embeds == [TEXTS[0:4], TEXTS[4:8], TEXTS[8:10]]
     assert embedder.contract_violations == []
+
+
+def test_stripped_usage_counts_what_tei_truncated_to() -> None:
+    # TEI counts a truncated text at its limit; /tokenize does not truncate.
+    short = FakeTEI(kind="embedding", max_input_length=4)
+    texts = ["one two three four five six", "seven"]
+    counted = []
+    for strip in (False, True):
+        short.reset()
+        short.strip_headers = strip
+        with respx.mock(assert_all_called=False) as router:
+            router.route(host="tei-embed").mock(side_effect=short.respx_async_side_effect)
+            encoding = with_backend(lambda b: dense(b, texts), frozenset({Operation.EMBED}))
+        counted.append(encoding.token_count)
+    assert counted == [4 + 3, 4 + 3]
 
 
 def test_rerank_is_split_reordered_by_index_and_left_raw(

@@ -177,10 +177,10 @@ class M3Encoder:
         for row, item in enumerate(items):
             length = len(item.ids)
             outputs = item.outputs
-            vectors = dense if item.normalize else pooled
+            served = dense if item.normalize else pooled
             results.append(
                 M3Row(
-                    dense=vectors[row] if vectors is not None and Output.DENSE in outputs else None,
+                    dense=served[row] if served is not None and Output.DENSE in outputs else None,
                     lexical=self._token_weights(np.asarray(item.ids), weights[row, :length])
                     if weights is not None and Output.SPARSE in outputs
                     else None,

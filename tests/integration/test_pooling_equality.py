@@ -18,7 +18,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from backends.flag.m3 import M3Encoder
+from backends.flag.m3 import M3Ask, M3Encoder
 from backends.infinity import InfinityBackend
 from backends.pooling import FLAG_EMBEDDING, Pooling
 from engine import Operation, Output, Settings
@@ -141,3 +141,17 @@ def test_infinity_backend_pools_a_mean_folder_as_sentence_transformers(
     assert encoding.dense is not None
     np.testing.assert_allclose(encoding.dense, theirs(folder, TEXTS), atol=1e-5)
     np.testing.assert_allclose(encoding.dense, ours(folder, TEXTS), atol=1e-5)
+
+
+def test_one_pass_serves_raw_and_normalised_rows_alike(tiny_root: Path) -> None:
+    """Concurrent requests share a forward pass; each row gets what its request asked."""
+    model = encoder(tiny_root)
+    ids = model.tokenize(TEXTS[:2], truncate=True)
+    mixed = model.run_batch([M3Ask(ids[0], DENSE, True), M3Ask(ids[1], DENSE, False)])
+    alone = [model.run_batch([M3Ask(ids[i], DENSE, n)])[0] for i, n in ((0, True), (1, False))]
+    for shared, single in zip(mixed, alone, strict=True):
+        assert shared.dense is not None and single.dense is not None
+        np.testing.assert_allclose(shared.dense, single.dense, atol=1e-6)
+    assert mixed[0].dense is not None and mixed[1].dense is not None
+    assert np.linalg.norm(mixed[0].dense) == pytest.approx(1.0, abs=1e-6)
+    assert np.linalg.norm(mixed[1].dense) != pytest.approx(1.0, abs=1e-2)

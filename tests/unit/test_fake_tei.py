@@ -1,6 +1,8 @@
-"""The fake TEI keeps TEI 1.9.3's contract, through respx and through its loopback server.
+"""The fake TEI keeps TEI 1.9.3's behaviour, through respx and through its loopback server.
 
-Tests of the remote backend trust the fake's answers, so here every answer it gives is checked
+Tests of the remote backend trust the fake's answers, so here each of the checks TEI's router
+makes (router/src/http/server.rs, core/src/infer.rs, core/src/tokenization.rs, as the fake's
+comments cite them) is asserted with TEI's status and words, every JSON answer is checked
 against TEI's published OpenAPI, and every injected fault against what it promises.
 """
 

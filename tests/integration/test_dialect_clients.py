@@ -259,7 +259,9 @@ def test_openai_sdk_lists_public_names(server: Server) -> None:
 
 def test_cohere_v2_rerank_by_short_name(server: Server, logits: NDArray[np.float64]) -> None:
     co = cohere.ClientV2(api_key="unused", base_url=server.url)
-    result = co.rerank(model="bge-reranker-v2-m3", query=QUERY, documents=DOCUMENTS, max_tokens_per_doc=4096)
+    result = co.rerank(
+        model="bge-reranker-v2-m3", query=QUERY, documents=DOCUMENTS, max_tokens_per_doc=4096
+    )
     assert len(result.results) == len(DOCUMENTS)
     assert_ranked(
         [r.index for r in result.results], [r.relevance_score for r in result.results], logits

@@ -29,7 +29,10 @@ def test_health_reports_models_routes_and_device(client: httpx.Client, models: M
     assert body["reranker_loaded"] is True
     assert body["device"] == "cpu"
     # Public names, never the folders the models were loaded from.
-    assert (body["embedding_model"], body["reranker_model"]) == ("BAAI/bge-m3", "BAAI/bge-reranker-v2-m3")
+    assert (body["embedding_model"], body["reranker_model"]) == (
+        "BAAI/bge-m3",
+        "BAAI/bge-reranker-v2-m3",
+    )
     assert body["routes"] == {"embed": "flag", "sparse": "flag", "rerank": "flag"}
     assert body["chains"] == {"embed": ["flag"], "sparse": ["flag"], "rerank": ["flag"]}
     assert body["backends"]["flag"]["stats"]["embed.forward_passes"] >= 0

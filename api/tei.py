@@ -18,6 +18,7 @@ import numpy as np
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from litestar.params import Body
 
 from api.disconnect import unless_disconnected
@@ -192,6 +193,10 @@ _TOKENIZE_ANSWER = [
         {"id": 2, "text": "</s>", "special": True, "start": None, "stop": None},
     ]
 ]
+_INVOCATION_EXAMPLES = [
+    Example(summary="Embed", value={"inputs": _TEXTS}),
+    Example(summary="Rerank", value={"query": _TEXTS[0], "texts": _TEXTS}),
+]
 _DECODE_ASKED = sends({"ids": [0, 2009, 13946, 2], "skip_special_tokens": True})
 
 
@@ -227,6 +232,17 @@ _INVOCATION_SHAPES = (
 )
 
 
+def _right_only(direction: Direction) -> None:
+    # Accepting Left and cutting the end anyway would score another text than was asked.
+    if direction.lower() == "left":
+        raise InvalidInput(
+            "`truncation_direction`: Left is not available for reranking: a pair over "
+            "RERANKER_MAX_TOKENS keeps the start of its query and passage, as FlagReranker "
+            "cuts it",
+            param="truncation_direction",
+        )
+
+
 def _counted(body: Any, tokens: int) -> Response[Any]:
     # TEI reports the tokens it computed in a header (a bge-serve behind another reads it).
     return Response(body, headers={"x-compute-tokens": str(tokens)})
@@ -236,6 +252,7 @@ async def rerank(
     request: Request[Any, Any, Any], data: TeiRerankRequest, engine: InferenceEngine
 ) -> Response[Any]:
     """TEI's rerank: every text, best first; ``top_n`` (ours) keeps the best ones."""
+    _right_only(data.truncation_direction)
     ranking = await unless_disconnected(
         request, engine.rerank(data.query, data.texts, top_n=data.top_n)
     )
@@ -362,6 +379,7 @@ class TeiController(Controller):
         data: Annotated[PredictRequest, _PREDICT_ASKED],
         engine: InferenceEngine,
     ) -> Response[list[Prediction] | list[list[Prediction]]]:
+        _right_only(data.truncation_direction)
         single = all(isinstance(item, str) for item in data.inputs)
         rows = [data.inputs] if single else data.inputs
         pairs: list[tuple[str, str]] = []
@@ -499,7 +517,9 @@ class TeiController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: dict[str, Any] = Body(  # noqa: B008 - Litestar reads the body's docs from here
-            title="Invocation", description=f"One of {_INVOCATION_SHAPES}"
+            title="Invocation",
+            description=f"One of {_INVOCATION_SHAPES}",
+            examples=_INVOCATION_EXAMPLES,
         ),
         *,
         engine: InferenceEngine,

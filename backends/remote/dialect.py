@@ -8,10 +8,11 @@ endpoint; retries and error statuses to the transport.
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -50,6 +51,7 @@ __all__ = [
     "permutation",
     "tei_decode",
     "tei_tokens",
+    "together",
 ]
 
 Kind = Literal["tei", "infinity", "self", "runpod"]
@@ -315,3 +317,13 @@ class TeiTokenRoutes:
         deadline: Deadline,
     ) -> tuple[str, ...]:
         return await tei_decode(client, ids, skip_special_tokens, deadline)
+
+
+async def together(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """``calls`` at once, answers in order; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()

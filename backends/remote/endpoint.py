@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -25,6 +25,7 @@ from backends.remote.dialect import (
     ProbeFailed,
     RemoteChanged,
     expect_ok,
+    together,
 )
 from backends.remote.infinity import InfinityDialect
 from backends.remote.peer import PeerDialect
@@ -220,14 +221,14 @@ class Endpoint:
                     kind,
                     half,
                 )
-            halves = await _together([fitted(chunk[:half]), fitted(chunk[half:])])
+            halves = await together([fitted(chunk[:half]), fitted(chunk[half:])])
             return [part for parts in halves for part in parts]
 
         try:
             if len(items) <= size:  # the usual case: no task to spawn
                 return await fitted(items)
             chunks = [items[start : start + size] for start in range(0, len(items), size)]
-            return [part for parts in await _together(map(fitted, chunks)) for part in parts]
+            return [part for parts in await together(map(fitted, chunks)) for part in parts]
         except RemoteUnreachable as exc:
             self._mark_down(f"unreachable: {exc.reason}")
             raise
@@ -395,13 +396,3 @@ def _merge(parts: list[Encoding]) -> Encoding:
         if first.colbert is not None
         else None,
     )
-
-
-async def _together(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
-    """``calls`` at once, answers in order; the first failure cancels the rest."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -38,6 +38,7 @@ from backends.remote.dialect import (
     logits_by_index,
     tei_decode,
     tei_tokens,
+    together,
 )
 from backends.remote.transport import Answer, Deadline, RemoteClient
 from engine.errors import InputTooLarge, InvalidInput, Unavailable
@@ -57,6 +58,8 @@ from engine.types import (
 __all__ = ["TeiDialect"]
 
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 
 _PROBE_TEXT = "dimension probe"
 # TEI's words (router/src/http/server.rs, every batch handler; core/src/tokenization.rs,
@@ -184,10 +187,10 @@ class TeiDialect(TeiTokenRoutes):
             counted = _header_tokens(answer)
         else:
             # The counting goes beside the rerank, in the same number of round trips.
-            async with asyncio.TaskGroup() as group:
-                reranked = group.create_task(self._rerank(client, query, documents, deadline))
-                counting = group.create_task(self._pair_tokens(client, query, documents, deadline))
-            answer, counted = reranked.result(), counting.result()
+            answer, counted = await _beside(
+                self._rerank(client, query, documents, deadline),
+                self._pair_tokens(client, query, documents, deadline),
+            )
         ranks = decode(answer, list[_Rank], client, "/rerank")
         ranked = [(rank.index, rank.score) for rank in ranks]
         logits = logits_by_index(ranked, len(documents), client, "/rerank")
@@ -244,12 +247,11 @@ class TeiDialect(TeiTokenRoutes):
         tokens of <s> q </s> plus those of <s> d </s>, cut to its limit when truncating.
         Sent in requests of the remote's limit, together."""
         texts = [query, *documents]
-        async with asyncio.TaskGroup() as group:
-            parts = [
-                group.create_task(self._ids(client, texts[start : start + self._limit], deadline))
-                for start in range(0, len(texts), self._limit)
-            ]
-        query_ids, *document_ids = [ids for part in parts for ids in part.result()]
+        parts = await together(
+            self._ids(client, texts[start : start + self._limit], deadline)
+            for start in range(0, len(texts), self._limit)
+        )
+        query_ids, *document_ids = [ids for part in parts for ids in part]
         pairs = [len(query_ids) + len(ids) for ids in document_ids]
         if self._truncate and self._max_tokens:
             pairs = [min(pair, self._max_tokens) for pair in pairs]
@@ -295,12 +297,13 @@ class TeiDialect(TeiTokenRoutes):
             header = _header_tokens(answer)
             if header is not None:
                 return answer, header
+            decode(answer, object, client, path)  # a broken answer lacks the header too
             self._counted = False  # counted beside from now on
             return answer, await self._text_tokens(client, texts, deadline)
-        async with asyncio.TaskGroup() as group:
-            posted = group.create_task(_refusals(client, client.post(path, body, deadline)))
-            counting = group.create_task(self._text_tokens(client, texts, deadline))
-        return posted.result(), counting.result()
+        return await _beside(
+            _refusals(client, client.post(path, body, deadline)),
+            self._text_tokens(client, texts, deadline),
+        )
 
     async def _text_tokens(
         self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
@@ -309,6 +312,19 @@ class TeiDialect(TeiTokenRoutes):
         if self._truncate and self._max_tokens:
             counts = [min(count, self._max_tokens) for count in counts]
         return sum(counts)
+
+
+async def _beside(call: Awaitable[A], counting: Awaitable[B]) -> tuple[A, B]:
+    """Both at once. A failure is raised as itself, not in an ExceptionGroup, the call's
+    before the counting's (it names the route the client asked for); the other is
+    cancelled."""
+    called, counted = asyncio.ensure_future(call), asyncio.ensure_future(counting)
+    try:
+        answer = await called
+        return answer, await counted
+    finally:
+        called.cancel()
+        counted.cancel()
 
 
 def _direction(options: EncodeOptions) -> dict[str, str]:

@@ -70,6 +70,23 @@ def test_rerank_top_n_keeps_the_best_texts(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("path", "body"),
     [
+        ("/rerank", {"query": QUERY, "texts": DOCUMENTS}),
+        ("/predict", {"inputs": [QUERY, DOCUMENTS[0]]}),
+    ],
+)
+def test_reranking_refuses_left_truncation_it_would_not_do(
+    client: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    """Pairs are cut at their ends: Left, accepted, would score other text than was sent."""
+    refused = tei(client, path, {**body, "truncation_direction": "Left"}, status=422)
+    assert refused["error_type"] == "Validation"
+    assert refused["error"].startswith("`truncation_direction`: Left is not available")
+    assert len(tei(client, path, {**body, "truncation_direction": "Right"})) > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
         ("/rerank", {"query": QUERY, "texts": DOCUMENTS, "raw_scores": True}),
         ("/similarity", SIMILARITY),
         ("/predict", {"inputs": [[QUERY, DOCUMENTS[0]], [QUERY, DOCUMENTS[1]]]}),

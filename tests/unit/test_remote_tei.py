@@ -377,6 +377,31 @@ def test_refusals_and_bad_answers_become_engine_errors(
     assert sum(r.path == "/embed" for r in embedder.requests) == 2  # probe + the one call
 
 
+@pytest.mark.parametrize("route", ["/embed", "/rerank"])
+@pytest.mark.parametrize("strips_headers", [False, True])
+def test_a_broken_answer_counted_beside_names_the_route_asked_for(
+    tei: respx.MockRouter, embedder: FakeTEI, reranker: FakeTEI, route: str, strips_headers: bool
+) -> None:
+    """Where tokens are counted with a /tokenize beside the call, both fail together: the
+    client is told of the call it made, as one engine error (never an ExceptionGroup)."""
+    fake = embedder if route == "/embed" else reranker
+
+    async def work(backend: RemoteBackend) -> None:
+        fake.strip_headers = strips_headers
+        fake.fault = Fault.malformed()
+        call = (
+            dense(backend, ["one", "two"])
+            if route == "/embed"
+            else backend.score("q", ["one", "two"])
+        )
+        with pytest.raises(BackendFailure, match=f"answered {route} with a malformed body"):
+            await call
+        fake.fault = None
+        assert backend.health().healthy
+
+    with_backend(work)
+
+
 def test_429_is_retried_after_retry_after_then_answers(
     tei: respx.MockRouter, embedder: FakeTEI
 ) -> None:

@@ -506,7 +506,16 @@ class TeiController(Controller):
     @post(
         "/invocations",
         status_code=200,
-        responses=answers(list[list[float]], [VECTOR], TEI_ERROR_RESPONSES),
+        # Whatever the route the body speaks answers: vectors, ranks, similarities, scores.
+        responses=answers(
+            list[list[float]]
+            | list[Rank]
+            | list[float]
+            | list[Prediction]
+            | list[list[Prediction]],
+            [VECTOR],
+            TEI_ERROR_RESPONSES,
+        ),
         raises=[],
         summary="AWS SageMaker's inference route (TEI-compatible): rerank, similarity, "
         "predict or embed, by the body's shape",

@@ -16,10 +16,11 @@ from api.app import create_app
 from api.download import download_main
 from api.http_limits import ConnectionStats, guarded_protocol
 from api.logs import configure_logging
+from api.token_arrays import OFF, load_encoding
 from backends import build_chains
-from engine.errors import StartupError
+from engine.errors import StartupError, Unavailable
 from engine.inference import InferenceEngine
-from engine.settings import load_settings
+from engine.settings import Settings, load_settings
 
 __all__ = ["main", "tune_process"]
 
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The port first: a taken port must not cost a model load to find out.
         listener = _listen(settings.host, settings.port)
+        _check_token_encoding(settings)
         engine = InferenceEngine(settings, build_chains(settings))
     except StartupError as exc:
         print(f"bge-serve: {exc}", file=sys.stderr)
@@ -77,6 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bge-serve: {failures[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_token_encoding(settings: Settings) -> None:
+    """A tiktoken encoding that cannot load stops the start, not each token-array request."""
+    if settings.openai_token_encoding == OFF:
+        return
+    try:
+        load_encoding(settings.openai_token_encoding)
+    except Unavailable as exc:
+        raise StartupError(
+            f"{exc.message}; name another, or set OPENAI_TOKEN_ENCODING=off to refuse token arrays"
+        ) from exc
 
 
 def tune_process() -> None:

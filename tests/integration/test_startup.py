@@ -37,6 +37,13 @@ def test_hub_model_without_hub_fails_fast_with_instructions(models: ModelDirs) -
     assert "point EMBEDDING_MODEL_NAME at" in result.stderr
 
 
+def test_a_token_encoding_that_cannot_load_stops_the_start(models: ModelDirs) -> None:
+    result = run_to_exit(models, {"OPENAI_TOKEN_ENCODING": "no_such_encoding"})
+    assert result.returncode == 2
+    assert "the tiktoken encoding no_such_encoding (OPENAI_TOKEN_ENCODING)" in result.stderr
+    assert "or set OPENAI_TOKEN_ENCODING=off" in result.stderr
+
+
 def test_missing_folder_fails_fast(models: ModelDirs) -> None:
     result = run_to_exit(models, {"RERANKER_MODEL_NAME": "/nonexistent/reranker"})
     assert result.returncode != 0

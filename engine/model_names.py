@@ -20,7 +20,7 @@ from pathlib import Path
 from engine.errors import ModelNotFound, StartupError
 from engine.settings import Settings
 
-__all__ = ["ModelNames", "PublicName", "public_name", "served_name"]
+__all__ = ["ModelNames", "PublicName", "public_name"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ def public_name(configured: str, override: str | None, setting: str) -> PublicNa
     if _BAAI_FOLDER.match(folder.name):
         return PublicName(f"BAAI/{folder.name}", "the folder's name, a BAAI model's")
     return PublicName(folder.name, "the folder's name")
-
-
-def served_name(configured: str, override: str | None) -> str:
-    return public_name(configured, override, "MODEL_NAME").name
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ModelNotFound, StartupError
-from engine.model_names import ModelNames, served_name
+from engine.model_names import ModelNames, public_name
 from engine.settings import Settings
+
+
+def served_name(configured: str, override: str | None) -> str:
+    return public_name(configured, override, "EMBEDDING_MODEL_NAME").name
 
 
 def test_a_hub_id_is_its_own_name() -> None:

@@ -112,7 +112,8 @@ InputType = Literal["search_document", "search_query", "classification", "cluste
 Truncate = Literal["NONE", "START", "END"]
 EmbeddingTypes = Annotated[list[EmbeddingType], msgspec.Meta(min_length=1)]
 _SERVED_TYPES: dict[str, VectorFormat] = {"float": "float", "base64": "base64"}
-_TEI_DIRECTION = "truncation_direction"
+# What a chain that cannot cut a text's start is told the client asked for.
+_OPTION_FIELDS = {"truncate_left": ("truncate", "START (a long text keeps its end)")}
 
 
 class EmbedRequest(msgspec.Struct, kw_only=True):
@@ -316,19 +317,9 @@ async def _dense(
         truncate=truncation.cut,
         field=field,
         truncate_left=truncation.from_start,
+        option_fields=_OPTION_FIELDS,
     )
-    try:
-        return await unless_disconnected(request, embedding)
-    except InvalidInput as exc:
-        # The engine names TEI's field for a chain that cannot cut a text's start.
-        if exc.param != _TEI_DIRECTION:
-            raise
-        _, _, why = exc.message.partition(" is not available ")
-        raise InvalidInput(
-            f"`truncate`: START (a long text keeps its end) is not available {why}; "
-            "send END or NONE",
-            param="truncate",
-        ) from exc
+    return await unless_disconnected(request, embedding)
 
 
 def _by_type(dense: DenseMatrix, encodings: Sequence[VectorFormat]) -> EmbeddingsByType:

@@ -65,6 +65,10 @@ __all__ = ["EngineHealth", "InferenceEngine", "sigmoid"]
 
 log = logging.getLogger(__name__)
 
+OptionFields = Mapping[str, tuple[str, str]]
+"""Each EncodeOptions field a backend may not honour: the request field that asks for it,
+and what asking means (``{"truncate_left": ("truncation_direction", "Left (…)")}``)."""
+
 HealthStatus = Literal["ok", "loading", "degraded"]
 # Seconds a client is told to wait while models load.
 _LOADING_RETRY_AFTER = 5
@@ -240,6 +244,7 @@ class InferenceEngine:
         field: str = "input",
         normalize: bool = True,
         truncate_left: bool = False,
+        option_fields: OptionFields | None = None,
     ) -> tuple[DenseMatrix, int]:
         result = await self.embed_hybrid(
             texts,
@@ -249,6 +254,7 @@ class InferenceEngine:
             field=field,
             normalize=normalize,
             truncate_left=truncate_left,
+            option_fields=option_fields,
         )
         assert result.dense is not None
         return result.dense, result.prompt_tokens
@@ -302,11 +308,14 @@ class InferenceEngine:
         field: str = "input",
         normalize: bool = True,
         truncate_left: bool = False,
+        option_fields: OptionFields | None = None,
     ) -> HybridEmbeddings:
         """Any subset of dense / sparse / ColBERT for ``texts`` from one forward pass;
         ``mapping`` overrides SPARSE_TOKEN_MAPPING and ``truncate`` TRUNCATE for this call.
         ``normalize`` off: dense vectors as the model pools them (TEI's normalize false);
-        ``truncate_left``: a text over the token limit keeps its end (TEI's Left)."""
+        ``truncate_left``: a text over the token limit keeps its end (TEI's Left).
+        ``option_fields``: how the request asked for an option, where not as TEI does
+        (a 422 for one no backend honours names it so)."""
         if not outputs:
             raise InvalidInput("ask for at least one of dense, sparse, colbert")
         operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.SPARSE
@@ -320,7 +329,7 @@ class InferenceEngine:
             normalize=normalize or Output.DENSE not in outputs,
             truncate_left=truncate_left and truncating,
         )
-        self._check_options(operation, options)
+        self._check_options(operation, options, {**_OPTION_FIELDS, **(option_fields or {})})
         if not truncating:
             await self._check_token_counts(operation, texts, field)
         encoding = await self._encode(operation, texts, outputs, options)
@@ -533,7 +542,9 @@ class InferenceEngine:
 
         return await self._router.call(operation, encoded)
 
-    def _check_options(self, operation: Operation, options: EncodeOptions) -> None:
+    def _check_options(
+        self, operation: Operation, options: EncodeOptions, fields: OptionFields
+    ) -> None:
         """A request no backend of the chain can honour is the client's to change: 422."""
         wanted = _departures(options)
         chain = self._router.chain(operation)
@@ -544,7 +555,7 @@ class InferenceEngine:
             (o for o in sorted(wanted) if all(o not in b.capabilities.options for b in chain)),
             min(wanted),
         )
-        param, meaning = _OPTION_FIELDS[option]
+        param, meaning = fields[option]
         reasons = "; ".join(
             f"the {b.name} backend: {b.capabilities.refusals.get(option, 'not supported')}"
             for b in chain
@@ -647,9 +658,7 @@ def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
 
 
 _HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
-# Each EncodeOptions field a backend may not honour: the request field that asks for it,
-# and what it means.
-_OPTION_FIELDS = {
+_OPTION_FIELDS: OptionFields = {
     "normalize": ("normalize", "false (vectors as pooled, not L2-normalised)"),
     "truncate_left": ("truncation_direction", "Left (a long text keeps its end)"),
 }

@@ -287,48 +287,33 @@ def litellm_infinity(url: str, inputs: Inputs) -> Any:
     return litellm_rows(response)
 
 
-@case("litellm", "litellm.rerank cohere/")
-def litellm_cohere_rerank(url: str, inputs: Inputs) -> Any:
+def litellm_rerank(url: str, inputs: Inputs, provider: str, **extra: str) -> Any:
     import litellm
 
     response = litellm.rerank(
-        model=f"cohere/{inputs['reranker']}",
+        model=f"{provider}/{inputs['reranker']}",
         query=inputs["query"],
         documents=inputs["documents"],
         top_n=3,
         api_base=url,
-        api_key="unused",
+        **extra,
     )
     return litellm_ranking(response)
+
+
+@case("litellm", "litellm.rerank cohere/")
+def litellm_cohere_rerank(url: str, inputs: Inputs) -> Any:
+    return litellm_rerank(url, inputs, "cohere", api_key="unused")
 
 
 @case("litellm", "litellm.rerank huggingface/")
 def litellm_huggingface_rerank(url: str, inputs: Inputs) -> Any:
-    import litellm
-
-    response = litellm.rerank(
-        model=f"huggingface/{inputs['reranker']}",
-        query=inputs["query"],
-        documents=inputs["documents"],
-        top_n=3,
-        api_base=url,
-        api_key="unused",
-    )
-    return litellm_ranking(response)
+    return litellm_rerank(url, inputs, "huggingface", api_key="unused")
 
 
 @case("litellm", "litellm.rerank infinity/")
 def litellm_infinity_rerank(url: str, inputs: Inputs) -> Any:
-    import litellm
-
-    response = litellm.rerank(
-        model=f"infinity/{inputs['reranker']}",
-        query=inputs["query"],
-        documents=inputs["documents"],
-        top_n=3,
-        api_base=url,
-    )
-    return litellm_ranking(response)
+    return litellm_rerank(url, inputs, "infinity")
 
 
 def run(framework: str, url: str, inputs: Inputs) -> dict[str, Any]:

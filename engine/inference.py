@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,16 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.backend import Backend, BackendHealth
-from engine.cache import (
-    CacheStats,
-    Entry,
-    LruStore,
-    RedisStore,
-    Store,
-    decode_entry,
-    encode_entry,
-    entry_key,
-)
+from engine.cache import CacheStats
+from engine.cached_encoding import CachedEncoder
 from engine.errors import (
     InputTooLarge,
     InvalidInput,
@@ -91,7 +83,7 @@ class InferenceEngine:
         self._settings = settings
         self.telemetry = Telemetry()
         self.cache_stats = CacheStats()
-        self._cache = _cache_store(settings, self.cache_stats)
+        self._cache = CachedEncoder(settings, self.cache_stats)
         self._router = Router(
             chains,
             breaker_threshold=settings.breaker_threshold,
@@ -161,8 +153,7 @@ class InferenceEngine:
     async def stop(self) -> None:
         for backend in self._router.backends:
             await backend.stop()
-        if self._cache is not None:
-            await self._cache.close()
+        await self._cache.close()
 
     def health(self) -> EngineHealth:
         router = self._router
@@ -224,7 +215,7 @@ class InferenceEngine:
     @property
     def cache_store(self) -> str:
         """Where embeddings are cached: memory, redis, or none."""
-        return self._cache.name if self._cache is not None else "none"
+        return self._cache.store_name
 
     def breaker_open(self, backend: str) -> bool:
         return self._router.breaker_open(backend)
@@ -484,43 +475,11 @@ class InferenceEngine:
         outputs: frozenset[Output],
         options: EncodeOptions,
     ) -> Encoding:
-        """The backend's encoding of ``texts``, from the cache for every text it holds all
-        asked heads of; the rest computed in one call, and stored where the backend says
-        how many tokens each text took."""
-        store = self._cache
-        if store is None:
-            return await self._computed(operation, texts, outputs, options)
-        heads = [head for head in _HEADS if head in outputs]
-        model = self._settings.embedding_model_name
+        def compute(asked: Sequence[str]) -> Awaitable[Encoding]:
+            return self._computed(operation, asked, outputs, options)
+
         limit = self.model_info(operation).max_tokens
-        keys = [[entry_key(model, head, limit, text, options) for head in heads] for text in texts]
-        found = await store.get_many([key for row in keys for key in row])
-        cached: dict[int, dict[Output, Entry]] = {}
-        for position in range(len(texts)):
-            values = found[position * len(heads) : (position + 1) * len(heads)]
-            if all(value is not None for value in values):
-                cached[position] = dict(decode_entry(v) for v in values if v is not None)
-        missing = [position for position in range(len(texts)) if position not in cached]
-        self.cache_stats.hits += len(cached)
-        self.cache_stats.misses += len(missing)
-        computed: Encoding | None = None
-        if missing:
-            asked = [texts[position] for position in missing]
-            computed = await self._computed(operation, asked, outputs, options)
-            counts = computed.text_tokens
-            if counts is None and len(asked) == 1:
-                counts = (computed.token_count,)
-            if counts is not None:
-                await store.set_many(
-                    [
-                        (keys[position][h], encode_entry(head, count, _head(computed, head, i)))
-                        for i, (position, count) in enumerate(zip(missing, counts, strict=True))
-                        for h, head in enumerate(heads)
-                    ]
-                )
-        if computed is not None and not cached:
-            return computed
-        return _merged(len(texts), heads, cached, missing, computed)
+        return await self._cache.encode(texts, outputs, options, limit, compute)
 
     async def _computed(
         self,
@@ -657,7 +616,6 @@ def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:
     )
 
 
-_HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
 _OPTION_FIELDS: OptionFields = {
     "normalize": ("normalize", "false (vectors as pooled, not L2-normalised)"),
     "truncate_left": ("truncation_direction", "Left (a long text keeps its end)"),
@@ -674,54 +632,6 @@ def _departures(options: EncodeOptions) -> frozenset[str]:
 def _refusal(backend: Backend, wanted: frozenset[str]) -> str:
     missing = sorted(wanted - backend.capabilities.options)
     return "; ".join(backend.capabilities.refusals.get(o, f"{o} not supported") for o in missing)
-
-
-def _cache_store(settings: Settings, stats: CacheStats) -> Store | None:
-    if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.cache_ttl_s, stats)
-    if settings.cache_max_items == 0:
-        return None
-    return LruStore(settings.cache_max_items, settings.cache_max_mb * 1024 * 1024, stats)
-
-
-def _head(encoding: Encoding, head: Output, index: int) -> Any:
-    if head is Output.DENSE:
-        assert encoding.dense is not None
-        return encoding.dense[index]
-    if head is Output.SPARSE:
-        assert encoding.lexical is not None
-        return encoding.lexical[index]
-    assert encoding.colbert is not None
-    return encoding.colbert[index]
-
-
-def _merged(
-    size: int,
-    heads: Sequence[Output],
-    cached: Mapping[int, Mapping[Output, Entry]],
-    missing: Sequence[int],
-    computed: Encoding | None,
-) -> Encoding:
-    """One Encoding in input order from cached entries and the computed rest."""
-    rows: list[dict[Output, Any]] = [{} for _ in range(size)]
-    tokens = 0
-    for position, entries in cached.items():
-        for head, (_, value) in entries.items():
-            rows[position][head] = value
-        tokens += next(iter(entries.values()))[0]  # every head of a text has its count
-    if computed is not None:
-        tokens += computed.token_count
-        for i, position in enumerate(missing):
-            for head in heads:
-                rows[position][head] = _head(computed, head, i)
-    return Encoding(
-        token_count=tokens,
-        dense=np.stack([row[Output.DENSE] for row in rows]).astype(np.float32)
-        if Output.DENSE in heads
-        else None,
-        lexical=tuple(row[Output.SPARSE] for row in rows) if Output.SPARSE in heads else None,
-        colbert=tuple(row[Output.COLBERT] for row in rows) if Output.COLBERT in heads else None,
-    )
 
 
 _INVISIBLE_TEXT = "is empty or whitespace (or only control and format characters)"

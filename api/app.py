@@ -18,6 +18,7 @@ from api.body import BodyGuard, strict_body
 from api.cohere import CohereController
 from api.disconnect import ClientDisconnected
 from api.docs import docs_assets, openapi_config
+from api.drain import DrainAnswer
 from api.errors import (
     client_disconnected,
     engine_error,
@@ -117,7 +118,8 @@ def create_app(
             Exception: unexpected_error,
         },
         lifespan=[lifespan],
-        middleware=[metrics.middleware(), BodyGuard()],
+        # DrainAnswer innermost: it reads the dialect the handler writes into the scope.
+        middleware=[metrics.middleware(), BodyGuard(), DrainAnswer(settings.shutdown_timeout_s)],
         before_request=strict_body,
         guards=[key_guard(settings)] if settings.api_key else [],
         cors_config=cors_config(settings),

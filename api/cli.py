@@ -71,9 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_graceful_shutdown=settings.shutdown_timeout_s,
         )
     )
-    # uvicorn re-raises the signal it drained on once it is done; the drain finished,
-    # so that signal now ends the process cleanly (exit 0) instead of killing it.
-    signal.signal(signal.SIGTERM, lambda *_: None)
+    # uvicorn drains on SIGTERM and SIGINT alike, then re-raises the signal it drained on
+    # with these handlers back in place (Server.capture_signals); the drain finished, so
+    # that signal now ends the process cleanly (exit 0) instead of killing it by the
+    # signal (SIGINT: with a KeyboardInterrupt traceback).
+    for drained in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(drained, lambda *_: None)
     server.run(sockets=[listener])
     if failures:
         print(f"bge-serve: {failures[0]}", file=sys.stderr)

@@ -1,6 +1,9 @@
-"""TEI-style tokens and decoding from a Hugging Face fast tokenizer (flag and infinity backends).
+"""TEI-style tokens, decoding and bounded truncation from a Hugging Face fast tokenizer
+(flag and infinity backends).
 
-Callers run these on their tokenizer thread: a fast tokenizer is not safe to share.
+Callers run these on their tokenizer thread: a fast tokenizer is not safe to share. A long
+request is tokenized in :func:`chunks`, one call each, so a short request's call gets the
+thread between two of them.
 """
 
 from __future__ import annotations
@@ -13,11 +16,80 @@ from transformers import PreTrainedTokenizerBase
 from engine.errors import InvalidInput
 from engine.types import Token
 
-__all__ = ["decode_ids", "tokens_of"]
+__all__ = ["chunks", "cut_for_truncation", "decode_ids", "tokens_of"]
+
+# A tokenizer call holds every token of its texts (ids, offsets, strings: ~100 bytes each)
+# until it returns; a chunk of this many characters keeps that to ~25 MB and ~0.1-0.3 s.
+_CHUNK_CHARS = 262_144
+_CHUNK_ITEMS = 256
+# The first cut tried, in characters per token kept; ordinary text needs 3-6. Only a guess:
+# a cut is kept only once checked, else doubled (see cut_for_truncation).
+_FIRST_CUT_CHARS_PER_TOKEN = 8
+# Words of the cut's end a kept token must stay clear of: the last word is cut, and the
+# one before may be split differently by a pre-tokenizer that looks one character ahead.
+_WORDS_CLEAR = 2
+
+
+def chunks(texts: Sequence[str]) -> list[slice]:
+    """``texts`` in consecutive runs of at most ~_CHUNK_CHARS characters (a longer text alone)."""
+    runs: list[slice] = []
+    start = chars = 0
+    for position, text in enumerate(texts):
+        if position > start and (
+            chars + len(text) > _CHUNK_CHARS or position - start >= _CHUNK_ITEMS
+        ):
+            runs.append(slice(start, position))
+            start, chars = position, 0
+        chars += len(text)
+    if start < len(texts):
+        runs.append(slice(start, len(texts)))
+    return runs
+
+
+def cut_for_truncation(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], keep: int, *, from_left: bool
+) -> list[str]:
+    """Each text, or a cut of it whose first ``keep`` tokens (last, ``from_left``) are the
+    full text's, so that truncating to ``keep`` gives the same ids from a bounded call.
+
+    A cut is tried at ``keep`` x 8 characters and kept only when the tokenizer's own words
+    (its pre-tokenizer's pieces) show every kept token clear of the cut's last two words:
+    tokens are made word by word, so the cut cannot have changed them. Otherwise the cut
+    doubles, up to the whole text; a text that defeats the guess (runs of spaces the
+    normaliser folds, one long word, a tokenizer without words) costs its full length,
+    which MAX_TEXT_CHARS bounds, and is never answered differently.
+    """
+    cut = list(texts)
+    if not tokenizer.is_fast:  # no word ids to check a cut by
+        return cut
+    size = max(keep, 1) * _FIRST_CUT_CHARS_PER_TOKEN
+    pending = [i for i, text in enumerate(texts) if len(text) > size]
+    while pending:
+        pieces = [texts[i][-size:] if from_left else texts[i][:size] for i in pending]
+        encoded = tokenizer(pieces, add_special_tokens=False)
+        unsettled = []
+        for row, position in enumerate(pending):
+            if _clear_of_cut(encoded.word_ids(row), keep, from_left):
+                cut[position] = pieces[row]
+            else:
+                unsettled.append(position)
+        size *= 2
+        pending = [i for i in unsettled if len(texts[i]) > size]
+    return cut
+
+
+def _clear_of_cut(words: Sequence[int | None], keep: int, from_left: bool) -> bool:
+    if len(words) <= keep or keep < 1:
+        return False
+    # The kept token nearest the cut, and the word the cut runs through.
+    nearest, at_cut = (words[-keep], words[0]) if from_left else (words[keep - 1], words[-1])
+    if nearest is None or at_cut is None:
+        return False
+    return abs(at_cut - nearest) >= _WORDS_CLEAR
 
 
 def tokens_of(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], add_special_tokens: bool
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, add_special_tokens: bool
 ) -> tuple[tuple[Token, ...], ...]:
     encoded = tokenizer(
         list(texts),

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from backends.device import resolve_device, resolve_dtype
+from backends.fingerprint import folder_fingerprint
 from backends.flag.m3 import M3Ask, M3Encoder, M3Row
 from backends.flag.reranker import CrossEncoder
 from backends.model_files import resolve_model_dir
-from backends.tokens import decode_ids, tokens_of
+from backends.tokens import chunks, decode_ids, tokens_of
 from engine.backend import BackendHealth, Capabilities
 from engine.batching import MicroBatcher, Unit
 from engine.errors import Overloaded, Unavailable
@@ -147,17 +148,29 @@ class FlagBackend:
                 self._device,
                 dtype,
             )
-            m3 = self._m3 = M3Encoder(
+            # Hashed on a thread of its own while the weights load (each file is read from
+            # disk once, the other reader finds it in the page cache).
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-hash") as hashing:
+                fingerprint = hashing.submit(
+                    folder_fingerprint, folder, backend="flag", dtype=str(dtype)
+                )
+                m3 = self._m3 = M3Encoder(
+                    caps.embedding_model,
+                    folder,
+                    device=self._device,
+                    dtype=dtype,
+                    max_input_tokens=settings.max_input_tokens,
+                    max_batch_tokens=settings.max_batch_tokens,
+                    max_batch_items=_MAX_BATCH_ITEMS,
+                    need_sparse_heads=Operation.SPARSE in caps.operations,
+                )
+                m3.info = dataclasses.replace(m3.info, fingerprint=fingerprint.result())
+            log.info(
+                "flag: %s dense vectors: %s; cache fingerprint %.12s",
                 caps.embedding_model,
-                folder,
-                device=self._device,
-                dtype=dtype,
-                max_input_tokens=settings.max_input_tokens,
-                max_batch_tokens=settings.max_batch_tokens,
-                max_batch_items=_MAX_BATCH_ITEMS,
-                need_sparse_heads=Operation.SPARSE in caps.operations,
+                m3.pipeline.describe(),
+                m3.info.fingerprint,
             )
-            log.info("flag: %s dense vectors: %s", caps.embedding_model, m3.pipeline.describe())
         if caps.reranker_model is not None:
             folder = resolve_model_dir(
                 caps.reranker_model, "RERANKER_MODEL_NAME", settings.models_dir
@@ -239,10 +252,8 @@ class FlagBackend:
         self, texts: Sequence[str], *, add_special_tokens: bool
     ) -> tuple[tuple[Token, ...], ...]:
         m3 = self._require(self._m3, "embedding")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._tokenizer_thread, tokens_of, m3.tokenizer, list(texts), add_special_tokens
-        )
+        tokens = functools.partial(tokens_of, m3.tokenizer, add_special_tokens=add_special_tokens)
+        return tuple(await self._tokenize(tokens, texts))
 
     async def decode(
         self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool
@@ -254,10 +265,15 @@ class FlagBackend:
         )
 
     async def _tokenize(
-        self, tokenize: Callable[[Sequence[str]], list[list[int]]], texts: Sequence[str]
-    ) -> list[list[int]]:
+        self, tokenize: Callable[[Sequence[str]], Sequence[T]], texts: Sequence[str]
+    ) -> list[T]:
+        """``tokenize`` over ``texts`` in chunks, one tokenizer-thread call each: another
+        request's call runs between two of them, not after all of a large request."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._tokenizer_thread, tokenize, list(texts))
+        rows: list[T] = []
+        for run in chunks(texts):
+            rows.extend(await loop.run_in_executor(self._tokenizer_thread, tokenize, texts[run]))
+        return rows
 
     @staticmethod
     def _require(value: T | None, what: str) -> T:

@@ -28,6 +28,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
 from backends.pooling import Pooling, read_pipeline
+from backends.tokens import cut_for_truncation
 from engine.errors import StartupError
 from engine.types import (
     DEFAULT_OPTIONS,
@@ -124,8 +125,13 @@ class M3Encoder:
         self, texts: Sequence[str], *, truncate: bool, from_left: bool = False
     ) -> list[list[int]]:
         """Token ids with special tokens; ``from_left`` cuts a long text's start (its
-        special tokens stay). Not thread-safe: the caller keeps the tokenizer to one thread."""
+        special tokens stay). Truncating, a long text is cut to a checked prefix first, so
+        the tokens past the limit are never made. Not thread-safe: the caller keeps the
+        tokenizer to one thread."""
         tokenizer = self.tokenizer
+        if truncate:
+            keep = self.max_tokens - tokenizer.num_special_tokens_to_add(pair=False)
+            texts = cut_for_truncation(tokenizer, texts, keep, from_left=from_left)
         side = tokenizer.truncation_side
         tokenizer.truncation_side = "left" if from_left else "right"
         try:

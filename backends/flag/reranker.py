@@ -16,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
+from backends.tokens import cut_for_truncation
 from engine.types import ModelInfo, Scores
 
 __all__ = ["CrossEncoder"]
@@ -49,10 +50,14 @@ class CrossEncoder:
 
     def pairs(self, query: str, documents: Sequence[str]) -> list[list[int]]:
         tokenizer = self.tokenizer
+        query_room = self.max_tokens * 3 // 4
+        (query,) = cut_for_truncation(tokenizer, [query], query_room, from_left=False)
         query_ids = tokenizer(
-            query, add_special_tokens=False, truncation=True, max_length=self.max_tokens * 3 // 4
+            query, add_special_tokens=False, truncation=True, max_length=query_room
         )["input_ids"]
         document_room = max(self.max_tokens - len(query_ids) - self._pair_specials, 0)
+        # Cut to the room a document can have, so the tokens past it are never made.
+        documents = cut_for_truncation(tokenizer, documents, self.max_tokens, from_left=False)
         documents_ids = tokenizer(
             list(documents), add_special_tokens=False, truncation=True, max_length=self.max_tokens
         )["input_ids"]

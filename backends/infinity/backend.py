@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,10 +22,11 @@ import numpy as np
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from backends.device import resolve_device
+from backends.fingerprint import folder_fingerprint
 from backends.flag.limits import model_max_tokens
 from backends.model_files import resolve_model_dir
 from backends.pooling import read_pipeline, sentence_max_tokens
-from backends.tokens import decode_ids, tokens_of
+from backends.tokens import chunks, cut_for_truncation, decode_ids, tokens_of
 from engine.backend import BackendHealth, Capabilities
 from engine.errors import Overloaded, StartupError, Unavailable
 from engine.settings import Settings
@@ -150,12 +152,20 @@ class InfinityBackend:
         limit = model_max_tokens(config, tokenizer, None)
         # sentence-transformers cuts at its own max_seq_length (256 for all-MiniLM-L6-v2).
         cut = sentence_max_tokens(folder) if operation is Operation.EMBED else None
+        fingerprint = ""
+        if operation is Operation.EMBED:  # what the cache keys by; rerank scores are not cached
+            half = self._settings.use_fp16 and self._device == "cuda"
+            dtype = "float16" if half else "float32"
+            fingerprint = await asyncio.to_thread(
+                folder_fingerprint, folder, backend="infinity", dtype=dtype
+            )
         return ModelInfo(
             name=name or str(folder),
             max_tokens=min(limit, cut) if cut is not None else limit,
             vocab_size=len(tokenizer),
             dimension=dimension,
             pooling=_pooling_name(folder) if operation is Operation.EMBED else None,
+            fingerprint=fingerprint,
         )
 
     async def stop(self) -> None:
@@ -190,7 +200,8 @@ class InfinityBackend:
         if options != DEFAULT_OPTIONS:  # the engine never sends what refusals lists
             raise Unavailable("infinity_emb computes normalised, right-truncated vectors only")
         async with self._admitted():
-            vectors, usage = await self._engine(Operation.EMBED).embed(sentences=list(texts))
+            sentences = await self._cut(texts)
+            vectors, usage = await self._engine(Operation.EMBED).embed(sentences=sentences)
         dense = np.asarray(vectors, dtype=np.float32)
         # infinity_emb normalises already; again here, so the engine's promise does not
         # rest on another library's default.
@@ -208,15 +219,47 @@ class InfinityBackend:
         return Scores(logits=logits, token_count=int(usage))
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
-        encoded = await self._on_tokenizer_thread(lambda tokenizer: tokenizer(list(texts)))
-        return tuple(list(ids) for ids in encoded["input_ids"])
+        def ids(tokenizer: PreTrainedTokenizerBase, run: Sequence[str]) -> list[list[int]]:
+            return [list(row) for row in tokenizer(list(run))["input_ids"]]
+
+        return tuple(await self._in_chunks(ids, texts))
 
     async def tokens(
         self, texts: Sequence[str], *, add_special_tokens: bool
     ) -> tuple[tuple[Token, ...], ...]:
-        return await self._on_tokenizer_thread(
-            lambda tokenizer: tokens_of(tokenizer, texts, add_special_tokens)
+        def tokens(
+            tokenizer: PreTrainedTokenizerBase, run: Sequence[str]
+        ) -> Sequence[tuple[Token, ...]]:
+            return tokens_of(tokenizer, run, add_special_tokens=add_special_tokens)
+
+        return tuple(await self._in_chunks(tokens, texts))
+
+    async def _cut(self, texts: Sequence[str]) -> list[str]:
+        """Each text cut, where it is long, to a checked prefix that sentence-transformers
+        truncates to the same tokens, so infinity_emb never tokenizes the rest."""
+        tokenizer = self._tokenizers.get(Operation.EMBED)
+        if tokenizer is None:
+            raise Unavailable("the infinity backend has no embedding model loaded")
+        keep = self.model_info(Operation.EMBED).max_tokens - tokenizer.num_special_tokens_to_add(
+            pair=False
         )
+
+        def cut(tokenizer: PreTrainedTokenizerBase, run: Sequence[str]) -> list[str]:
+            return cut_for_truncation(tokenizer, run, keep, from_left=False)
+
+        return await self._in_chunks(cut, texts)
+
+    async def _in_chunks(
+        self,
+        work: Callable[[PreTrainedTokenizerBase, Sequence[str]], Sequence[T]],
+        texts: Sequence[str],
+    ) -> list[T]:
+        """``work`` over ``texts`` a chunk per tokenizer-thread call, so that a short
+        request's call runs between two of a long one's."""
+        done: list[T] = []
+        for run in chunks(texts):
+            done.extend(await self._on_tokenizer_thread(functools.partial(_on, work, texts[run])))
+        return done
 
     async def decode(
         self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool
@@ -251,6 +294,14 @@ class InfinityBackend:
         if self._array is None:
             raise Unavailable("the infinity backend is not started")
         return self._array[_SERVED[operation]]
+
+
+def _on(
+    work: Callable[[PreTrainedTokenizerBase, Sequence[str]], T],
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+) -> T:
+    return work(tokenizer, texts)
 
 
 def _pooling_name(folder: Path) -> str | None:

@@ -4,6 +4,9 @@
 A 429 or 503 is retried after the ``Retry-After`` it carries (a loading or busy
 service asks for patience, not failure), a dropped connection after a short
 backoff; anything else is an error naming the route and the service's message.
+Every call has one deadline, ``timeout_s`` (``--service-timeout``), that its retries
+and waits count against: a dead, hung or always-busy service is given up on after
+it, not after however many retries fit in a backoff schedule.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-__all__ = ["Embedded", "ServiceClient", "ServiceError", "SparseVector"]
+__all__ = ["DEFAULT_TIMEOUT_S", "Embedded", "ServiceClient", "ServiceError", "SparseVector"]
 
 T = TypeVar("T")
 
 _RETRY_STATUSES = frozenset({429, 503})
 _MAX_WAIT_S = 30.0
+DEFAULT_TIMEOUT_S = 30.0
+# What the last connection attempt before a deadline is left: a refused connection
+# is answered at once, a dropped one within a round trip.
+_LAST_TRY_S = 0.1
 
 
 class ServiceError(RuntimeError):
@@ -68,16 +75,16 @@ class Embedded:
 
 
 class ServiceClient:
-    """Async client of one service; at most ``concurrency`` requests in flight."""
+    """Async client of one service; at most ``concurrency`` requests in flight, each
+    answered or given up on within ``timeout_s``, retries included."""
 
     def __init__(
         self,
         url: str,
         *,
         api_key: str | None = None,
-        timeout_s: float = 300.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         concurrency: int = 4,
-        retries: int = 8,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
@@ -87,7 +94,7 @@ class ServiceClient:
             limits=httpx.Limits(max_connections=concurrency),
         )
         self._slots = asyncio.Semaphore(concurrency)
-        self._retries = retries
+        self._timeout_s = timeout_s
 
     async def __aenter__(self) -> ServiceClient:
         return self
@@ -106,14 +113,27 @@ class ServiceClient:
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
             try:
-                response = await self._http.get("/health")
+                async with asyncio.timeout(self._timeout_s):
+                    response = await self._http.get("/health")
+            except (TimeoutError, httpx.TimeoutException):
+                raise ServiceError(self._no_answer("/health")) from None
             except httpx.TransportError as exc:
+                # At the start a refused connection is a wrong URL or a service not
+                # started: said at once, not retried.
                 raise ServiceError(
                     f"cannot reach the service at {self._http.base_url}: {exc!r}"
                 ) from exc
             if response.status_code == 401:
                 raise ServiceError("the service wants an API key: set BGE_API_KEY")
-            health = response.json()
+            try:
+                health = response.json()
+            except ValueError:
+                health = None
+            if not isinstance(health, dict):
+                raise ServiceError(
+                    f"{self._http.base_url}/health answered {response.status_code} without "
+                    "a bge-serve health object: is the URL a bge-serve?"
+                )
             if health.get("status") != "loading":
                 return set(health.get("routes", {}))
             if asyncio.get_running_loop().time() > deadline:
@@ -152,23 +172,53 @@ class ServiceClient:
 
     async def _post(self, route: str, body: dict[str, Any], kind: type[T]) -> T:
         async with self._slots:
-            for attempt in range(self._retries + 1):
-                last = attempt == self._retries
+            clock = asyncio.get_running_loop().time
+            deadline = clock() + self._timeout_s
+            attempt = 0
+            while True:
                 try:
-                    response = await self._http.post(route, json=body)
+                    async with asyncio.timeout_at(deadline):
+                        response = await self._http.post(route, json=body)
+                except (TimeoutError, httpx.TimeoutException):
+                    raise ServiceError(self._no_answer(route)) from None
                 except httpx.TransportError as exc:
-                    if last:
-                        raise ServiceError(f"{route}: {exc!r}") from exc
-                    await asyncio.sleep(_backoff(attempt))
-                    continue
-                if response.status_code in _RETRY_STATUSES and not last:
-                    await asyncio.sleep(_retry_after(response, attempt))
-                    continue
-                if response.status_code != 200:
+                    # Dropped or refused: the service may be restarting, so it gets
+                    # tries until the deadline, the last one just before it.
+                    left = deadline - clock() - _LAST_TRY_S
+                    wait = min(_backoff(attempt), left)
+                    if left <= 0:
+                        raise ServiceError(
+                            f"the service at {self._http.base_url} could not be reached on "
+                            f"{route}; gave up after {self._timeout_s:g} s "
+                            f"(--service-timeout): {exc!r}"
+                        ) from exc
+                else:
                     status = response.status_code
-                    raise ServiceError(f"{route} answered {status}: {_message(response)}")
-                return msgspec.json.decode(response.content, type=kind)
-        raise AssertionError("unreachable")
+                    if status == 200:
+                        return _decoded(route, response, kind)
+                    if status not in _RETRY_STATUSES:
+                        raise ServiceError(f"{route} answered {status}: {_message(response)}")
+                    wait = _retry_after(response, attempt)
+                    if clock() + wait >= deadline:
+                        raise ServiceError(
+                            f"{route} answered {status} until the {self._timeout_s:g} s "
+                            f"deadline (--service-timeout): {_message(response)}"
+                        )
+                await asyncio.sleep(wait)
+                attempt += 1
+
+    def _no_answer(self, route: str) -> str:
+        return (
+            f"the service at {self._http.base_url} did not answer {route} within "
+            f"{self._timeout_s:g} s (--service-timeout)"
+        )
+
+
+def _decoded(route: str, response: httpx.Response, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(response.content, type=kind)
+    except msgspec.MsgspecError as exc:
+        raise ServiceError(f"{route} answered 200 with what no bge-serve sends: {exc}") from None
 
 
 def _backoff(attempt: int) -> float:

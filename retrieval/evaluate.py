@@ -32,7 +32,8 @@ import ir_measures
 from ir_measures import RR, R, nDCG
 
 from retrieval.client import ServiceClient
-from retrieval.corpus import read_corpus
+from retrieval.command import EXIT_STATUSES, InputError, run_tool
+from retrieval.corpus import CorpusError, read_corpus, read_objects
 from retrieval.index import index_documents
 from retrieval.search import Mode, Searcher
 from retrieval.settings import Connections, add_connection_flags, connections
@@ -57,26 +58,47 @@ class Pipeline:
     def parse(cls, name: str) -> Pipeline:
         base, *stages = name.split("+")
         if base not in ("dense", "sparse", "hybrid") or not set(stages) <= {"colbert", "rerank"}:
-            raise ValueError(
+            raise InputError(
                 f"unknown mode `{name}`: dense, sparse or hybrid, then +colbert and/or +rerank"
             )
         return cls(name, base, "colbert" in stages, "rerank" in stages)  # type: ignore[arg-type]
 
 
 def read_queries(path: Path) -> dict[str, str]:
-    with path.open(encoding="utf-8") as lines:
-        rows = [json.loads(line) for line in lines if line.strip()]
-    return {str(row["_id"]): str(row["text"]) for row in rows}
+    queries: dict[str, str] = {}
+    problems: list[str] = []
+    for number, row in read_objects(path):
+        qid, text = row.get("_id"), row.get("text")
+        if not isinstance(qid, str | int) or isinstance(qid, bool) or not isinstance(text, str):
+            problems.append(f"{path}:{number}: a query is an `_id` and a `text` string")
+        else:
+            queries[str(qid)] = text
+    if problems:
+        raise CorpusError(*problems)
+    return queries
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as rows:
+    problems: list[str] = []
+    try:
+        rows = path.open(encoding="utf-8", newline="")
+    except OSError as exc:
+        raise CorpusError(f"{path}: {exc.strerror or exc}") from None
+    with rows:
         reader = csv.reader(rows, delimiter="\t")
         for row in reader:
             if not row or row[0] == "query-id":
                 continue
-            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+            try:
+                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+            except (IndexError, ValueError):
+                problems.append(
+                    f"{path}:{reader.line_num}: a judgement is query-id, corpus-id and an "
+                    "integer score, tab-separated"
+                )
+    if problems:
+        raise CorpusError(*problems)
     return qrels
 
 
@@ -126,10 +148,11 @@ async def evaluate(
         modes = _ALL_MODES if "sparse" in served else _DENSE_MODES
         modes = [m for m in modes if "rerank" not in m or "rerank" in served]
     pipelines = [Pipeline.parse(name) for name in modes]
+    corpus = read_corpus(folder / "corpus.jsonl")
     store = where.qdrant()
     try:
         report = await index_documents(
-            read_corpus(folder / "corpus.jsonl"),
+            corpus,
             service,
             store,
             collection,
@@ -189,7 +212,9 @@ def chart(table: dict[str, dict[str, float]], title: str, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bge-eval", description="nDCG@10, MRR@10, Recall@100 of each search mode."
+        prog="bge-eval",
+        description="nDCG@10, MRR@10, Recall@100 of each search mode.",
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("dataset", type=Path, help="BEIR-format folder.")
     parser.add_argument("--collection", help="Default: the folder's name.")
@@ -205,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_tool("bge-eval", lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     where = connections(args)
     out = args.out or args.dataset
-    try:
-        table, facts = asyncio.run(_run(args, where))
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        print(f"bge-eval: {exc}", file=sys.stderr)
-        return 1
+    table, facts = asyncio.run(_run(args, where))
     print(markdown(table))
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({**facts, "results": table}, indent=2) + "\n")
@@ -224,7 +249,7 @@ async def _run(
     args: argparse.Namespace, where: Connections
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     modes = args.modes.split(",") if args.modes else None
-    async with ServiceClient(where.service_url, api_key=where.service_api_key) as service:
+    async with where.service() as service:
         return await evaluate(
             args.dataset,
             args.collection or args.dataset.name,

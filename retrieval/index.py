@@ -4,6 +4,10 @@ dense + sparse (+ ColBERT) vectors computed by the service.
     bge-index corpus.jsonl --collection docs [--colbert] [--resume]
     bge-index --from-collection docs_v1 --collection docs_v2 --alias docs
 
+The corpus is checked whole first (``retrieval.corpus``): a malformed row, or an id
+that repeats (unless ``--on-duplicate first|last`` keeps one row of each), stops
+the run before anything is sent, with every such row named by its line.
+
 Texts go through ``/v1/hybrid-embeddings`` (one forward pass for every output) in
 batches, ``--concurrency`` at once; each batch is stored (``wait=True``) as soon as
 it is embedded, so a crash loses only the batches in flight. Point ids are UUIDv5
@@ -36,7 +40,8 @@ from tqdm import tqdm
 
 from retrieval import store as qd
 from retrieval.client import ServiceClient
-from retrieval.corpus import Document, read_corpus
+from retrieval.command import EXIT_STATUSES, run_tool
+from retrieval.corpus import ON_DUPLICATE, Document, read_corpus
 from retrieval.settings import Connections, add_connection_flags, connections
 from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
 
@@ -45,7 +50,7 @@ __all__ = ["IndexReport", "index_documents", "main"]
 
 @dataclass(frozen=True, slots=True)
 class IndexReport:
-    documents: int  # read from the source
+    documents: int  # read from the source (one per id)
     embedded: int  # sent to the service and stored on this run
     skipped: int  # already stored (--resume)
     seconds: float
@@ -154,23 +159,12 @@ def _from_collection(store: QdrantClient, name: str) -> Iterator[Document]:
         yield Document(id=document_id, text=text, payload=payload)
 
 
-def _count(path: Path) -> int | None:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        with path.open("rb") as lines:
-            return sum(1 for line in lines if line.strip())
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    return None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bge-index",
         description="Embed a corpus with bge-serve into a Qdrant collection (dense + sparse, "
         "optionally ColBERT).",
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("corpus", nargs="?", type=Path, help=".jsonl, .csv or .parquet")
     parser.add_argument("--collection", required=True, help="Collection to fill (created).")
@@ -180,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="Skip documents already stored.")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--id-field", default=None, help="Default: id, _id, doc_id or docid.")
+    parser.add_argument(
+        "--on-duplicate",
+        choices=ON_DUPLICATE,
+        default="error",
+        help="Rows that repeat an id: an error naming them (default), or keep the first or "
+        "the last row of each id; the report counts the rows dropped.",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4, help="Batches in flight.")
     parser.add_argument("--no-progress", action="store_true")
@@ -192,22 +193,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.corpus is None) == (args.from_collection is None):
         parser.error("give a corpus file or --from-collection, not both")
+    return run_tool(
+        "bge-index",
+        lambda: _index(args),
+        on_interrupt=" (the batches stored so far stay: --resume goes on from them)",
+    )
+
+
+def _index(args: argparse.Namespace) -> int:
     where = connections(args)
+    # Checked before the store is opened or the service asked anything.
+    corpus = (
+        read_corpus(
+            args.corpus,
+            text_field=args.text_field,
+            id_field=args.id_field,
+            on_duplicate=args.on_duplicate,
+        )
+        if args.corpus is not None
+        else None
+    )
     store = where.qdrant()
     try:
-        if args.corpus is not None:
-            documents: Iterable[Document] = read_corpus(
-                args.corpus, text_field=args.text_field, id_field=args.id_field
-            )
-            total = _count(args.corpus)
+        if corpus is not None:
+            documents: Iterable[Document] = corpus
+            total, dropped = corpus.documents, corpus.duplicates
         else:
             documents = _from_collection(store, args.from_collection)
-            total = store.count(args.from_collection, exact=True).count
+            total, dropped = store.count(args.from_collection, exact=True).count, 0
         report = asyncio.run(_run(args, where, store, documents, total))
         line: dict[str, Any] = {
             "collection": args.collection,
             "store": where.where(),
             "documents": report.documents,
+            "duplicates_dropped": dropped,
             "embedded": report.embedded,
             "skipped": report.skipped,
             "seconds": round(report.seconds, 2),
@@ -217,9 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             line["alias"] = args.alias
             line["alias_was"] = qd.switch_alias(store, args.alias, args.collection)
         print(json.dumps(line))
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"bge-index: {exc}", file=sys.stderr)
-        return 1
     finally:
         store.close()
     return 0
@@ -232,9 +248,7 @@ async def _run(
     documents: Iterable[Document],
     total: int | None,
 ) -> IndexReport:
-    async with ServiceClient(
-        where.service_url, api_key=where.service_api_key, concurrency=args.concurrency
-    ) as service:
+    async with where.service(concurrency=args.concurrency) as service:
         return await index_documents(
             documents,
             service,

@@ -30,7 +30,8 @@ from qdrant_client import QdrantClient, models
 
 from retrieval import store as qd
 from retrieval.client import ServiceClient
-from retrieval.settings import add_connection_flags, connections
+from retrieval.command import EXIT_STATUSES, run_tool
+from retrieval.settings import Connections, add_connection_flags, connections
 from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
 
 __all__ = ["RRF_K", "Hit", "Mode", "Searcher", "main", "rrf"]
@@ -177,7 +178,9 @@ class Searcher:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bge-search", description="Search a collection bge-index filled; JSON out."
+        prog="bge-search",
+        description="Search a collection bge-index filled; JSON out.",
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("query", nargs="+", help="One or more queries.")
     parser.add_argument("--collection", required=True, help="Collection or alias.")
@@ -194,13 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_tool("bge-search", lambda: _search(args))
+
+
+def _search(args: argparse.Namespace) -> int:
     where = connections(args)
     store = where.qdrant()
     try:
-        answers = asyncio.run(_run(args, where.service_url, where.service_api_key, store))
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"bge-search: {exc}", file=sys.stderr)
-        return 1
+        answers = asyncio.run(_run(args, where, store))
     finally:
         store.close()
     for query, hits in answers:
@@ -213,9 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(
-    args: argparse.Namespace, url: str, api_key: str | None, store: QdrantClient
+    args: argparse.Namespace, where: Connections, store: QdrantClient
 ) -> list[tuple[str, list[Hit]]]:
-    async with ServiceClient(url, api_key=api_key) as service:
+    async with where.service() as service:
         searcher = Searcher(service, store, args.collection)
         return [
             (

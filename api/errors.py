@@ -50,6 +50,7 @@ __all__ = [
     "TeiError",
     "client_disconnected",
     "engine_error",
+    "head_problem",
     "http_error",
     "malformed_body",
     "problem_of",
@@ -373,6 +374,11 @@ def request_timeout_problem(timeout_s: float) -> Problem:
         "(HTTP_READ_TIMEOUT_S)",
         "request_timeout",
     )
+
+
+def head_problem(status: int, message: str, code: str) -> Problem:
+    """A request head the HTTP layer refuses before routing (400, 414, 431)."""
+    return Problem(Status(status, "invalid_request_error", status, "Validation"), message, code)
 
 
 def engine_error(_: Request[Any, Any, Any], exc: EngineError) -> Response[ErrorEnvelope]:

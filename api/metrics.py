@@ -137,14 +137,17 @@ class _ConnectionCollector(Collector):
         yield GaugeMetricFamily("bge_http_connections_open", "Open HTTP connections", stats.open)
         closed = CounterMetricFamily(
             "bge_http_connections_closed",
-            "Connections the server closed: read_timeout (HTTP_READ_TIMEOUT_S), evicted (to make "
-            "room under MAX_CONNECTIONS), refused (429: MAX_CONNECTIONS, all busy)",
+            "Connections the server closed: read_timeout (HTTP_READ_TIMEOUT_S), write_timeout "
+            "(HTTP_WRITE_TIMEOUT_S), evicted (to make room under MAX_CONNECTIONS), refused (429: "
+            "MAX_CONNECTIONS, all busy), bad_head (400/414/431: a request head past a limit)",
             labels=["reason"],
         )
         for reason, count in (
             ("read_timeout", stats.read_timeouts),
+            ("write_timeout", stats.write_timeouts),
             ("evicted", stats.evicted),
             ("refused", stats.refused),
+            ("bad_head", stats.heads_refused),
         ):
             closed.add_metric([reason], count)
         yield closed

@@ -84,6 +84,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     runpod_max_output_mb: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 20.0
     http_read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     http_keepalive_s: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 5
+    http_write_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    http_max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 24)] = 65_536
+    http_max_headers: Annotated[int, msgspec.Meta(ge=8, le=10_000)] = 100
+    http_max_request_line_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 8192
     max_connections: Positive = 1024
     cache_max_items: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     cache_max_mb: Positive = 256
@@ -201,10 +205,19 @@ HELP: dict[str, str] = {
     "disconnected.",
     "http_keepalive_s": "How long an idle keep-alive connection stays open between requests "
     "(behind a load balancer, make it longer than the balancer's idle timeout).",
-    "max_connections": "Open connections at most; past it, the connection that has waited "
-    "longest on its request headers (else the longest idle one) is closed to make room, and when "
-    "every connection is busy the new one gets 429 with Retry-After. Keep it below the "
-    "process's open-file limit (ulimit -n).",
+    "http_write_timeout_s": "How long an answer may wait on a client that does not read it "
+    "(its connection's send buffer full); then the connection is closed and the answer dropped.",
+    "http_max_header_bytes": "Largest request head (request line and headers); a larger one "
+    "gets 431 and the connection is closed.",
+    "http_max_headers": "Most header lines in one request; more get 431 and the connection is "
+    "closed.",
+    "http_max_request_line_bytes": "Longest request line (method, URL, version); a longer one "
+    "gets 414 and the connection is closed.",
+    "max_connections": "Open connections at most; past it, the connection whose answer has "
+    "waited longest on a client that does not read (else the one that has waited longest on its "
+    "request headers, else the longest idle one) is closed to make room, and when every "
+    "connection is busy the new one gets 429 with Retry-After. Keep it below the process's "
+    "open-file limit (ulimit -n).",
     "shutdown_timeout_s": "On SIGTERM, how long requests already accepted may take to get "
     "their answers before the process exits.",
     "runpod_concurrency": "Jobs one bge-runpod-worker takes at once (its concurrency_modifier); "

@@ -191,5 +191,5 @@ def _closed_counts(server: Server) -> dict[str, float]:
         if line.startswith("bge_http_connections_closed_total{"):
             reason = line.split('reason="', 1)[1].split('"', 1)[0]
             counts[reason] = float(line.rsplit(" ", 1)[1])
-    assert set(counts) == {"read_timeout", "evicted", "refused"}
+    assert set(counts) == {"read_timeout", "write_timeout", "evicted", "refused", "bad_head"}
     return counts

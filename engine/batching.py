@@ -1,11 +1,14 @@
 """Micro-batching: concurrent requests share forward passes, and never each other's results.
 
 Each request is split into units (one text, or one query-document pair) that
-queue in arrival order. One worker per model takes units from the head of the
-queue into a batch whose padded size (longest unit x count) stays within the
-token budget - waiting up to ``max_wait_s`` for company while the batch has
-room - sorts it by length to cut padding, runs it on the model's thread, and
-hands each result back to its own request by position.
+queue in arrival order, a pass's worth of tokens at a time: a request's second
+pass's worth queues behind the first pass's worth of every request that came
+after it, so a one-text request waits for one pass of a 2,048-text request, not
+all of them. One worker per model takes units from the head of the queue into a
+batch whose padded size (longest unit x count) stays within the token budget -
+waiting up to ``max_wait_s`` for company while the batch has room - sorts it by
+length to cut padding (the head of the queue always goes), runs it on the
+model's thread, and hands each result back to its own request by position.
 
 With ``workers`` > 1, that many batches run at once (the executor must have as
 many threads): on a CPU, two passes with half the threads each keep the cores
@@ -63,6 +66,8 @@ class _Queued(Generic[P, R]):
     unit: Unit[P]
     request: _Request[R]
     position: int
+    # Where it queues: its request's pass's worth (round), then arrival.
+    order: tuple[int, int] = (0, 0)
 
 
 @dataclass(slots=True)
@@ -97,6 +102,7 @@ class MicroBatcher(Generic[P, R]):
         self._max_wait = max_wait_s
         self._max_requests = max_queued_requests
         self._queue: collections.deque[_Queued[P, R]] = collections.deque()
+        self._arrivals = 0
         self._ready = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self.stats = BatchStats()
@@ -132,7 +138,7 @@ class MicroBatcher(Generic[P, R]):
             return []
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         request: _Request[R] = _Request(future=future, results=[None] * len(units), left=len(units))
-        self._queue.extend(_Queued(unit, request, i) for i, unit in enumerate(units))
+        self._enqueue(request, units)
         self.stats.queued_requests += 1
         self._ready.set()
         try:
@@ -140,6 +146,23 @@ class MicroBatcher(Generic[P, R]):
             return await future
         finally:
             self.stats.queued_requests -= 1
+
+    def _enqueue(self, request: _Request[R], units: Sequence[Unit[P]]) -> None:
+        """``units`` into the queue by (round, arrival): round k holds the units after
+        the request's first k passes' worth of tokens."""
+        queued: list[_Queued[P, R]] = []
+        tokens = 0
+        for position, unit in enumerate(units):
+            self._arrivals += 1
+            queued.append(
+                _Queued(unit, request, position, (tokens // self._max_tokens, self._arrivals))
+            )
+            tokens += max(unit.tokens, 1)
+        queue = self._queue
+        if not queue or queued[0].order[0] >= queue[-1].order[0]:
+            queue.extend(queued)  # no unit queued in a later round: in order as it is
+        else:
+            self._queue = collections.deque(sorted([*queue, *queued], key=lambda item: item.order))
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -211,9 +234,15 @@ class MicroBatcher(Generic[P, R]):
             window.append(head)
         if not window:
             return []
-        by_length = sorted(window, key=lambda queued: queued.unit.tokens, reverse=True)
-        fits = max(1, self._max_tokens // max(by_length[0].unit.tokens, 1))
-        batch = by_length[: min(fits, self._max_items)]
+        # The head always goes, so no unit waits behind longer ones that keep arriving.
+        head, by_length = window[0], sorted(window[1:], key=lambda q: q.unit.tokens, reverse=True)
+        widest = max(head.unit.tokens, by_length[0].unit.tokens if by_length else 0, 1)
+        fits = max(1, self._max_tokens // widest)
+        batch = sorted(
+            [head, *by_length[: min(fits, self._max_items) - 1]],
+            key=lambda q: q.unit.tokens,
+            reverse=True,
+        )
         taken = {id(queued) for queued in batch}
         # The rest go back to the head of the queue, in arrival order.
         queue.extendleft(reversed([queued for queued in window if id(queued) not in taken]))

@@ -2,8 +2,8 @@
 (flag and infinity backends).
 
 Callers run these on their tokenizer thread: a fast tokenizer is not safe to share. A long
-request is tokenized in :func:`chunks`, one call each, so a short request's call gets the
-thread between two of them.
+request is tokenized in ``chunks`` (engine.budget's), one call each, so a short request's
+call gets the thread between two of them.
 """
 
 from __future__ import annotations
@@ -13,37 +13,18 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from engine.budget import chunks
 from engine.errors import InvalidInput
 from engine.types import Token
 
 __all__ = ["chunks", "cut_for_truncation", "decode_ids", "tokens_of"]
 
-# A tokenizer call holds every token of its texts (ids, offsets, strings: ~100 bytes each)
-# until it returns; a chunk of this many characters keeps that to ~25 MB and ~0.1-0.3 s.
-_CHUNK_CHARS = 262_144
-_CHUNK_ITEMS = 256
 # The first cut tried, in characters per token kept; ordinary text needs 3-6. Only a guess:
 # a cut is kept only once checked, else doubled (see cut_for_truncation).
 _FIRST_CUT_CHARS_PER_TOKEN = 8
 # Words of the cut's end a kept token must stay clear of: the last word is cut, and the
 # one before may be split differently by a pre-tokenizer that looks one character ahead.
 _WORDS_CLEAR = 2
-
-
-def chunks(texts: Sequence[str]) -> list[slice]:
-    """``texts`` in consecutive runs of at most ~_CHUNK_CHARS characters (a longer text alone)."""
-    runs: list[slice] = []
-    start = chars = 0
-    for position, text in enumerate(texts):
-        if position > start and (
-            chars + len(text) > _CHUNK_CHARS or position - start >= _CHUNK_ITEMS
-        ):
-            runs.append(slice(start, position))
-            start, chars = position, 0
-        chars += len(text)
-    if start < len(texts):
-        runs.append(slice(start, len(texts)))
-    return runs
 
 
 def cut_for_truncation(
@@ -69,8 +50,16 @@ def cut_for_truncation(
         encoded = tokenizer(pieces, add_special_tokens=False)
         unsettled = []
         for row, position in enumerate(pending):
-            if _clear_of_cut(encoded.word_ids(row), keep, from_left):
-                cut[position] = pieces[row]
+            words = encoded.word_ids(row)
+            if _clear_of_cut(words, keep, from_left):
+                # Only to the word after the next one: the truncating call that follows
+                # then makes about ``keep`` tokens, not the cut's.
+                piece, nearest = pieces[row], words[-keep] if from_left else words[keep - 1]
+                assert nearest is not None  # _clear_of_cut checked it
+                if from_left:
+                    cut[position] = piece[encoded.word_to_chars(row, nearest - 2).end :]
+                else:
+                    cut[position] = piece[: encoded.word_to_chars(row, nearest + 2).start]
             else:
                 unsettled.append(position)
         size *= 2

@@ -4,10 +4,18 @@ known ones computes one.
 An entry is one text's raw output of one head (dense vector, lexical weights or
 ColBERT matrix) with the text's token count, stored as compact bytes (float32 and
 int32 arrays, not JSON) under a key that hashes everything the output depends on:
-model, head, token limit, the text, and the EncodeOptions that change the head's output
-(an unnormalised vector is never served for a normalised one). What the engine finishes
-afterwards (sparse index mapping, dimension truncation) is done on cached and computed
-rows alike, so a cached answer is byte-equal to the computed one.
+the model's fingerprint (its weights and the settings that change its answers, not its
+configured name: ``backends/fingerprint.py``), head, token limit, the text, and the
+EncodeOptions that change the head's output (an unnormalised vector is never served for
+a normalised one). What the engine finishes afterwards (sparse index mapping, dimension
+truncation) is done on cached and computed rows alike, so a cached answer is byte-equal
+to the computed one.
+
+A store is not trusted: every entry read is checked against the model (``check_entry``)
+and one that does not fit — undecodable, another head, another dimension, values that
+are not finite, token ids outside the vocabulary, weights not > 0, ColBERT rows that
+are not the text's tokens, a token count outside the limit — is a miss
+(``InvalidEntry``).
 
 Two stores: an in-process LRU bounded by entries and bytes (``CACHE_MAX_ITEMS``,
 ``CACHE_MAX_MB``), and Redis (``REDIS_URL``, entries expire after ``CACHE_TTL_S``),
@@ -33,9 +41,12 @@ from engine.types import DEFAULT_OPTIONS, ColbertMatrix, EncodeOptions, Output, 
 __all__ = [
     "CacheStats",
     "Entry",
+    "EntryBounds",
+    "InvalidEntry",
     "LruStore",
     "RedisStore",
     "Store",
+    "check_entry",
     "decode_entry",
     "encode_entry",
     "entry_key",
@@ -57,8 +68,9 @@ _REDIS_RETRY_S = 5.0
 def entry_key(
     model: str, head: Output, max_tokens: int, text: str, options: EncodeOptions = DEFAULT_OPTIONS
 ) -> str:
-    """Raw and normalised vectors, and a text cut at its start or at its end, get keys of
-    their own; with the default options a key is what it always was."""
+    """``model`` is the fingerprint of what computes the entry, never a configured name:
+    two services with other weights under one name must not meet. Raw and normalised
+    vectors, and a text cut at its start or at its end, get keys of their own."""
     variant = head_variant(head, options)
     label = f"{head}{variant}"
     digest = hashlib.sha256(f"{model}\0{label}\0{max_tokens}\0{text}".encode()).hexdigest()
@@ -69,6 +81,24 @@ def head_variant(head: Output, options: EncodeOptions) -> str:
     """What ``options`` change in ``head``'s output, as a key suffix ("" for nothing)."""
     variant = "-raw" if head is Output.DENSE and not options.normalize else ""
     return variant + ("-left" if options.truncate_left else "")
+
+
+class InvalidEntry(ValueError):
+    """An entry that is not what the model computes; ``kind`` names the check it failed
+    (what is logged once per kind), the message says how."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class EntryBounds:
+    """What the serving model's entries must fit; 0 where a remote does not say."""
+
+    dimension: int
+    vocab_size: int
+    max_tokens: int
 
 
 def encode_entry(head: Output, tokens: int, value: Any) -> bytes:
@@ -84,19 +114,75 @@ def encode_entry(head: Output, tokens: int, value: Any) -> bytes:
 
 
 def decode_entry(data: bytes) -> tuple[Output, Entry]:
+    """The head and entry ``data`` holds; InvalidEntry("undecodable") for bytes that are
+    not one whole entry (too short, an unknown head, sizes that disagree, bytes left over)."""
+    if len(data) < _HEADER.size:
+        raise InvalidEntry("undecodable", f"{len(data)} bytes, shorter than a header")
     tokens, head_index = _HEADER.unpack_from(data)
+    if head_index >= len(_HEADS):
+        raise InvalidEntry("undecodable", f"head {head_index} is none of {len(_HEADS)}")
     head = _HEADS[head_index]
     body = memoryview(data)[_HEADER.size :]
     if head is Output.DENSE:
+        _expect_size(body, len(body) - len(body) % 4)
         return head, (tokens, np.frombuffer(body, dtype="<f4").astype(np.float32))
     if head is Output.SPARSE:
+        _expect_size(body, 4, at_least=True)
         (count,) = struct.unpack_from("<I", body)
+        _expect_size(body, 4 + 8 * count)
         ids = np.frombuffer(body, dtype="<i4", count=count, offset=4).astype(np.int64)
         weights = np.frombuffer(body, dtype="<f4", count=count, offset=4 + 4 * count)
         return head, (tokens, TokenWeights(ids, weights.astype(np.float32)))
+    _expect_size(body, _SHAPE.size, at_least=True)
     rows, dim = _SHAPE.unpack_from(body)
+    _expect_size(body, _SHAPE.size + 4 * rows * dim)
     matrix = np.frombuffer(body, dtype="<f4", offset=_SHAPE.size).reshape(rows, dim)
     return head, (tokens, matrix.astype(np.float32))
+
+
+def _expect_size(body: memoryview, size: int, *, at_least: bool = False) -> None:
+    if len(body) < size or (len(body) > size and not at_least):
+        raise InvalidEntry("undecodable", f"a body of {len(body)} bytes where {size} fit")
+
+
+def check_entry(head: Output, decoded: tuple[Output, Entry], bounds: EntryBounds) -> Entry:
+    """``decoded``'s entry when it is one the model could have computed for ``head``;
+    else InvalidEntry naming the first check it fails."""
+    found, (tokens, value) = decoded
+    if found is not head:
+        raise InvalidEntry("head", f"a {found} entry under a {head} key")
+    if tokens < 1 or (bounds.max_tokens and tokens > bounds.max_tokens):
+        raise InvalidEntry(
+            "token count", f"{tokens} tokens, outside 1-{bounds.max_tokens or 'unbounded'}"
+        )
+    if isinstance(value, TokenWeights):
+        _check_weights(value, tokens, bounds)
+        return tokens, value
+    if head is Output.COLBERT and value.shape[0] != tokens - 1:
+        # One row per token after CLS (ColbertMatrix), so a text's rows follow its count.
+        raise InvalidEntry("ColBERT rows", f"{value.shape[0]} rows for a text of {tokens} tokens")
+    width = value.shape[-1] if value.ndim else 0
+    if bounds.dimension and width != bounds.dimension:
+        raise InvalidEntry(
+            "dimension", f"{width}-dimensional {head} vectors; the model's have {bounds.dimension}"
+        )
+    if not np.isfinite(value).all():
+        raise InvalidEntry("not finite", f"NaN or infinite values in a {head} entry")
+    return tokens, value
+
+
+def _check_weights(value: TokenWeights, tokens: int, bounds: EntryBounds) -> None:
+    ids, weights = value.token_ids, value.weights
+    if len(ids) and (ids.min() < 0 or (bounds.vocab_size and ids.max() >= bounds.vocab_size)):
+        raise InvalidEntry(
+            "token id",
+            f"ids {ids.min()}-{ids.max()}, outside the vocabulary's 0-"
+            f"{bounds.vocab_size - 1 if bounds.vocab_size else 'unbounded'}",
+        )
+    if len(np.unique(ids)) != len(ids) or len(ids) > tokens:
+        raise InvalidEntry("token id", f"{len(ids)} ids, repeated or more than {tokens} tokens")
+    if not (np.isfinite(weights).all() and (weights > 0).all()):
+        raise InvalidEntry("lexical weights", "weights that are not all finite and > 0")
 
 
 @dataclass(slots=True)
@@ -105,6 +191,7 @@ class CacheStats:
     misses: int = 0  # texts computed
     evictions: int = 0  # LRU entries pushed out
     errors: int = 0  # Redis calls that failed
+    invalid: int = 0  # entries read that did not fit the model: treated as misses
 
 
 class Store(Protocol):

@@ -3,30 +3,41 @@ head is cached are answered from the store, the rest computed in one call and st
 
 Kept apart from the engine's validation and finishing (``engine/inference.py``), as
 Infinity keeps ``caching_layer.py`` apart from its batch handler: what an entry is and
-how it is keyed and checked lives in ``engine/cache.py``; here only which texts hit.
+how it is keyed and checked lives in ``engine/cache.py``; here which texts hit, under
+which model, and what is done with an entry that does not fit it (a miss, logged once
+per kind of problem, overwritten by the computation).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from engine.backend import Backend
 from engine.cache import (
     CacheStats,
     Entry,
+    EntryBounds,
+    InvalidEntry,
     LruStore,
     RedisStore,
     Store,
+    check_entry,
     decode_entry,
     encode_entry,
     entry_key,
 )
+from engine.errors import Unavailable
 from engine.settings import Settings
-from engine.types import EncodeOptions, Encoding, Output
+from engine.types import EncodeOptions, Encoding, ModelInfo, Operation, Output
 
-__all__ = ["CachedEncoder", "Compute"]
+__all__ = ["CachedEncoder", "CachedModel", "Compute"]
+
+log = logging.getLogger(__name__)
 
 Compute = Callable[[Sequence[str]], Awaitable[Encoding]]
 """The backends' encoding of some texts (the outputs and options already bound)."""
@@ -34,13 +45,45 @@ Compute = Callable[[Sequence[str]], Awaitable[Encoding]]
 _HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
 
 
+@dataclass(frozen=True, slots=True)
+class CachedModel:
+    """The model an operation is served with, as the cache sees it: what its entries are
+    keyed by and what they must fit."""
+
+    fingerprint: str
+    bounds: EntryBounds
+
+    @classmethod
+    def of(cls, info: ModelInfo, chain: Sequence[Backend], operation: Operation) -> CachedModel:
+        """``info`` is the model the engine serves ``operation`` with (its limit, dimension
+        and vocabulary bound the entries); the fingerprint is the whole chain's, in order:
+        its entries are its answers, whichever of its backends computed one, as its
+        responses are. A backend not loaded yet (a remote not reached) counts as such, so
+        the entries computed meanwhile are apart from those once it is."""
+        parts = []
+        for backend in chain:
+            try:
+                served = backend.model_info(operation)
+            except Unavailable:
+                parts.append(f"{backend.name} (not loaded)")
+                continue
+            # A backend that cannot say (the tests' fakes) keys by its name and model's.
+            parts.append(served.fingerprint or f"{backend.name} {served.name}")
+        bounds = EntryBounds(
+            dimension=info.dimension or 0,
+            vocab_size=info.vocab_size,
+            max_tokens=info.max_tokens,
+        )
+        return cls("\0".join(parts), bounds)
+
+
 class CachedEncoder:
     """The cache store the settings name (none, in-process LRU or Redis) and its read-through."""
 
     def __init__(self, settings: Settings, stats: CacheStats) -> None:
-        self._model = settings.embedding_model_name
         self._store = _cache_store(settings, stats)
         self._stats = stats
+        self._logged: set[str] = set()  # the kinds of invalid entries logged already
 
     @property
     def store_name(self) -> str:
@@ -56,26 +99,29 @@ class CachedEncoder:
         texts: Sequence[str],
         outputs: frozenset[Output],
         options: EncodeOptions,
-        max_tokens: int,
+        model: CachedModel,
         compute: Compute,
     ) -> Encoding:
         """``compute``'s encoding of ``texts``, from the cache for every text it holds all
-        asked heads of; the rest computed in one call, and stored where the backend says
-        how many tokens each text took."""
+        asked heads of, each fitting ``model``; the rest computed in one call, and stored
+        (over any entry that did not fit) where the backend says how many tokens each
+        text took."""
         store = self._store
         if store is None:
             return await compute(texts)
         heads = [head for head in _HEADS if head in outputs]
+        limit = model.bounds.max_tokens
         keys = [
-            [entry_key(self._model, head, max_tokens, text, options) for head in heads]
+            [entry_key(model.fingerprint, head, limit, text, options) for head in heads]
             for text in texts
         ]
         found = await store.get_many([key for row in keys for key in row])
         cached: dict[int, dict[Output, Entry]] = {}
         for position in range(len(texts)):
             values = found[position * len(heads) : (position + 1) * len(heads)]
-            if all(value is not None for value in values):
-                cached[position] = dict(decode_entry(v) for v in values if v is not None)
+            entries = self._checked(heads, values, keys[position], model.bounds)
+            if entries is not None:
+                cached[position] = entries
         missing = [position for position in range(len(texts)) if position not in cached]
         self._stats.hits += len(cached)
         self._stats.misses += len(missing)
@@ -97,6 +143,46 @@ class CachedEncoder:
         if computed is not None and not cached:
             return computed
         return _merged(len(texts), heads, cached, missing, computed)
+
+    def _checked(
+        self,
+        heads: Sequence[Output],
+        values: Sequence[bytes | None],
+        keys: Sequence[str],
+        bounds: EntryBounds,
+    ) -> dict[Output, Entry] | None:
+        """One text's entries, when every head is stored and fits the model; else None
+        (a miss)."""
+        if any(value is None for value in values):
+            return None
+        entries: dict[Output, Entry] = {}
+        for head, value, key in zip(heads, values, keys, strict=True):
+            assert value is not None
+            try:
+                entries[head] = check_entry(head, decode_entry(value), bounds)
+            except InvalidEntry as problem:
+                self._invalid(key, problem)
+                return None
+        counts = sorted({tokens for tokens, _ in entries.values()})
+        if len(counts) > 1:  # each head was stored with the text's one count
+            self._invalid(keys[0], InvalidEntry("token count", f"heads disagree: {counts}"))
+            return None
+        return entries
+
+    def _invalid(self, key: str, problem: InvalidEntry) -> None:
+        """Counted always; logged once per kind, not once per request: a store full of
+        another version's entries must not flood the log."""
+        self._stats.invalid += 1
+        if problem.kind in self._logged:
+            return
+        self._logged.add(problem.kind)
+        log.warning(
+            "cache: invalid cache entry (%s) under %s; served as a miss, overwritten by the "
+            "computation; further entries of this kind are counted "
+            "(bge_cache_invalid_total), not logged",
+            problem,
+            key,
+        )
 
 
 def _cache_store(settings: Settings, stats: CacheStats) -> Store | None:

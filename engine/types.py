@@ -68,6 +68,9 @@ class ModelInfo:
     vocab_size: int
     dimension: int | None = None  # None for a cross-encoder
     pooling: str | None = None  # TEI's name of the dense pooling (cls, mean, last_token)
+    # What the model's answers depend on (backends/fingerprint.py), computed once at
+    # start-up: the embedding cache's entries are keyed by it. "": not known.
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import pytest
 from engine import InferenceEngine, Operation, Settings
 from engine.cache import CacheStats, LruStore, decode_entry, encode_entry
 from engine.types import Encoding, Output, TokenWeights
-from tests.fake_backend import FakeBackend
+from tests.fake_backend import DIM, FakeBackend
 
 HYBRID = frozenset({Output.DENSE, Output.SPARSE, Output.COLBERT})
 
@@ -27,7 +27,9 @@ class CountingTokens(FakeBackend):
     async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
         self.asked.append(list(texts))
         encoding = await super().encode(texts, outputs)
-        colbert = tuple(np.full((len(t.split()) + 1, 4), len(t), dtype=np.float32) for t in texts)
+        colbert = tuple(
+            np.full((len(t.split()) + 1, DIM), len(t), dtype=np.float32) for t in texts
+        )
         return Encoding(
             token_count=encoding.token_count,
             dense=encoding.dense,

@@ -69,7 +69,7 @@ class InProcessApp:
             await self._lifespan
 
     async def request(self, method: str, target: str, body: bytes | None = None) -> Reply:
-        path, _, query = target.partition("?")
+        path, _, query = _as_received(target).partition("?")
         headers = list(self._headers)
         if body is not None:
             headers += [
@@ -126,3 +126,10 @@ class InProcessApp:
         finally:
             never.cancel()
         return Reply(status, reply_headers, b"".join(chunks))
+
+
+def _as_received(target: str) -> str:
+    """``target`` as a server reads it off the wire, where a lone surrogate (which a job's
+    JSON can carry, and no client can send as UTF-8) arrives as replacement characters:
+    a route named with one is no route here, a 404 as over HTTP."""
+    return target.encode("utf-8", "surrogatepass").decode("utf-8", "replace")

@@ -19,6 +19,7 @@ when the route sent Retry-After, added.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,11 +56,11 @@ def call_of(job_input: object) -> Call:
         body = {"input": job_input["texts"]}
         if "model" in job_input:
             body["model"] = job_input["model"]
-        return Call("POST", "/v1/embeddings", msgspec.json.encode(body), _embeddings)
+        return Call("POST", "/v1/embeddings", _encoded(body), _embeddings)
     if "query" in job_input and "documents" in job_input:
         fields = ("query", "documents", "top_n", "model")
         body = {key: job_input[key] for key in fields if key in job_input}
-        return Call("POST", "/v1/rerank", msgspec.json.encode(body), _results)
+        return Call("POST", "/v1/rerank", _encoded(body), _results)
     keys = ", ".join(sorted(map(str, job_input))) or "none"
     raise InvalidInput(f"a job's input must be {_SHAPES}; it has keys {keys}", param="input")
 
@@ -72,8 +73,22 @@ def _route_call(job_input: dict[Any, Any], route_key: str, body_key: str) -> Cal
     method = job_input.get("method", "GET" if body is None else "POST")
     if not isinstance(method, str) or method.upper() not in _METHODS:
         raise InvalidInput("`method` must be GET or POST", param="method")
-    encoded = None if body is None and method.upper() == "GET" else msgspec.json.encode(body)
+    encoded = None if body is None and method.upper() == "GET" else _encoded(body)
     return Call(method.upper(), route, encoded)
+
+
+def _encoded(body: object) -> bytes:
+    """``body`` as JSON, written back as the caller's JSON had it.
+
+    JSON's ``\\u`` escapes can carry a lone surrogate (``"\\udc00"``), which Python's json
+    module (the SDK's) decodes into a str that no UTF-8 encoder takes. Such a body is
+    written with the escapes kept, so the route refuses it exactly as it refuses the same
+    body over HTTP (400), rather than the job failing here.
+    """
+    try:
+        return msgspec.json.encode(body)
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
 def _embeddings(answer: Any) -> Any:
@@ -111,4 +126,4 @@ def failure(body: dict[str, Any], status: int, retry_after: str | None = None) -
     detail = {**body, "http_status": status}
     if retry_after is not None and retry_after.isdigit():
         detail["retry_after"] = int(retry_after)
-    return {"error": msgspec.json.encode(detail).decode("utf-8")}
+    return {"error": _encoded(detail).decode("utf-8")}

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -97,8 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bge-runpod-worker: {exc}", file=sys.stderr)
         return 1
     log.info("models loaded; taking jobs (%d at once)", settings.runpod_concurrency)
-    runpod.serverless.start({"handler": host.handler, "concurrency_modifier": host.concurrency})
-    host.stop(settings.shutdown_timeout_s)
+    # The SDK's local API server (--rp_serve_api) is uvicorn, which drains on SIGTERM and
+    # then re-raises it with the handler found at its start back in place: the default
+    # one would kill the process by the signal (exit -15) after a clean drain. Set only
+    # now, so a SIGTERM while the models load still stops the process at once. The job
+    # poller sets its own handlers; the SDK's SIGINT handler exits by SystemExit(0).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        runpod.serverless.start({"handler": host.handler, "concurrency_modifier": host.concurrency})
+    finally:
+        host.stop(settings.shutdown_timeout_s)
     return 0
 
 

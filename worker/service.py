@@ -49,15 +49,20 @@ class Worker:
         await self._app.stop()
 
     async def answer(self, job_input: object) -> Any:
+        """The job's output; never raises, since the SDK would send a raised exception on
+        to the caller as the job's error, traceback and server paths included."""
         try:
             call = call_of(job_input)
-        except InvalidInput as exc:  # a 422, as a body of the wrong shape gets
+        except (InvalidInput, RecursionError) as exc:  # a 422, or a 400 for deep nesting,
+            return _refusal(exc)  # as a body of the wrong shape gets over HTTP
+        except Exception as exc:
+            log.exception("reading a job's input failed")
             return _refusal(exc)
         try:
             reply = await self._app.request(call.method, call.route, call.body)
             return self._returnable(output_of(call, reply), len(reply.body))
-        except Exception as exc:  # a bug here must not hand the SDK a traceback to send on
-            log.exception("job for %s %s failed", call.method, call.route)
+        except Exception as exc:
+            log.exception("job for %s %r failed", call.method, call.route)
             return _refusal(exc)
 
     def _returnable(self, output: Any, answer_bytes: int) -> Any:

@@ -14,12 +14,14 @@ import asyncio
 import itertools
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -218,6 +220,71 @@ def test_an_input_of_no_known_shape_is_refused_with_a_422_in_the_envelope(
     assert says in detail["error"]["message"]
 
 
+# Jobs whose strings hold a lone surrogate (JSON's \\u escapes can carry one; the SDK's json
+# module decodes it), with the route and body a client sends the same request to over HTTP.
+SURROGATES: list[tuple[Any, str, Any]] = [
+    ({"texts": ["\udc00abc"]}, "/v1/embeddings", {"input": ["\udc00abc"]}),
+    ({"texts": ["ok"], "model": "\udc00"}, "/v1/embeddings", {"input": ["ok"], "model": "\udc00"}),
+    (
+        {"query": "\ud800", "documents": ["a"]},
+        "/v1/rerank",
+        {"query": "\ud800", "documents": ["a"]},
+    ),
+    ({"route": "/embed", "body": {"inputs": "x\ud800"}}, "/embed", {"inputs": "x\ud800"}),
+    (
+        {"route": "/v1/embeddings", "body": {"input": ["\ud800"]}},
+        "/v1/embeddings",
+        {"input": ["\ud800"]},
+    ),
+]
+
+
+def escaped_json(value: Any) -> bytes:
+    """JSON as a client writes it: compact, non-ASCII (lone surrogates too) as \\u escapes."""
+    return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+@pytest.mark.parametrize(("job_input", "route", "body"), SURROGATES)
+def test_a_lone_surrogate_is_the_routes_own_400_not_a_traceback(
+    worker: Worker,
+    loop: asyncio.AbstractEventLoop,
+    server: Server,
+    job_input: Any,
+    route: str,
+    body: Any,
+) -> None:
+    response = httpx.post(
+        f"{server.url}{route}",
+        content=escaped_json(body),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    output = answer(loop, worker, job_input)
+    assert list(output) == ["error"] and isinstance(output["error"], str)
+    assert json.loads(output["error"]) == expected_failure(response)
+
+
+@pytest.mark.parametrize("route", ["/v1/emb\ud800", "/v1/embeddings/\udfff", "/\ud800"])
+def test_a_route_named_with_a_lone_surrogate_is_a_404(
+    worker: Worker, loop: asyncio.AbstractEventLoop, server: Server, route: str
+) -> None:
+    # Over HTTP the nearest a client can send is the surrogate's UTF-8 bytes, escaped.
+    wire = route.encode("utf-8", "surrogatepass")
+    response = httpx.get(f"{server.url}{quote(wire)}", timeout=60)
+    assert response.status_code == 404
+    detail = json.loads(answer(loop, worker, {"route": route})["error"])
+    assert detail == expected_failure(response)
+
+
+def test_a_job_whose_keys_hold_a_lone_surrogate_is_a_422(
+    worker: Worker, loop: asyncio.AbstractEventLoop
+) -> None:
+    detail = json.loads(answer(loop, worker, {"\ud800key": 1})["error"])
+    assert detail["http_status"] == 422
+    assert "it has keys \ud800key" in detail["error"]["message"]
+
+
 def test_concurrent_jobs_share_forward_passes(
     worker: Worker, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -305,7 +372,12 @@ def start_worker(models: ModelDirs, extra: dict[str, str] | None = None) -> Serv
 
 
 def runsync(url: str, job_input: Any) -> dict[str, Any]:
-    response = httpx.post(f"{url}/runsync", json={"input": job_input}, timeout=120)
+    response = httpx.post(
+        f"{url}/runsync",
+        content=escaped_json({"input": job_input}),
+        headers={"content-type": "application/json"},
+        timeout=120,
+    )
     assert response.status_code == 200, response.text
     job: dict[str, Any] = response.json()
     return job
@@ -348,6 +420,39 @@ def test_the_sdk_runs_the_handler_and_reports_completed_and_failed_jobs(
     assert refused["status"] == "FAILED"
     response = over_http(server, "POST", "/embed", {"inputs": ""})
     assert json.loads(refused["error"]) == expected_failure(response)
+
+
+def test_through_the_sdk_no_job_fails_with_a_traceback(sdk_worker: Server, server: Server) -> None:
+    job_input, route, body = SURROGATES[0]  # the issue's {"texts": ["\udc00abc"]}
+    refused = runsync(sdk_worker.url, job_input)
+    assert refused["status"] == "FAILED"
+    assert "Traceback" not in refused["error"] and "error_traceback" not in refused["error"]
+    response = httpx.post(
+        f"{server.url}{route}",
+        content=escaped_json(body),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400
+    assert json.loads(refused["error"]) == expected_failure(response)
+
+    unknown = runsync(sdk_worker.url, {"route": "/v1/emb\ud800"})
+    assert unknown["status"] == "FAILED"
+    assert json.loads(unknown["error"])["http_status"] == 404
+    assert "Traceback" not in sdk_worker.log.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_local_test_server_exits_zero_on_a_stop_signal(
+    models: ModelDirs, sig: signal.Signals
+) -> None:
+    live = start_worker(models)
+    try:
+        live.process.send_signal(sig)
+        assert live.process.wait(timeout=30) == 0, live.log.read_text()
+        assert "Traceback" not in live.log.read_text()
+    finally:
+        stop_server(live)
 
 
 def test_a_front_end_finds_the_worker_and_routes_everything_to_it(front: Server) -> None:

@@ -197,6 +197,83 @@ def test_a_run_killed_mid_way_resumes_to_every_document_once(
     assert set(ids) == {r["id"] for r in rows}
 
 
+def test_a_run_interrupted_by_ctrl_c_says_so_and_resumes_to_every_document_once(
+    server: Server, qdrant: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.jsonl"
+    rows = write_corpus(path, 200, seed=14)
+    command = [sys.executable, "-m", "retrieval.index", str(path), "--collection", "big"]
+    command += ["--batch-size", "4", "--concurrency", "2", *flags(server, qdrant)]
+    interrupted = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert interrupted.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        seen += interrupted.stderr.read(1)
+        done = re.findall(r"(\d+)/200 \[", seen)
+        if done and int(done[-1]) >= 20:
+            break
+    interrupted.send_signal(signal.SIGINT)
+    seen += interrupted.stderr.read()
+    assert interrupted.wait(timeout=30) == 130
+    # The progress bar's last redraw, then one line.
+    assert (
+        seen.rstrip()
+        .splitlines()[-1]
+        .endswith(
+            "bge-index: interrupted (the batches stored so far stay: --resume goes on from them)"
+        )
+    )
+    assert "Traceback" not in seen
+    with opened(qdrant) as store:
+        stored_before = len(_doc_ids(store, "big"))
+    assert 20 <= stored_before < 200, "interrupted mid-way"
+
+    resumed = subprocess.run(
+        [*command, "--resume", "--no-progress"], capture_output=True, text=True, check=True
+    )
+    report = json.loads(resumed.stdout)
+    assert (report["skipped"], report["embedded"]) == (stored_before, 200 - stored_before)
+    with opened(qdrant) as store:
+        ids = _doc_ids(store, "big")
+    assert len(ids) == len(set(ids)) == 200
+    assert set(ids) == {r["id"] for r in rows}
+
+
+def test_repeated_ids_are_refused_or_one_row_of_each_kept_and_counted(
+    server: Server, qdrant: Path, tmp_path: Path, capsys: Any
+) -> None:
+    # 100 lines, 80 distinct ids: the last 20 rows repeat the first 20 rows' ids with
+    # other texts. The integer 5 and the string "5" are one id.
+    path = tmp_path / "repeats.jsonl"
+    texts = list(dict.fromkeys(corpus(240, seed=15)))[:100]
+    rows: list[dict[str, Any]] = [{"id": f"doc-{i % 80}", "text": t} for i, t in enumerate(texts)]
+    rows[5]["id"], rows[85]["id"] = 5, "5"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = [str(path), "--collection", "rep", "--no-progress", *flags(server, qdrant)]
+    assert index.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(
+        f"bge-index: {path}: 20 of 100 rows repeat an earlier id; the first, `doc-0`, is on "
+        "lines 1 and 81."
+    )
+    with opened(qdrant) as store:
+        assert not store.collection_exists("rep")  # nothing sent, nothing stored
+
+    for keep, kept in (("first", rows[:80]), ("last", rows[20:])):
+        collection = f"rep_{keep}"
+        argv = [str(path), "--collection", collection, "--no-progress", *flags(server, qdrant)]
+        assert index.main([*argv, "--on-duplicate", keep]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert (report["documents"], report["duplicates_dropped"]) == (80, 20)
+        assert (report["embedded"], report["skipped"]) == (80, 0)
+        with opened(qdrant) as store:
+            assert store.count(collection, exact=True).count == 80
+            stored = {str(p["doc_id"]): p["text"] for p in qd.scroll_texts(store, collection)}
+        assert stored == {str(row["id"]): row["text"] for row in kept}, keep
+
+
 def test_the_alias_moves_only_once_the_new_collection_is_complete(
     server: Server,
     qdrant: Path,

@@ -101,7 +101,7 @@ def test_bytes_that_are_not_utf8_and_lone_surrogates_are_named(tmp_path: Path, c
         b"\n".join(
             [
                 good[0],
-                b'{"id": "a", "text": "caf\xe9"}',
+                b'{"id": "a", "text": "\xe9t\xe9"}',
                 good[1],
                 b'{"id": "b", "text": "\\udc00abc"}',
                 good[2],

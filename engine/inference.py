@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from engine.backend import Backend, BackendHealth
 from engine.cache import CacheStats
-from engine.cached_encoding import CachedEncoder
+from engine.cached_encoding import CachedEncoder, CachedModel
 from engine.errors import (
     InputTooLarge,
     InvalidInput,
@@ -478,8 +478,8 @@ class InferenceEngine:
         def compute(asked: Sequence[str]) -> Awaitable[Encoding]:
             return self._computed(operation, asked, outputs, options)
 
-        limit = self.model_info(operation).max_tokens
-        return await self._cache.encode(texts, outputs, options, limit, compute)
+        model = CachedModel.of(self.model_info(operation), self._router.chain(operation), operation)
+        return await self._cache.encode(texts, outputs, options, model, compute)
 
     async def _computed(
         self,

@@ -173,16 +173,17 @@ def read_corpus(
     return Corpus(path, shape, rows=rows, duplicates=repeats, kept=kept if repeats else None)
 
 
-def read_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """A JSONL file's objects with their line numbers; a :class:`CorpusError` names the
     malformed lines (for the other JSONL files a tool reads, e.g. BEIR queries)."""
     rows = list(_jsonl(path))
     problems = [f"{path}:{row.number}: {row.problem}" for row in rows if row.fields is None]
     if problems:
-        raise CorpusError(*problems[:_SHOWN], f"{path}: {len(problems)} malformed of {len(rows)}")
-    for row in rows:
-        assert row.fields is not None  # checked just above
-        yield row.number, row.fields
+        count = len(problems)
+        raise CorpusError(
+            *problems[:_SHOWN], f"{path}: {count} malformed line{'s' * (count != 1)} of {len(rows)}"
+        )
+    return [(row.number, row.fields) for row in rows if row.fields is not None]
 
 
 def _repeated(
@@ -222,6 +223,12 @@ def _document(fields: dict[str, Any], shape: _Shape) -> Document:
             f"the text has a lone surrogate (U+{ord(embedded[at]):04X}) at character {at}"
         )
     payload = {name: value for name, value in fields.items() if name != key}
+    for name, value in payload.items():
+        if (escaped := _surrogate_in(value)) is not None:
+            raise _Malformed(
+                f"the field `{name}` has a lone surrogate (U+{ord(escaped):04X}): no UTF-8 "
+                "store can hold it"
+            )
     return Document(id=document_id, text=embedded, payload=payload)
 
 
@@ -265,6 +272,21 @@ def _surrogate_at(text: str) -> int | None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         return exc.start
+    return None
+
+
+def _surrogate_in(value: Any) -> str | None:
+    """The first lone surrogate anywhere in a JSON value (keys included), if any."""
+    if isinstance(value, str):
+        at = _surrogate_at(value)
+        return None if at is None else value[at]
+    if isinstance(value, list):
+        return next((found for item in value if (found := _surrogate_in(item))), None)
+    if isinstance(value, dict):
+        return next(
+            (found for item in value.items() for part in item if (found := _surrogate_in(part))),
+            None,
+        )
     return None
 
 

@@ -9,6 +9,7 @@ every REMOTE_PROBE_INTERVAL_S until it answers again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import httpx
 import msgspec
 import numpy as np
 
+from backends.fingerprint import remote_fingerprint
 from backends.remote.dialect import (
     KIND_NAMES,
     Dialect,
@@ -264,7 +266,7 @@ class Endpoint:
         self._check(offer)
         self._dialect = dialect
         was_down = self.down_reason != _NOT_PROBED
-        self.offer = offer
+        self.offer = _fingerprinted(offer, self.url)
         self.down_reason = None
         if was_down:  # as loud as the outage it ends
             log.warning("remote %s: %s - back up", self.url, offer.describe())
@@ -335,6 +337,19 @@ class Endpoint:
                 self.down_reason = f"probe failed ({type(exc).__name__}); see the service log"
                 continue
             return
+
+
+def _fingerprinted(offer: Offer, url: str) -> Offer:
+    """``offer`` with each model's cache fingerprint: what the remote says of itself,
+    taken again at every probe (a remote that comes back serving another model is keyed
+    apart)."""
+    models = {
+        operation: dataclasses.replace(
+            info, fingerprint=remote_fingerprint(url, offer.kind, offer.version, info)
+        )
+        for operation, info in offer.models.items()
+    }
+    return dataclasses.replace(offer, models=models)
 
 
 async def identify(client: RemoteClient, deadline: Deadline) -> Kind:

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from retrieval import index
-from retrieval.corpus import read_corpus
+from retrieval.corpus import CorpusError, read_corpus
+from retrieval.evaluate import read_qrels, read_queries
 from tests.conftest import free_port
 
 
@@ -113,6 +114,14 @@ def test_bytes_that_are_not_utf8_and_lone_surrogates_are_named(tmp_path: Path, c
     assert code == 2
     assert err[0].startswith(f"bge-index: {path}:2: not UTF-8 (invalid continuation byte at")
     assert err[1] == f"bge-index: {path}:4: the text has a lone surrogate (U+DC00) at character 0"
+    # Any field: the store could not hold it either.
+    path.write_text(json.dumps({"id": "c", "text": "t", "tags": [{"k": "\ud800"}]}) + "\n")
+    code, err = run_index(path, capsys)
+    assert code == 2
+    assert err[0] == (
+        f"bge-index: {path}:1: the field `tags` has a lone surrogate (U+D800): no UTF-8 store "
+        "can hold it"
+    )
 
 
 def test_repeated_ids_are_an_error_naming_the_first_and_its_lines(
@@ -221,3 +230,26 @@ def test_a_missing_or_unknown_corpus_file_is_bad_input(tmp_path: Path, capsys: A
         2,
         [f"bge-index: {tmp_path / 'c.txt'}: a corpus is .jsonl, .csv or .parquet"],
     )
+
+
+def test_bge_eval_names_the_bad_lines_of_its_queries_and_judgements(tmp_path: Path) -> None:
+    queries = write_jsonl(
+        tmp_path / "queries.jsonl",
+        [json.dumps({"_id": "q1", "text": "fine"}), "{oops", json.dumps({"_id": "q3"})],
+    )
+    with pytest.raises(CorpusError) as raised:
+        read_queries(queries)
+    assert raised.value.lines == (
+        f"{queries}:2: not JSON: Expecting property name enclosed in double quotes (column 2)",
+        f"{queries}: 1 malformed line of 3",
+    )
+    queries.write_text(json.dumps({"_id": 7, "text": "int id"}) + "\n" + json.dumps({"_id": "q3"}))
+    with pytest.raises(CorpusError) as raised:
+        read_queries(queries)
+    assert raised.value.lines == (f"{queries}:2: a query is an `_id` and a `text` string",)
+    qrels = tmp_path / "test.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\n\nq3\td3\thigh\n")
+    with pytest.raises(CorpusError) as raised:
+        read_qrels(qrels)
+    shape = "a judgement is query-id, corpus-id and an integer score, tab-separated"
+    assert raised.value.lines == (f"{qrels}:3: {shape}", f"{qrels}:5: {shape}")

@@ -70,9 +70,11 @@ class RemoteUnreachable(BackendFailure):
 
 
 def public_url(url: str | httpx.URL) -> str:
-    """``url`` without user name or password, fit for messages and logs."""
+    """``url`` fit for messages, logs and ``/health``: without user name and password, and
+    without its query and fragment (a gateway's ``?token=...`` is a credential too)."""
     parsed = httpx.URL(url)
-    return str(parsed.copy_with(username=None, password=None)).rstrip("/")
+    shown = parsed.copy_with(username=None, password=None, query=None, fragment=None)
+    return str(shown).rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,10 @@ class RemoteClient:
         transport: TransportFactory | None = None,
     ) -> None:
         self.url = public_url(url)
+        parsed = httpx.URL(url)
+        # httpx would append the paths called after the base URL's query (`/?token=x/info`):
+        # the query goes on every request as parameters instead.
+        base = parsed.copy_with(query=None, fragment=None)
         # Content-Type on GETs too: per-request headers would cost a merge on every call.
         headers = {
             "Accept": "application/json",
@@ -114,9 +120,10 @@ class RemoteClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
             # httpx would turn credentials in the URL into Basic auth over the Bearer key.
-            url = self.url
+            base = base.copy_with(username=None, password=None)
         self._http = httpx.AsyncClient(
-            base_url=url,
+            base_url=base,
+            params=parsed.params,
             headers=headers,
             transport=transport() if transport else PooledTransport(max_idle=max_concurrency),
         )

@@ -21,6 +21,7 @@ from tests.conftest import (
     start_server,
     stop_server,
 )
+from tests.fake_tei import FakeTEI, serve
 from tests.reference import m3_reference
 from tests.texts import LONG_TEXT
 
@@ -77,6 +78,64 @@ def test_embedding_size_is_checked_against_the_model(models: ModelDirs) -> None:
     assert result.returncode != 0
     assert "EMBEDDING_SIZE=1024" in result.stderr
     assert "32-dimensional" in result.stderr
+
+
+# What a REMOTE_URL may carry that no message, log line or /health may show.
+CREDENTIALS = ("operator", "hunter2", "s3cret-token")
+
+
+def credentialed(url: str, path: str = "/") -> str:
+    """``url`` (http://host:port) with a user, a password and a gateway's token added."""
+    return url.replace("http://", "http://operator:hunter2@", 1) + f"{path}?token=s3cret-token"
+
+
+def test_a_remote_urls_credentials_are_in_no_start_up_error(models: ModelDirs) -> None:
+    fake = FakeTEI(kind="embedding", dimension=32)
+    with serve(fake) as url:
+        result = run_to_exit(
+            models,
+            {
+                "EMBED_BACKENDS": "remote",
+                "SPARSE_BACKENDS": "none",
+                "RERANK_BACKENDS": "none",
+                "REMOTE_URL": credentialed(url),
+                "EMBEDDING_SIZE": "1024",
+            },
+        )
+    # The remote was reached (the token carried as a query parameter) and measured.
+    assert result.returncode != 0
+    assert f"EMBEDDING_SIZE=1024 but the remote {url} (" in result.stderr, result.stderr
+    assert "32-dimensional" in result.stderr
+    for secret in CREDENTIALS:
+        assert secret not in result.stdout + result.stderr
+
+
+def test_a_remote_urls_credentials_are_in_no_log_line_or_health_detail(
+    models: ModelDirs,
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    server = start_server(
+        models,
+        {
+            "EMBED_BACKENDS": "remote,flag",
+            "SPARSE_BACKENDS": "none",
+            "RERANK_BACKENDS": "none",
+            "REMOTE_URL": credentialed(down, "/base/"),
+            "LOG_LEVEL": "info",
+        },
+        until="started",
+    )
+    try:
+        detail = httpx.get(f"{server.url}/health", timeout=10).json()["backends"]["remote"]
+        assert detail["detail"].startswith(f"{down}/base: unreachable")
+        refused = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["a"]}, timeout=30)
+        assert refused.status_code == 200  # flag answered; the remote is down
+        log = server.log.read_text()
+        assert f"remote {down}/base is down" in log
+        for secret in CREDENTIALS:
+            assert secret not in log and secret not in str(detail)
+    finally:
+        stop_server(server)
 
 
 @pytest.fixture(scope="module")

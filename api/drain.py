@@ -52,16 +52,17 @@ class DrainAnswer(ASGIMiddleware):
             await next_app(scope, receive, sending)
         except asyncio.CancelledError:
             # uvicorn cancels a request only when the drain deadline passes (a client that
-            # leaves is handled in api/disconnect.py); the task ends here, answered.
+            # leaves is handled in api/disconnect.py; in the RunPod worker, the SDK cancels
+            # a job past its timeout, and nobody reads this answer); the task ends here.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
             what = f"{scope.get('method')} {scope['path']}"
             if started:
                 # Half an answer cannot be taken back: uvicorn closes the connection.
-                log.warning("%s was cut mid-answer by SHUTDOWN_TIMEOUT_S", what)
+                log.warning("%s was cancelled mid-answer", what)
                 return
-            log.warning("%s still running at SHUTDOWN_TIMEOUT_S: answered 503", what)
+            log.warning("%s was cancelled before its answer was ready: answered 503", what)
             await self._answer(scope, send)
 
     async def _answer(self, scope: Scope, send: Send) -> None:

@@ -122,6 +122,7 @@ class _EngineCollector(Collector):
             ("bge_cache_misses", cache.misses, "Texts the cache did not hold, computed"),
             ("bge_cache_evictions", cache.evictions, "In-process cache entries pushed out"),
             ("bge_cache_errors", cache.errors, "Redis calls that failed (served uncached)"),
+            ("bge_cache_invalid", cache.invalid, "Entries read that did not fit the model"),
         ):
             family = CounterMetricFamily(name, what, labels=["store"])
             family.add_metric([engine.cache_store], value)

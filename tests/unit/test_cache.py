@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from engine import InferenceEngine, Operation, Settings
-from engine.cache import CacheStats, LruStore, decode_entry, encode_entry
-from engine.types import Encoding, Output, TokenWeights
+from engine.cache import (
+    CacheStats,
+    EntryBounds,
+    InvalidEntry,
+    LruStore,
+    check_entry,
+    decode_entry,
+    encode_entry,
+    entry_key,
+)
+from engine.cached_encoding import CachedModel
+from engine.errors import Unavailable
+from engine.types import Encoding, ModelInfo, Output, TokenWeights
 from tests.fake_backend import DIM, FakeBackend
 
 HYBRID = frozenset({Output.DENSE, Output.SPARSE, Output.COLBERT})
@@ -27,9 +40,7 @@ class CountingTokens(FakeBackend):
     async def encode(self, texts: Sequence[str], outputs: frozenset[Output]) -> Encoding:
         self.asked.append(list(texts))
         encoding = await super().encode(texts, outputs)
-        colbert = tuple(
-            np.full((len(t.split()) + 1, DIM), len(t), dtype=np.float32) for t in texts
-        )
+        colbert = tuple(np.full((len(t.split()) + 1, DIM), len(t), dtype=np.float32) for t in texts)
         return Encoding(
             token_count=encoding.token_count,
             dense=encoding.dense,
@@ -140,3 +151,143 @@ def test_entries_round_trip_exactly(head: Output) -> None:
         assert decoded.shape == np.asarray(value).shape
     # Compact: the arrays' bytes plus a few header bytes, not JSON.
     assert len(data) < np.asarray(getattr(value, "weights", value)).nbytes * 3 + 64
+
+
+# -- entries checked on read -------------------------------------------------------------
+
+BOUNDS = EntryBounds(dimension=4, vocab_size=100, max_tokens=16)
+UNIT = np.full(4, 0.5, np.float32)
+
+
+def checked(head: Output, data: bytes) -> object:
+    return check_entry(head, decode_entry(data), BOUNDS)
+
+
+def test_an_entry_the_model_could_have_computed_passes() -> None:
+    tokens, dense = checked(Output.DENSE, encode_entry(Output.DENSE, 5, UNIT))  # type: ignore[misc]
+    assert tokens == 5 and dense.tolist() == UNIT.tolist()
+    weights = TokenWeights(np.array([0, 99]), np.array([0.5, 1.5], np.float32))
+    checked(Output.SPARSE, encode_entry(Output.SPARSE, 16, weights))
+    checked(Output.COLBERT, encode_entry(Output.COLBERT, 5, np.tile(UNIT, (4, 1))))
+
+
+@pytest.mark.parametrize(
+    ("head", "data", "kind"),
+    [
+        (Output.DENSE, b"", "undecodable"),
+        (Output.DENSE, b"\x05\x00\x00\x00\x07", "undecodable"),  # head 7 of 3
+        (Output.DENSE, encode_entry(Output.DENSE, 5, UNIT)[:-1], "undecodable"),
+        (
+            Output.SPARSE,
+            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([1]), np.ones(1)))[:-2],
+            "undecodable",
+        ),
+        (Output.COLBERT, encode_entry(Output.COLBERT, 5, np.ones((4, 4))) + b"\x00", "undecodable"),
+        (
+            Output.DENSE,
+            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([1]), np.ones(1))),
+            "head",
+        ),
+        (Output.DENSE, encode_entry(Output.DENSE, 0, UNIT), "token count"),
+        (Output.DENSE, encode_entry(Output.DENSE, 17, UNIT), "token count"),
+        (Output.DENSE, encode_entry(Output.DENSE, 4_000_000_000, UNIT), "token count"),
+        (Output.DENSE, encode_entry(Output.DENSE, 5, UNIT[:3]), "dimension"),
+        (Output.DENSE, encode_entry(Output.DENSE, 5, np.ones(10**6)), "dimension"),
+        (Output.DENSE, encode_entry(Output.DENSE, 5, [0.5, np.nan, 0.5, 0.5]), "not finite"),
+        (Output.DENSE, encode_entry(Output.DENSE, 5, [0.5, np.inf, 0.5, 0.5]), "not finite"),
+        (
+            Output.SPARSE,
+            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([-1]), np.ones(1))),
+            "token id",
+        ),
+        (
+            Output.SPARSE,
+            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([100]), np.ones(1))),
+            "token id",
+        ),
+        (
+            Output.SPARSE,
+            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([3, 3]), np.ones(2))),
+            "token id",
+        ),
+        (
+            Output.SPARSE,
+            encode_entry(Output.SPARSE, 2, TokenWeights(np.arange(3), np.ones(3))),
+            "token id",
+        ),
+        (
+            Output.SPARSE,
+            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([3]), np.zeros(1))),
+            "lexical weights",
+        ),
+        (
+            Output.SPARSE,
+            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([3]), np.array([np.nan]))),
+            "lexical weights",
+        ),
+        (Output.COLBERT, encode_entry(Output.COLBERT, 5, np.ones((20_000, 4))), "ColBERT rows"),
+        (Output.COLBERT, encode_entry(Output.COLBERT, 5, np.ones((5, 4))), "ColBERT rows"),
+        (Output.COLBERT, encode_entry(Output.COLBERT, 5, np.ones((4, 3))), "dimension"),
+        (Output.COLBERT, encode_entry(Output.COLBERT, 5, np.full((4, 4), np.nan)), "not finite"),
+    ],
+)
+def test_an_entry_that_does_not_fit_the_model_is_refused(
+    head: Output, data: bytes, kind: str
+) -> None:
+    with pytest.raises(InvalidEntry) as refused:
+        checked(head, data)
+    assert refused.value.kind == kind
+
+
+def test_random_bytes_are_refused_never_raised_otherwise() -> None:
+    rng = np.random.default_rng(7)
+    valid = [
+        encode_entry(Output.DENSE, 5, UNIT),
+        encode_entry(Output.SPARSE, 5, TokenWeights(np.array([1, 2]), np.ones(2))),
+        encode_entry(Output.COLBERT, 5, np.tile(UNIT, (4, 1))),
+    ]
+    for _ in range(3000):
+        base = valid[int(rng.integers(3))]
+        data = bytearray(base[: int(rng.integers(len(base) + 1))])
+        for _ in range(int(rng.integers(3))):  # flip bytes, the sizes in the header too
+            if data:
+                data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        for head in (Output.DENSE, Output.SPARSE, Output.COLBERT):
+            with contextlib.suppress(InvalidEntry):
+                checked(head, bytes(data))
+
+
+class Loaded(CountingTokens):
+    def __init__(self, name: str, fingerprint: str) -> None:
+        super().__init__()
+        self._name, self._fingerprint = name, fingerprint
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def model_info(self, operation: Operation) -> ModelInfo:
+        info = super().model_info(operation)
+        if not self._fingerprint:
+            raise Unavailable("not reached yet")
+        return dataclasses.replace(info, fingerprint=self._fingerprint)
+
+
+def test_a_chain_is_keyed_by_each_backend_in_order() -> None:
+    info = ModelInfo("BAAI/bge-m3", 16, 100, dimension=DIM)
+
+    def key(*chain: Loaded) -> str:
+        model = CachedModel.of(info, chain, Operation.EMBED)  # type: ignore[arg-type]
+        assert model.bounds == EntryBounds(DIM, 100, 16)
+        return entry_key(model.fingerprint, Output.DENSE, 16, "text")
+
+    remote, flag = Loaded("remote", "r1"), Loaded("flag", "f1")
+    keys = {
+        key(flag),
+        key(Loaded("flag", "f2")),  # other weights under the same name
+        key(remote, flag),
+        key(flag, remote),
+        key(Loaded("remote", ""), flag),  # the remote not reached yet
+    }
+    assert len(keys) == 5
+    assert key(Loaded("flag", "f1")) == key(flag)  # the same weights elsewhere

@@ -175,35 +175,37 @@ class ServiceClient:
             clock = asyncio.get_running_loop().time
             deadline = clock() + self._timeout_s
             attempt = 0
+            # Why the last try failed: what is said if the deadline then cuts the next.
+            failed: str | None = None
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
                         response = await self._http.post(route, json=body)
                 except (TimeoutError, httpx.TimeoutException):
-                    raise ServiceError(self._no_answer(route)) from None
+                    raise ServiceError(failed or self._no_answer(route)) from None
                 except httpx.TransportError as exc:
                     # Dropped or refused: the service may be restarting, so it gets
                     # tries until the deadline, the last one just before it.
-                    left = deadline - clock() - _LAST_TRY_S
-                    wait = min(_backoff(attempt), left)
-                    if left <= 0:
-                        raise ServiceError(
-                            f"the service at {self._http.base_url} could not be reached on "
-                            f"{route}; gave up after {self._timeout_s:g} s "
-                            f"(--service-timeout): {exc!r}"
-                        ) from exc
+                    failed = (
+                        f"the service at {self._http.base_url} could not be reached on "
+                        f"{route}; gave up after {self._timeout_s:g} s "
+                        f"(--service-timeout): {exc!r}"
+                    )
+                    wait = min(_backoff(attempt), deadline - clock() - _LAST_TRY_S)
                 else:
                     status = response.status_code
                     if status == 200:
                         return _decoded(route, response, kind)
                     if status not in _RETRY_STATUSES:
                         raise ServiceError(f"{route} answered {status}: {_message(response)}")
+                    failed = (
+                        f"{route} answered {status} until the {self._timeout_s:g} s "
+                        f"deadline (--service-timeout): {_message(response)}"
+                    )
+                    # A wait asked for past the deadline is not waited for in vain.
                     wait = _retry_after(response, attempt)
-                    if clock() + wait >= deadline:
-                        raise ServiceError(
-                            f"{route} answered {status} until the {self._timeout_s:g} s "
-                            f"deadline (--service-timeout): {_message(response)}"
-                        )
+                if wait <= 0 or clock() + wait >= deadline:
+                    raise ServiceError(failed)
                 await asyncio.sleep(wait)
                 attempt += 1
 

@@ -78,7 +78,7 @@ def busy() -> Iterator[str]:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
             self._answer()
 
-        do_GET = _answer
+        do_GET = _answer  # noqa: N815 (the name http.server dispatches a GET to)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -106,7 +106,7 @@ def test_a_closed_port_is_given_up_on_within_the_deadline() -> None:
     # A service that died mid-run: connections refused, retried with backoff until the
     # deadline, not 8 times over ~100 s.
     error, took = embed_within(f"http://127.0.0.1:{free_port()}", 1.5)
-    assert took < 3.0
+    assert took < 1.5 + 2
     assert "gave up after 1.5 s" in str(error)
     assert "ConnectError" in str(error)
 
@@ -114,7 +114,7 @@ def test_a_closed_port_is_given_up_on_within_the_deadline() -> None:
 def test_a_hung_service_is_given_up_on_within_the_deadline(hung: Hung) -> None:
     error, took = embed_within(hung.url, 1.0)
     assert hung.accepted.is_set()
-    assert took < 2.5
+    assert took < 1 + 2  # the deadline, and slack for a loaded machine
     assert str(error) == (
         f"the service at {hung.url} did not answer /v1/hybrid-embeddings within 1 s "
         "(--service-timeout)"
@@ -123,7 +123,7 @@ def test_a_hung_service_is_given_up_on_within_the_deadline(hung: Hung) -> None:
 
 def test_a_service_that_stays_busy_is_given_up_on_within_the_deadline(busy: str) -> None:
     error, took = embed_within(busy, 1.0)
-    assert took < 2.5
+    assert took < 1 + 2  # the deadline, and slack for a loaded machine
     assert str(error) == (
         "/v1/hybrid-embeddings answered 503 until the 1 s deadline (--service-timeout): busy"
     )

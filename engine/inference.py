@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.backend import Backend, BackendHealth
+from engine.budget import Budget, chunks, counted_prefix, token_answer_bytes, words_after
 from engine.cache import CacheStats
 from engine.cached_encoding import CachedEncoder, CachedModel
 from engine.errors import (
@@ -66,6 +67,8 @@ HealthStatus = Literal["ok", "loading", "degraded"]
 _LOADING_RETRY_AFTER = 5
 # Query groups of one score_pairs call sent to the backend at once.
 _PAIR_GROUPS_IN_FLIGHT = 16
+# A remote that has not said its dimension is estimated at bge-m3's.
+_UNKNOWN_DIMENSION = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class InferenceEngine:
         self._started = False
         self._start_error: str | None = None
         self._mappers: dict[SparseMapping, SparseMapper] = {}
+        self._budget = Budget.from_settings(settings)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -321,8 +325,8 @@ class InferenceEngine:
             truncate_left=truncate_left and truncating,
         )
         self._check_options(operation, options, {**_OPTION_FIELDS, **(option_fields or {})})
-        if not truncating:
-            await self._check_token_counts(operation, texts, field)
+        counts = None if truncating else await self._check_token_counts(operation, texts, field)
+        await self._check_budget(operation, texts, outputs, field, options.truncate_left, counts)
         encoding = await self._encode(operation, texts, outputs, options)
         self._count(operation, len(texts), encoding.token_count)
         dense = encoding.dense
@@ -365,6 +369,7 @@ class InferenceEngine:
             raise InvalidInput("`top_n` must be at least 1", param="top_n")
         if max_tokens_per_doc is not None:
             documents = await self._cut_documents(documents, max_tokens_per_doc)
+        await self._check_rerank_budget(query, documents)
         scores = await self._router.call(Operation.RERANK, lambda b: b.score(query, documents))
         self._count(Operation.RERANK, len(documents), scores.token_count)
         logits = scores.logits.astype(np.float64)
@@ -423,23 +428,50 @@ class InferenceEngine:
         if limit >= self.model_info(Operation.RERANK).max_tokens:
             return documents  # the reranker cuts pairs to its own limit anyway
         # Counted by the embedding tokenizer: bge-m3 and bge-reranker-v2-m3 share XLM-R's.
-        rows = await self.tokens(documents, add_special_tokens=False, field="documents")
+        return await self.cut_to_tokens(documents, limit, field="documents")
+
+    async def cut_to_tokens(
+        self, texts: Sequence[str], max_tokens: int, *, from_start: bool = False, field: str
+    ) -> list[str]:
+        """Each text cut to its first (``from_start``: last) ``max_tokens`` tokens, special
+        tokens not counted, by the embedding tokenizer.
+
+        A long text is tokenized by its first (last) ``max_tokens`` x 12 characters, and that
+        cut is kept only where two words lie between the last kept token and the cut (the
+        BGE tokenizers make tokens word by word, so the cut did not change them); otherwise
+        the whole text is tokenized, so a text is never cut differently."""
+        pieces = [counted_prefix(t, max_tokens, from_left=from_start) for t in texts]
+        rows = await self.tokens(pieces, add_special_tokens=False, field=field)
         cut: list[str] = []
-        for document, row in zip(documents, rows, strict=True):
-            stop = row[limit - 1].stop if len(row) > limit else None
-            cut.append(document if stop is None else document.encode()[:stop].decode())
+        for text, piece, row in zip(texts, pieces, rows, strict=True):
+            kept = _kept(piece, row, max_tokens, from_start=from_start, whole=piece == text)
+            if kept is None:
+                (row,) = await self.tokens([text], add_special_tokens=False, field=field)
+                kept = _kept(text, row, max_tokens, from_start=from_start, whole=True)
+            cut.append(text if kept is None else kept)
         return cut
 
     async def tokens(
         self, texts: Sequence[str], *, add_special_tokens: bool = True, field: str = "inputs"
     ) -> tuple[tuple[Token, ...], ...]:
-        """Each text's tokens, ids, text and byte offsets (the embedding tokenizer)."""
+        """Each text's tokens, ids, text and byte offsets (the embedding tokenizer), asked
+        for in chunks; past MAX_REQUEST_TOKENS or MAX_RESPONSE_BYTES (~80 bytes a token as
+        an answer) it stops at the chunk that crossed and answers 413."""
         operation = self._embedding_operation()
         self._check_ready(operation)
         self._check_texts(texts, field)
-        return await self._router.call(
-            operation, lambda b: b.tokens(texts, add_special_tokens=add_special_tokens)
-        )
+        rows: list[tuple[Token, ...]] = []
+        size = count = 0
+        for run in chunks(texts):
+            part = await self._router.call(
+                operation,
+                functools.partial(_tokens, texts[run], add_special_tokens=add_special_tokens),
+            )
+            rows.extend(part)
+            size += token_answer_bytes(part)
+            count += sum(len(row) for row in part)
+            self._budget.check_tokens_answer(size, count, field=field, done=run.stop, of=len(texts))
+        return tuple(rows)
 
     async def decode(
         self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True
@@ -464,7 +496,14 @@ class InferenceEngine:
         operation = self._embedding_operation()
         self._check_ready(operation)
         self._check_texts(texts, field)
-        return await self._router.call(operation, lambda b: b.tokenize(texts))
+        rows: list[list[int]] = []
+        count = 0
+        for run in chunks(texts):
+            part = await self._router.call(operation, functools.partial(_ids, texts[run]))
+            rows.extend(part)
+            count += sum(len(row) for row in part)
+            self._budget.check_tokens_answer(0, count, field=field, done=run.stop, of=len(texts))
+        return tuple(rows)
 
     # -- internals -------------------------------------------------------------------
 
@@ -582,19 +621,88 @@ class InferenceEngine:
 
     async def _check_token_counts(
         self, operation: Operation, texts: Sequence[str], field: str
-    ) -> None:
-        async def counted(backend: Backend) -> tuple[int, tuple[list[int], ...]]:
-            # The limit of the backend that counted: a chain's remote may differ from flag.
-            return backend.model_info(operation).max_tokens, await backend.tokenize(texts)
+    ) -> list[int]:
+        """Each text's token count, refused 413 at the first over the limit (counted in
+        chunks: a long request stops at the chunk that holds it)."""
 
-        limit, rows = await self._router.call(operation, counted)
-        for position, row in enumerate(rows):
-            if limit and len(row) > limit:
-                raise InputTooLarge(
-                    f"`{field}[{position}]` has {len(row)} tokens; the model takes at most "
-                    f"{limit} and truncation is off (TRUNCATE, or the request's truncate)",
-                    param=f"{field}[{position}]",
-                )
+        async def counted(part: Sequence[str], backend: Backend) -> tuple[int, list[int]]:
+            # The limit of the backend that counted: a chain's remote may differ from flag.
+            limit = backend.model_info(operation).max_tokens
+            return limit, [len(row) for row in await backend.tokenize(part)]
+
+        counts: list[int] = []
+        for run in chunks(texts):
+            limit, part = await self._router.call(operation, functools.partial(counted, texts[run]))
+            for position, count in enumerate(part, start=run.start):
+                if limit and count > limit:
+                    raise InputTooLarge(
+                        f"`{field}[{position}]` has {count} tokens; the model takes at most "
+                        f"{limit} and truncation is off (TRUNCATE, or the request's truncate)",
+                        param=f"{field}[{position}]",
+                    )
+            counts.extend(part)
+        return counts
+
+    async def _check_budget(
+        self,
+        operation: Operation,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        field: str,
+        from_left: bool,
+        counts: Sequence[int] | None,
+    ) -> None:
+        """MAX_REQUEST_TOKENS and MAX_RESPONSE_BYTES, before any pass. A request that fits
+        with every text at the token limit is not counted; another is counted on each
+        text's first (last) limit x 12 characters, in chunks, and refused at the first chunk
+        that crosses a budget."""
+        info = self.model_info(operation)
+        dimension = info.dimension or _UNKNOWN_DIMENSION
+        budget = self._budget
+        if counts is not None:
+            budget.check(outputs, dimension, counts, field=field, texts=len(texts))
+            return
+        limit = info.max_tokens
+        if limit and budget.fits_worst_case(outputs, dimension, len(texts), limit):
+            return
+        pieces = [counted_prefix(t, limit, from_left=from_left) for t in texts]
+        counted: list[int] = []
+        for run in chunks(pieces):
+            rows = await self._router.call(operation, functools.partial(_ids, pieces[run]))
+            counted.extend(min(len(row), limit) if limit else len(row) for row in rows)
+            budget.check(
+                outputs,
+                dimension,
+                counted,
+                field=field,
+                texts=len(texts),
+                at_least=len(counted) < len(texts),
+            )
+
+    async def _check_rerank_budget(self, query: str, documents: Sequence[str]) -> None:
+        """MAX_REQUEST_TOKENS for the pairs, each at most the reranker's limit; counted by
+        the embedding tokenizer (the same XLM-R one) where the worst case does not fit."""
+        limit = self.model_info(Operation.RERANK).max_tokens
+        budget = self._budget
+        if len(documents) * limit <= budget.max_tokens:
+            return
+        if not self._router.operations & {Operation.EMBED, Operation.SPARSE}:
+            return  # nothing to count with; the reranker cuts each pair to its limit
+        query_tokens = len((await self.tokenize([query], field="query"))[0])
+        pieces = [counted_prefix(d, limit, from_left=False) for d in documents]
+        operation = self._embedding_operation()
+        counted: list[int] = []
+        for run in chunks(pieces):
+            rows = await self._router.call(operation, functools.partial(_ids, pieces[run]))
+            counted.extend(min(query_tokens + len(row), limit) for row in rows)
+            budget.check(
+                frozenset(),
+                0,
+                counted,
+                field="documents",
+                texts=len(documents),
+                at_least=len(counted) < len(documents),
+            )
 
     def _check_dimensions(self, operation: Operation, dimensions: int) -> None:
         native = self.model_info(operation).dimension
@@ -603,6 +711,34 @@ class InferenceEngine:
                 f"`dimensions` must be between 1 and {native}, got {dimensions}",
                 param="dimensions",
             )
+
+
+def _tokens(
+    texts: Sequence[str], backend: Backend, *, add_special_tokens: bool
+) -> Awaitable[tuple[tuple[Token, ...], ...]]:
+    return backend.tokens(texts, add_special_tokens=add_special_tokens)
+
+
+def _ids(texts: Sequence[str], backend: Backend) -> Awaitable[tuple[list[int], ...]]:
+    return backend.tokenize(texts)
+
+
+def _kept(
+    text: str, row: Sequence[Token], max_tokens: int, *, from_start: bool, whole: bool
+) -> str | None:
+    """``text`` cut to ``row``'s first (last) ``max_tokens`` tokens; None where ``text`` is a
+    cut that may have changed them (fewer than two words between them and its end)."""
+    if len(row) <= max_tokens:
+        return text if whole else None
+    token = row[-max_tokens] if from_start else row[max_tokens - 1]
+    at = token.start if from_start else token.stop
+    if at is None:
+        return text if whole else None
+    data = text.encode()
+    kept, rest = (data[at:], data[:at]) if from_start else (data[:at], data[at:])
+    if not whole and words_after(rest.decode(errors="ignore")) < 2:
+        return None
+    return kept.decode()
 
 
 def _with_breaker(health: BackendHealth, breaker_open: bool) -> BackendHealth:

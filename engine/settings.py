@@ -52,6 +52,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     max_batch_size: Positive = 2048
     max_text_chars: Positive = 100_000
     max_request_bytes: Positive = 64 * 1024 * 1024
+    max_request_tokens: Positive = 2_097_152
+    max_response_bytes: Positive = 512 * 1024 * 1024
     max_input_tokens: Positive | None = None
     openai_token_encoding: Annotated[str, msgspec.Meta(min_length=1)] = "cl100k_base"
     reranker_max_tokens: Positive = 512
@@ -144,6 +146,13 @@ HELP: dict[str, str] = {
     "max_batch_size": "Most texts (or documents) in one request; more is answered 413.",
     "max_text_chars": "Most characters in one text; longer is answered 413.",
     "max_request_bytes": "Largest request body in bytes; larger is answered 413.",
+    "max_request_tokens": "Most tokens one request's texts may hold after truncation (what its "
+    "forward passes cost), counted before any pass; more is answered 413 naming the count. "
+    "The default lets 2,048 texts of 1,024 tokens through.",
+    "max_response_bytes": "Largest answer one request may get, estimated before any forward "
+    "pass from its token counts as JSON numbers (ColBERT: rows x dimension x 22 bytes; "
+    "/tokenize: ~80 bytes a token); larger is answered 413 naming the estimate. Peak memory "
+    "of a request is about 3x its answer.",
     "max_input_tokens": "Tokens kept per text (unset: the model's maximum).",
     "openai_token_encoding": "tiktoken encoding that decodes token-id arrays sent as "
     "/v1/embeddings' input (what LangChain's OpenAIEmbeddings sends by default) back to text: "

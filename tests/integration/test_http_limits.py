@@ -288,6 +288,43 @@ def test_pipelined_requests_are_bounded_and_all_answered(limited: Server) -> Non
     assert _peak_growth_mb(pid, start) < 20
 
 
+def test_pipelined_bodies_end_where_they_say(limited: Server) -> None:
+    """A Content-Length body, a chunked body (with a trailer) and a GET in one write:
+    each body is fed up to its end, so the next request starts there; three answers."""
+    body = json.dumps({"input": ["one"]}).encode()
+    chunked = json.dumps({"input": ["two"]}).encode()
+    auth = f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n".encode()
+    stream = (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + auth
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+        + b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + auth
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n" % (5, chunked[:5])
+        + b"%x;ext=1\r\n%s\r\n" % (len(chunked) - 5, chunked[5:])
+        + b"0\r\nX-Trailer: t\r\n\r\n"
+        + GET_LIVE
+        + b"\r\n"
+    )
+
+    async def pipeline() -> list[int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(limited))
+        writer.write(stream)
+        statuses = []
+        async with asyncio.timeout(20):
+            for _ in range(3):
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, headers, _ = _parse(head)
+                await reader.readexactly(int(headers["content-length"]))
+                statuses.append(status)
+        writer.close()
+        return statuses
+
+    assert asyncio.run(pipeline()) == [200, 200, 200]
+
+
 def test_two_host_headers_get_400(limited: Server) -> None:
     request = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"
     answer = asyncio.run(_flood(_port(limited), request, iter([]), timeout=10))

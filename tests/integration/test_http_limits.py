@@ -288,9 +288,11 @@ def test_pipelined_requests_are_bounded_and_all_answered(limited: Server) -> Non
     assert _peak_growth_mb(pid, start) < 20
 
 
-def test_pipelined_bodies_end_where_they_say(limited: Server) -> None:
-    """A Content-Length body, a chunked body (with a trailer) and a GET in one write:
-    each body is fed up to its end, so the next request starts there; three answers."""
+@pytest.mark.parametrize("piece", [0, 1], ids=["one-write", "byte-by-byte"])
+def test_pipelined_bodies_end_where_they_say(limited: Server, piece: int) -> None:
+    """A Content-Length body, a chunked body (with a trailer) and a GET, pipelined in
+    one write or a byte at a time: each body is fed up to its end, so the next request
+    starts there; three answers."""
     body = json.dumps({"input": ["one"]}).encode()
     chunked = json.dumps({"input": ["two"]}).encode()
     auth = f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n".encode()
@@ -311,7 +313,9 @@ def test_pipelined_bodies_end_where_they_say(limited: Server) -> None:
 
     async def pipeline() -> list[int]:
         reader, writer = await asyncio.open_connection("127.0.0.1", _port(limited))
-        writer.write(stream)
+        for at in range(0, len(stream), piece or len(stream)):
+            writer.write(stream[at : at + (piece or len(stream))])
+            await writer.drain()
         statuses = []
         async with asyncio.timeout(20):
             for _ in range(3):

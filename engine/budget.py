@@ -46,8 +46,8 @@ TOKEN_JSON_BYTES = 80
 COUNT_CHARS_PER_TOKEN = 12
 # Characters per tokenizer call (counting here, tokenizing in a backend): a call holds every
 # token of its texts (ids, offsets, strings: ~100 bytes each) until it returns, so a chunk
-# keeps that to ~25 MB and ~0.1-0.3 s, and other requests' calls run between two of them.
-_CHUNK_CHARS = 262_144
+# keeps that to ~7 MB and well under 0.1 s, and other requests' calls run between two of them.
+_CHUNK_CHARS = 65_536
 _CHUNK_ITEMS = 256
 _WORD_START = re.compile(r"\s+\S")
 

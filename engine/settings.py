@@ -151,8 +151,8 @@ HELP: dict[str, str] = {
     "The default lets 2,048 texts of 1,024 tokens through.",
     "max_response_bytes": "Largest answer one request may get, estimated before any forward "
     "pass from its token counts as JSON numbers (ColBERT: rows x dimension x 22 bytes; "
-    "/tokenize: ~80 bytes a token); larger is answered 413 naming the estimate. Peak memory "
-    "of a request is about 3x its answer.",
+    "/tokenize: ~80 bytes a token); larger is answered 413 naming the estimate. A request "
+    "at the limit costs about 4x its answer in memory while it is built and sent.",
     "max_input_tokens": "Tokens kept per text (unset: the model's maximum).",
     "openai_token_encoding": "tiktoken encoding that decodes token-id arrays sent as "
     "/v1/embeddings' input (what LangChain's OpenAIEmbeddings sends by default) back to text: "

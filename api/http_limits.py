@@ -147,6 +147,10 @@ class _Refused(Exception):
         self.problem = problem
 
 
+class _BadFraming(Exception):
+    """A chunked body no client sends (a chunk-size line past ``_MAX_CHUNK_LINE``)."""
+
+
 class _HeadScan:
     """Where a request head ends in the buffer it arrives in, checked against the
     limits as it grows; each byte is looked at once, whatever the pieces."""
@@ -225,9 +229,7 @@ class _ChunkedFraming:
             line_end = buffer.find(b"\n", at)
             if line_end < 0:
                 if len(buffer) - at > _MAX_CHUNK_LINE:
-                    raise _Refused(
-                        head_problem(400, "a chunk-size line is too long", "malformed_body")
-                    )
+                    raise _BadFraming
                 return at, False  # the line's rest has not arrived
             line = bytes(buffer[at:line_end]).strip()
             at = line_end + 1
@@ -358,6 +360,11 @@ class _Guarded(HttpToolsProtocol):
                     break
         except _Refused as refusal:
             self._refuse(refusal.problem)
+        except _BadFraming:
+            # The app may be reading this body: no answer can be written in between,
+            # so the connection goes, and the app sees the client leave.
+            log.debug("aborting a connection: a chunk-size line is too long")
+            self.transport.abort()
         finally:
             self._feeding = False
         if self.holding():
@@ -540,10 +547,11 @@ class _Guarded(HttpToolsProtocol):
         stuck = [
             c
             for c in others
-            if c._write_paused_at is not None and now - c._write_paused_at >= _STUCK_WRITER_S
+            if c._lingering >= 0  # refused, its answer written: only waiting to close
+            or (c._write_paused_at is not None and now - c._write_paused_at >= _STUCK_WRITER_S)
         ]
         if stuck:
-            victim = min(stuck, key=lambda c: c._write_paused_at or now)
+            victim = min(stuck, key=lambda c: c._write_paused_at or 0.0)
             self._stats.evicted += 1
             log.debug("aborting a connection whose answer is not read, to make room")
             victim.transport.abort()

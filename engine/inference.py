@@ -69,6 +69,8 @@ _LOADING_RETRY_AFTER = 5
 _PAIR_GROUPS_IN_FLIGHT = 16
 # A remote that has not said its dimension is estimated at bge-m3's.
 _UNKNOWN_DIMENSION = 1024
+# The backend that computes elsewhere (BackendName), where its own budgets apply.
+_REMOTE = "remote"
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,6 +666,10 @@ class InferenceEngine:
             return
         limit = info.max_tokens
         if limit and budget.fits_worst_case(outputs, dimension, len(texts), limit):
+            return
+        if self._router.serving(operation) == _REMOTE:
+            # Counting would cost the remote a /tokenize round trip per chunk; a remote
+            # bge-serve holds the same budgets and its 413 reaches the client as it is.
             return
         pieces = [counted_prefix(t, limit, from_left=from_left) for t in texts]
         counted: list[int] = []

@@ -658,7 +658,10 @@ class InferenceEngine:
         with every text at the token limit is not counted; another is counted on each
         text's first (last) limit x 12 characters, in chunks, and refused at the first chunk
         that crosses a budget."""
-        info = self.model_info(operation)
+        try:
+            info = self.model_info(operation)
+        except Unavailable:
+            return  # no backend up to say its limits: the call that follows says why
         dimension = info.dimension or _UNKNOWN_DIMENSION
         budget = self._budget
         if counts is not None:
@@ -688,9 +691,15 @@ class InferenceEngine:
     async def _check_rerank_budget(self, query: str, documents: Sequence[str]) -> None:
         """MAX_REQUEST_TOKENS for the pairs, each at most the reranker's limit; counted by
         the embedding tokenizer (the same XLM-R one) where the worst case does not fit."""
-        limit = self.model_info(Operation.RERANK).max_tokens
         budget = self._budget
-        if len(documents) * limit <= budget.max_tokens:
+        try:
+            limit = self.model_info(Operation.RERANK).max_tokens
+        except Unavailable:
+            return  # no backend up to say its limits: the call that follows says why
+        if (
+            len(documents) * limit <= budget.max_tokens
+            or self._router.serving(Operation.RERANK) == _REMOTE
+        ):
             return
         if not self._router.operations & {Operation.EMBED, Operation.SPARSE}:
             return  # nothing to count with; the reranker cuts each pair to its limit

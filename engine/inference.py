@@ -519,7 +519,13 @@ class InferenceEngine:
         def compute(asked: Sequence[str]) -> Awaitable[Encoding]:
             return self._computed(operation, asked, outputs, options)
 
-        model = CachedModel.of(self.model_info(operation), self._router.chain(operation), operation)
+        try:
+            info = self.model_info(operation)
+        except Unavailable:
+            # No backend has a model yet (a remote not reached): nothing to key entries
+            # by, and the router's answer (a fallback, or 503 with Retry-After) is the one.
+            return await compute(texts)
+        model = CachedModel.of(info, self._router.chain(operation), operation)
         return await self._cache.encode(texts, outputs, options, model, compute)
 
     async def _computed(

@@ -106,7 +106,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
         return f"Settings({shown})"
 
 
-_SECRETS = frozenset({"remote_api_key", "api_key", "redis_url"})  # a URL may hold a password
+# A URL may hold a password, or a token in its query.
+_SECRETS = frozenset(
+    {
+        "remote_api_key",
+        "api_key",
+        "redis_url",
+        "remote_url",
+        "remote_embed_url",
+        "remote_sparse_url",
+        "remote_rerank_url",
+    }
+)
 
 
 HELP: dict[str, str] = {
@@ -227,8 +238,8 @@ HELP: dict[str, str] = {
     "request headers, else the longest idle one) is closed to make room, and when every "
     "connection is busy the new one gets 429 with Retry-After. Keep it below the process's "
     "open-file limit (ulimit -n).",
-    "shutdown_timeout_s": "On SIGTERM, how long requests already accepted may take to get "
-    "their answers before the process exits.",
+    "shutdown_timeout_s": "On SIGTERM or SIGINT, how long requests already accepted may take "
+    "to get their answers before the process exits (one still running then gets 503).",
     "runpod_concurrency": "Jobs one bge-runpod-worker takes at once (its concurrency_modifier); "
     "the micro-batcher shares forward passes among them.",
     "runpod_max_output_mb": "The largest answer (MB, 10^6 bytes) a bge-runpod-worker job "

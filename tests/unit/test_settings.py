@@ -87,3 +87,14 @@ def test_remote_settings_from_env_and_flags() -> None:
     assert "s3cret" not in repr(settings)
     assert "remote_api_key='***'" in repr(settings)
     assert "remote_api_key=None" in repr(Settings())
+
+
+def test_remote_urls_are_not_shown_in_the_settings_repr() -> None:
+    # A REMOTE_URL may carry a token in its query or a password before its host.
+    env = {
+        "REMOTE_URL": "http://user:pw1@tei:80/?token=tok1",
+        "REMOTE_RERANK_URL": "http://tei-rr:80/?token=tok2",
+    }
+    shown = repr(load_settings([], env))
+    assert "tok1" not in shown and "tok2" not in shown and "pw1" not in shown
+    assert "remote_url='***'" in shown

@@ -11,21 +11,31 @@ Two budgets, each a 413 that names its setting, the limit and the estimate:
 A request whose worst case (every text at the token limit) fits both is not counted at
 all; another is counted chunk by chunk on prefixes of its texts, stopping at the first
 chunk past a budget, so a refusal costs at most a budget's worth of tokenizing.
+
+Both budgets are per request; ``MAX_INFLIGHT_RESPONSE_BYTES`` bounds the process: the
+answers of every request being computed at once, each reserved by its estimate before
+its passes (an :class:`AnswerPool`), so clients together cannot push memory past it
+either. One past it is a 429 with Retry-After, as a full queue is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from engine.errors import InputTooLarge
+from engine.errors import InputTooLarge, Overloaded
 from engine.settings import Settings
 from engine.types import Output, Token
 
 __all__ = [
     "COUNT_CHARS_PER_TOKEN",
+    "TOKEN_JSON_BYTES",
+    "AnswerPool",
     "Budget",
+    "answer_bytes",
+    "bounded_tokens",
     "chunks",
     "counted_prefix",
     "token_answer_bytes",
@@ -121,6 +131,41 @@ class Budget:
                 "(MAX_RESPONSE_BYTES): send less text per request",
                 param=field,
             )
+
+
+class AnswerPool:
+    """The estimated answer bytes of the requests being computed, bounded process-wide.
+
+    A request reserves its estimate before its first pass and gives it back once its
+    answer is made (the handler then writes it out at once, and a client that does not
+    read it is cut off after HTTP_WRITE_TIMEOUT_S). When the pool is empty any one
+    request goes, however large (its own budget bounds it), so none is refused forever.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self.in_use = 0
+
+    @contextlib.contextmanager
+    def reserved(self, size: int) -> Iterator[None]:
+        if self.in_use and self.in_use + size > self._limit:
+            raise Overloaded(
+                f"the answers being computed would take ~{self.in_use + size} bytes with this "
+                f"one (~{size}); the limit is {self._limit} (MAX_INFLIGHT_RESPONSE_BYTES): "
+                "retry shortly, or send fewer texts per request",
+                retry_after=1,
+            )
+        self.in_use += size
+        try:
+            yield
+        finally:
+            self.in_use -= size
+
+
+def bounded_tokens(texts: Sequence[str], limit: int) -> list[int]:
+    """Each text's tokens at most, uncounted: a token holds a character or is the word
+    marker before one, plus the two specials; never past the limit."""
+    return [min(limit, 2 * len(text) + 2) if limit else 2 * len(text) + 2 for text in texts]
 
 
 def answer_bytes(outputs: frozenset[Output], dimension: int, tokens: Sequence[int]) -> int:

@@ -21,7 +21,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.backend import Backend, BackendHealth
-from engine.budget import Budget, chunks, counted_prefix, token_answer_bytes, words_after
+from engine.budget import (
+    TOKEN_JSON_BYTES,
+    AnswerPool,
+    Budget,
+    answer_bytes,
+    bounded_tokens,
+    chunks,
+    counted_prefix,
+    token_answer_bytes,
+    words_after,
+)
 from engine.cache import CacheStats
 from engine.cached_encoding import CachedEncoder, CachedModel
 from engine.errors import (
@@ -106,6 +116,7 @@ class InferenceEngine:
         self._start_error: str | None = None
         self._mappers: dict[SparseMapping, SparseMapper] = {}
         self._budget = Budget.from_settings(settings)
+        self._answers = AnswerPool(settings.max_inflight_response_bytes)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -328,8 +339,11 @@ class InferenceEngine:
         )
         self._check_options(operation, options, {**_OPTION_FIELDS, **(option_fields or {})})
         counts = None if truncating else await self._check_token_counts(operation, texts, field)
-        await self._check_budget(operation, texts, outputs, field, options.truncate_left, counts)
-        encoding = await self._encode(operation, texts, outputs, options)
+        size = await self._check_budget(
+            operation, texts, outputs, field, options.truncate_left, counts
+        )
+        with self._answers.reserved(size):
+            encoding = await self._encode(operation, texts, outputs, options)
         self._count(operation, len(texts), encoding.token_count)
         dense = encoding.dense
         if dense is not None and dimensions is not None and dimensions < dense.shape[1]:
@@ -464,15 +478,18 @@ class InferenceEngine:
         self._check_texts(texts, field)
         rows: list[tuple[Token, ...]] = []
         size = count = 0
-        for run in chunks(texts):
-            part = await self._router.call(
-                operation,
-                functools.partial(_tokens, texts[run], add_special_tokens=add_special_tokens),
-            )
-            rows.extend(part)
-            size += token_answer_bytes(part)
-            count += sum(len(row) for row in part)
-            self._budget.check_tokens_answer(size, count, field=field, done=run.stop, of=len(texts))
+        with self._answers.reserved(self._token_answer_bound(texts)):
+            for run in chunks(texts):
+                part = await self._router.call(
+                    operation,
+                    functools.partial(_tokens, texts[run], add_special_tokens=add_special_tokens),
+                )
+                rows.extend(part)
+                size += token_answer_bytes(part)
+                count += sum(len(row) for row in part)
+                self._budget.check_tokens_answer(
+                    size, count, field=field, done=run.stop, of=len(texts)
+                )
         return tuple(rows)
 
     async def decode(
@@ -500,12 +517,20 @@ class InferenceEngine:
         self._check_texts(texts, field)
         rows: list[list[int]] = []
         count = 0
-        for run in chunks(texts):
-            part = await self._router.call(operation, functools.partial(_ids, texts[run]))
-            rows.extend(part)
-            count += sum(len(row) for row in part)
-            self._budget.check_tokens_answer(0, count, field=field, done=run.stop, of=len(texts))
+        with self._answers.reserved(self._token_answer_bound(texts)):
+            for run in chunks(texts):
+                part = await self._router.call(operation, functools.partial(_ids, texts[run]))
+                rows.extend(part)
+                count += sum(len(row) for row in part)
+                self._budget.check_tokens_answer(
+                    0, count, field=field, done=run.stop, of=len(texts)
+                )
         return tuple(rows)
+
+    def _token_answer_bound(self, texts: Sequence[str]) -> int:
+        """A tokens answer's size at most, uncounted (for MAX_INFLIGHT_RESPONSE_BYTES)."""
+        tokens = sum(bounded_tokens(texts, 0))
+        return min(tokens * TOKEN_JSON_BYTES, self._budget.max_answer_bytes)
 
     # -- internals -------------------------------------------------------------------
 
@@ -659,27 +684,32 @@ class InferenceEngine:
         field: str,
         from_left: bool,
         counts: Sequence[int] | None,
-    ) -> None:
+    ) -> int:
         """MAX_REQUEST_TOKENS and MAX_RESPONSE_BYTES, before any pass. A request that fits
         with every text at the token limit is not counted; another is counted on each
         text's first (last) limit x 12 characters, in chunks, and refused at the first chunk
-        that crosses a budget."""
+        that crosses a budget. Returns the answer's estimated size (for the process's
+        MAX_INFLIGHT_RESPONSE_BYTES): from the counts, else bounded by the characters."""
         try:
             info = self.model_info(operation)
         except Unavailable:
-            return  # no backend up to say its limits: the call that follows says why
+            return 0  # no backend up to say its limits: the call that follows says why
         dimension = info.dimension or _UNKNOWN_DIMENSION
         budget = self._budget
         if counts is not None:
             budget.check(outputs, dimension, counts, field=field, texts=len(texts))
-            return
+            return answer_bytes(outputs, dimension, counts)
         limit = info.max_tokens
+        bound = min(
+            answer_bytes(outputs, dimension, bounded_tokens(texts, limit)),
+            budget.max_answer_bytes,
+        )
         if limit and budget.fits_worst_case(outputs, dimension, len(texts), limit):
-            return
+            return bound
         if self._router.serving(operation) == _REMOTE:
             # Counting would cost the remote a /tokenize round trip per chunk; a remote
             # bge-serve holds the same budgets and its 413 reaches the client as it is.
-            return
+            return bound
         pieces = [counted_prefix(t, limit, from_left=from_left) for t in texts]
         counted: list[int] = []
         for run in chunks(pieces):
@@ -693,6 +723,7 @@ class InferenceEngine:
                 texts=len(texts),
                 at_least=len(counted) < len(texts),
             )
+        return answer_bytes(outputs, dimension, counted)
 
     async def _check_rerank_budget(self, query: str, documents: Sequence[str]) -> None:
         """MAX_REQUEST_TOKENS for the pairs, each at most the reranker's limit; counted by

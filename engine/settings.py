@@ -54,6 +54,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     max_request_bytes: Positive = 64 * 1024 * 1024
     max_request_tokens: Positive = 2_097_152
     max_response_bytes: Positive = 512 * 1024 * 1024
+    max_inflight_response_bytes: Positive = 1024 * 1024 * 1024
     max_input_tokens: Positive | None = None
     openai_token_encoding: Annotated[str, msgspec.Meta(min_length=1)] = "cl100k_base"
     reranker_max_tokens: Positive = 512
@@ -164,6 +165,10 @@ HELP: dict[str, str] = {
     "pass from its token counts as JSON numbers (ColBERT: rows x dimension x 22 bytes; "
     "/tokenize: ~80 bytes a token); larger is answered 413 naming the estimate. A request "
     "at the limit costs about 4x its answer in memory while it is built and sent.",
+    "max_inflight_response_bytes": "Most answer bytes (estimated as for MAX_RESPONSE_BYTES) "
+    "all requests being computed at once may take; a request past it is answered 429 with "
+    "Retry-After. One request alone always goes. Bounds the process's memory, not one "
+    "request's: about 4x this above idle at most.",
     "max_input_tokens": "Tokens kept per text (unset: the model's maximum).",
     "openai_token_encoding": "tiktoken encoding that decodes token-id arrays sent as "
     "/v1/embeddings' input (what LangChain's OpenAIEmbeddings sends by default) back to text: "

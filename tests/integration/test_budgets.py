@@ -204,3 +204,43 @@ def test_rerank_max_tokens_per_doc_cuts_as_the_whole_document(
 def _passes(server: Server) -> int:
     stats = httpx.get(f"{server.url}/health").json()["backends"]["flag"]["stats"]
     return int(stats["embed.forward_passes"])
+
+
+def test_answers_computed_at_once_are_bounded_process_wide(
+    models: ModelDirs, long_folder: Path
+) -> None:
+    """Eight ColBERT requests at once, each within MAX_RESPONSE_BYTES: with a pool of one answer
+    (MAX_INFLIGHT_RESPONSE_BYTES=1, so one alone goes) the others get 429 with
+    Retry-After, and a client that honours it gets every answer."""
+    server = start_server(
+        ModelDirs(m3=long_folder, reranker=models.reranker),
+        {**_LIMITS, "MAX_INFLIGHT_RESPONSE_BYTES": "1"},
+    )
+    try:
+        body = {"inputs": [LONG[:6000]] * 3}
+        first: list[httpx.Response] = []
+        answers: list[int] = []
+
+        def client() -> None:
+            for attempt in range(200):
+                answer = httpx.post(f"{server.url}/embed_all", json=body, timeout=120)
+                if attempt == 0:
+                    first.append(answer)
+                if answer.status_code != 429:
+                    answers.append(answer.status_code)
+                    return
+                time.sleep(float(answer.headers["retry-after"]) / 10)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == [200] * 8
+        refused = [a for a in first if a.status_code == 429]
+        assert refused, [a.status_code for a in first]
+        assert {a.status_code for a in first} <= {200, 429}
+        assert all(a.headers["retry-after"] == "1" for a in refused)
+        assert "MAX_INFLIGHT_RESPONSE_BYTES" in refused[0].text
+    finally:
+        stop_server(server)

@@ -31,14 +31,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from engine.settings import Settings
 from engine.types import ModelInfo
 
-__all__ = ["folder_fingerprint", "loaded_files", "remote_fingerprint"]
+__all__ = ["folder_fingerprint", "keys_are_shared", "loaded_files", "remote_fingerprint"]
 
 # What backends load from a folder (``backends.download`` fetches the same): configs and
 # tokenizers (.json, .model, .txt), weights (.safetensors, .bin) and bge-m3's heads (.pt).
 _LOADED_SUFFIXES = (".json", ".model", ".txt", ".safetensors", ".bin", ".pt")
 _VERSION = "fingerprint-1"  # changed whenever what is hashed changes
+
+
+def keys_are_shared(settings: Settings) -> bool:
+    """Whether other processes read this one's cache entries (Redis): only then can an
+    entry meet another model, so only then is a folder worth hashing at start-up. An
+    in-process store holds the answers of the one folder this process loaded."""
+    return settings.redis_url is not None
 
 
 def loaded_files(folder: Path) -> list[Path]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from backends.device import resolve_device, resolve_dtype
-from backends.fingerprint import folder_fingerprint
+from backends.fingerprint import folder_fingerprint, keys_are_shared
 from backends.flag.m3 import M3Ask, M3Encoder, M3Row
 from backends.flag.reranker import CrossEncoder
 from backends.model_files import resolve_model_dir
@@ -151,8 +151,10 @@ class FlagBackend:
             # Hashed on a thread of its own while the weights load (each file is read from
             # disk once, the other reader finds it in the page cache).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-hash") as hashing:
-                fingerprint = hashing.submit(
-                    folder_fingerprint, folder, backend="flag", dtype=str(dtype)
+                fingerprint = (
+                    hashing.submit(folder_fingerprint, folder, backend="flag", dtype=str(dtype))
+                    if keys_are_shared(settings)
+                    else None
                 )
                 m3 = self._m3 = M3Encoder(
                     caps.embedding_model,
@@ -164,12 +166,13 @@ class FlagBackend:
                     max_batch_items=_MAX_BATCH_ITEMS,
                     need_sparse_heads=Operation.SPARSE in caps.operations,
                 )
-                m3.info = dataclasses.replace(m3.info, fingerprint=fingerprint.result())
+                if fingerprint is not None:
+                    m3.info = dataclasses.replace(m3.info, fingerprint=fingerprint.result())
             log.info(
-                "flag: %s dense vectors: %s; cache fingerprint %.12s",
+                "flag: %s dense vectors: %s%s",
                 caps.embedding_model,
                 m3.pipeline.describe(),
-                m3.info.fingerprint,
+                f"; cache fingerprint {m3.info.fingerprint:.12}" if m3.info.fingerprint else "",
             )
         if caps.reranker_model is not None:
             folder = resolve_model_dir(

@@ -22,7 +22,7 @@ import numpy as np
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from backends.device import resolve_device
-from backends.fingerprint import folder_fingerprint
+from backends.fingerprint import folder_fingerprint, keys_are_shared
 from backends.flag.limits import model_max_tokens
 from backends.model_files import resolve_model_dir
 from backends.pooling import read_pipeline, sentence_max_tokens
@@ -153,7 +153,8 @@ class InfinityBackend:
         # sentence-transformers cuts at its own max_seq_length (256 for all-MiniLM-L6-v2).
         cut = sentence_max_tokens(folder) if operation is Operation.EMBED else None
         fingerprint = ""
-        if operation is Operation.EMBED:  # what the cache keys by; rerank scores are not cached
+        # What a shared cache keys by; rerank scores are not cached.
+        if operation is Operation.EMBED and keys_are_shared(self._settings):
             half = self._settings.use_fp16 and self._device == "cuda"
             dtype = "float16" if half else "float32"
             fingerprint = await asyncio.to_thread(

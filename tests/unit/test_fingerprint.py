@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from backends.fingerprint import folder_fingerprint, loaded_files, remote_fingerprint
+from backends.fingerprint import (
+    folder_fingerprint,
+    keys_are_shared,
+    loaded_files,
+    remote_fingerprint,
+)
+from engine.settings import Settings
 from engine.types import ModelInfo, Operation
 from tests.fixtures.tiny_models import build_m3
 from tests.unit.test_remote_backend import INFINITY, MODELS, infinity_backend
@@ -153,3 +159,9 @@ def test_a_probed_remote_serves_its_fingerprint() -> None:
     # The same remote with other credentials serves the same model; another model differs.
     assert probed(remote_model="bge-m3", remote_api_key="k2").fingerprint == info.fingerprint
     assert probed(remote_model="e5").fingerprint not in ("", info.fingerprint)
+
+
+def test_a_folder_is_hashed_only_for_a_cache_other_processes_read() -> None:
+    assert keys_are_shared(Settings(redis_url="redis://cache:6379/0"))
+    assert not keys_are_shared(Settings())
+    assert not keys_are_shared(Settings(cache_max_items=0))

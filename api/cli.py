@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return download_main(args[1:])
     settings = load_settings(args)
     log_config = configure_logging(settings)
+    for deprecated in settings.deprecations():
+        log.warning("%s", deprecated)
     tune_process()
     try:
         # The port first: a taken port must not cost a model load to find out.

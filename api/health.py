@@ -26,6 +26,7 @@ class BackendStatus(msgspec.Struct, kw_only=True):
     device: str
     detail: str
     stats: dict[str, int]
+    dtype: str | None = None  # float32, float16, bfloat16; None for a remote
 
 
 class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -63,6 +64,7 @@ _HEALTHY = {
             "device": "cuda",
             "detail": "",
             "stats": {"embed.forward_passes": 1204},
+            "dtype": "float16",
         },
         "remote": {
             "loaded": True,
@@ -106,6 +108,7 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
                 device=b.device,
                 detail=b.detail,
                 stats=dict(b.stats),
+                dtype=b.dtype or None,
             )
             for name, b in state.backends.items()
         },

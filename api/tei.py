@@ -578,12 +578,12 @@ def _decoded(data: dict[str, Any], kind: type[T]) -> T:
 def _info(engine: InferenceEngine, settings: Settings, version: str, operation: Operation) -> Info:
     model = engine.model_info(operation)
     name = engine.model_name(operation)
-    on_gpu = any(b.device.startswith("cuda") for b in engine.health().backends.values())
     sparse = operation is not Operation.RERANK and Operation.SPARSE in engine.operations
     return Info(
         model_id=name,
         model_sha=None,
-        model_dtype="float16" if on_gpu and settings.use_fp16 else "float32",
+        # A remote's dtype is its own: TEI's field wants a value, float32 is the safe one.
+        model_dtype=model.dtype or "float32",
         served_model_name=name,
         model_type=_RERANKER_TYPE
         if operation is Operation.RERANK

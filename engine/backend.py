@@ -49,6 +49,7 @@ class BackendHealth:
     healthy: bool
     device: str
     detail: str = ""
+    dtype: str = ""  # what its models compute in; "" where not known (a remote)
     stats: Mapping[str, int] = field(default_factory=dict)  # counters, e.g. forward passes
     batch_sizes: Mapping[str, SizeHistogram] = field(default_factory=dict)  # per model
 

@@ -16,6 +16,7 @@ import msgspec
 
 __all__ = [
     "HELP",
+    "ModelDtype",
     "Settings",
     "build_parser",
     "env_name",
@@ -26,6 +27,7 @@ __all__ = [
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 BackendName = Literal["flag", "infinity", "remote"]
 RemoteKind = Literal["auto", "tei", "infinity", "self", "runpod"]
+ModelDtype = Literal["auto", "float32", "float16", "bfloat16"]
 Chain = tuple[BackendName, ...]  # empty ("none"): the operation is not served
 
 
@@ -45,7 +47,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     embedding_size: Positive | None = None
     sparse_token_mapping: Literal["tokenizer", "hash"] = "tokenizer"
     sparse_index_space: Annotated[int, msgspec.Meta(ge=1, le=2**32)] = 1_048_576
-    use_fp16: bool = True
+    dtype: ModelDtype = "auto"
+    use_fp16: bool | None = None  # deprecated: DTYPE
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8011
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -96,6 +99,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     cache_max_mb: Positive = 256
     redis_url: str | None = None
     cache_ttl_s: Positive = 86_400
+
+    @property
+    def model_dtype(self) -> ModelDtype:
+        """DTYPE, or where it is left at auto, what the deprecated USE_FP16 said: false was
+        float32 everywhere, true was auto's choice on a GPU."""
+        if self.dtype == "auto" and self.use_fp16 is False:
+            return "float32"
+        return self.dtype
+
+    def deprecations(self) -> list[str]:
+        """What start-up warns about: settings set under a name that is going away."""
+        if self.use_fp16 is None:
+            return []
+        return [
+            f"USE_FP16 is deprecated; set DTYPE instead (USE_FP16={str(self.use_fp16).lower()} "
+            f"is DTYPE={self.model_dtype} here)"
+        ]
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; a credential must not.
@@ -151,7 +171,10 @@ HELP: dict[str, str] = {
     "collections built by bge_inference_service or by this service before its default "
     "became tokenizer).",
     "sparse_index_space": "Size of the hashed sparse index space (hash mapping only).",
-    "use_fp16": "Run models in float16 on a GPU (ignored on CPU).",
+    "dtype": "What models compute in: auto (float16 on a GPU; bfloat16 on a CPU with "
+    "AVX512-BF16 or AMX, float32 on other CPUs), float32, float16, bfloat16. Answers are "
+    "float32 whatever it is.",
+    "use_fp16": "Deprecated, use DTYPE: false is DTYPE=float32, true is DTYPE=auto.",
     "host": "Interface to listen on.",
     "port": "Port to listen on (0 picks a free one).",
     "log_level": "Log level.",
@@ -275,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         env = env_name(field.name)
         default = getattr(defaults, field.name)
         text = f"{HELP[field.name]} [env {env}; default {default}]"
-        if field.type is bool:
+        if field.type in (bool, bool | None):
             parser.add_argument(
                 _flag(field.name),
                 dest=field.name,

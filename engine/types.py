@@ -71,6 +71,8 @@ class ModelInfo:
     # What the model's answers depend on (backends/fingerprint.py), computed once at
     # start-up: the embedding cache's entries are keyed by it. "": not known.
     fingerprint: str = ""
+    # What its forward passes compute in (float32, float16, bfloat16); "": not known (a remote).
+    dtype: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,9 @@ SERVER_ENV = {
     # The live tests measure computation (passes shared, equality with FlagEmbedding);
     # the cache's own tests turn it on.
     "CACHE_MAX_ITEMS": "0",
+    # Equal to FlagEmbedding's float32 numbers on any CPU: auto would be bfloat16 on one
+    # with AVX512-BF16 (tests/integration/test_dtype_bounds.py bounds that one).
+    "DTYPE": "float32",
 }
 
 

@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # it reads them from sys.argv itself.
     settings, sdk_args = load_settings_and_rest(args)
     configure_logging(settings)
+    for deprecated in settings.deprecations():
+        log.warning("%s", deprecated)
     tune_process()
     try:
         host = _Host(Worker(settings))

@@ -22,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from backends.device import resolve_device, resolve_dtype
+from backends.device import dtype_name, resolve_device, resolve_dtype
 from backends.fingerprint import folder_fingerprint, keys_are_shared
 from backends.flag.m3 import M3Ask, M3Encoder, M3Row
 from backends.flag.reranker import CrossEncoder
@@ -60,6 +60,7 @@ class FlagBackend:
     def __init__(self, settings: Settings, operations: frozenset[Operation]) -> None:
         self._settings = settings
         self._device = resolve_device(settings.device)
+        self._dtype = resolve_dtype(self._device, settings.model_dtype)
         embeds = bool(operations & {Operation.EMBED, Operation.SPARSE})
         self._capabilities = Capabilities(
             operations=operations,
@@ -135,7 +136,7 @@ class FlagBackend:
 
     def _load(self) -> None:
         settings = self._settings
-        dtype = resolve_dtype(self._device, settings.use_fp16)
+        dtype = self._dtype
         caps = self._capabilities
         if caps.embedding_model is not None:
             folder = resolve_model_dir(
@@ -152,7 +153,9 @@ class FlagBackend:
             # disk once, the other reader finds it in the page cache).
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-hash") as hashing:
                 fingerprint = (
-                    hashing.submit(folder_fingerprint, folder, backend="flag", dtype=str(dtype))
+                    hashing.submit(
+                        folder_fingerprint, folder, backend="flag", dtype=dtype_name(dtype)
+                    )
                     if keys_are_shared(settings)
                     else None
                 )
@@ -215,7 +218,12 @@ class FlagBackend:
                     stats[f"{name}.{key}"] = value
                 sizes[name] = batcher.batch_sizes
         return BackendHealth(
-            loaded=loaded, healthy=True, device=self._device, stats=stats, batch_sizes=sizes
+            loaded=loaded,
+            healthy=True,
+            device=self._device,
+            dtype=dtype_name(self._dtype),
+            stats=stats,
+            batch_sizes=sizes,
         )
 
     def model_info(self, operation: Operation) -> ModelInfo:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from backends.device import dtype_name
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
 from backends.pooling import Pooling, read_pipeline
@@ -93,6 +94,7 @@ class M3Encoder:
             vocab_size=len(self.tokenizer),
             dimension=hidden,
             pooling=self.pipeline.pooling.tei_name,
+            dtype=dtype_name(dtype),
         )
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._special_ids = np.array(
@@ -167,9 +169,10 @@ class M3Encoder:
         dense = pooled = weights = colbert = None
         if Output.DENSE in wanted:
             states = pool(hidden, mask, self.pipeline.pooling)
-            # Normalised where it was pooled (fp16 on a GPU), as FlagEmbedding does.
+            # The norm in float32 whatever the passes ran in: a bf16 sum of 1,024 squares
+            # keeps 8 bits of it. In float32 this is FlagEmbedding's computation exactly.
             if any(item.normalize for item in items):
-                dense = F.normalize(states, dim=-1).float().cpu().numpy()
+                dense = F.normalize(states.float(), dim=-1).cpu().numpy()
             if not all(item.normalize for item in items):
                 pooled = states.float().cpu().numpy()
         if Output.SPARSE in wanted:
@@ -178,7 +181,7 @@ class M3Encoder:
         if Output.COLBERT in wanted:
             assert self.colbert_linear is not None
             vectors = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
-            colbert = F.normalize(vectors, dim=-1).float().cpu().numpy()
+            colbert = F.normalize(vectors.float(), dim=-1).cpu().numpy()
         results = []
         for row, item in enumerate(items):
             length = len(item.ids)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from backends.device import dtype_name
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
 from backends.tokens import cut_for_truncation
@@ -44,7 +45,12 @@ class CrossEncoder:
             .eval()
         )
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_pair_tokens)
-        self.info = ModelInfo(name=name, max_tokens=self.max_tokens, vocab_size=len(self.tokenizer))
+        self.info = ModelInfo(
+            name=name,
+            max_tokens=self.max_tokens,
+            vocab_size=len(self.tokenizer),
+            dtype=dtype_name(dtype),
+        )
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self._pair_specials = self.tokenizer.num_special_tokens_to_add(pair=True)
 

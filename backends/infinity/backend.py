@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from backends.device import resolve_device
+from backends.device import dtype_name, resolve_device, resolve_dtype
 from backends.fingerprint import folder_fingerprint, keys_are_shared
 from backends.flag.limits import model_max_tokens
 from backends.model_files import resolve_model_dir
@@ -57,6 +57,7 @@ class InfinityBackend:
     def __init__(self, settings: Settings, operations: frozenset[Operation]) -> None:
         self._settings = settings
         self._device = resolve_device(settings.device)
+        self._dtype = dtype_name(resolve_dtype(self._device, settings.model_dtype))
         served = operations & set(_SERVED)
         self._capabilities = Capabilities(
             operations=frozenset(served),
@@ -118,7 +119,6 @@ class InfinityBackend:
         from infinity_emb import AsyncEngineArray, EngineArgs
         from infinity_emb.primitives import Device, Dtype, InferenceEngine
 
-        half = self._settings.use_fp16 and self._device == "cuda"
         return AsyncEngineArray.from_args(
             [
                 EngineArgs(
@@ -126,7 +126,7 @@ class InfinityBackend:
                     served_model_name=_SERVED[operation],
                     engine=InferenceEngine.torch,
                     device=Device.cuda if self._device == "cuda" else Device.cpu,
-                    dtype=Dtype.float16 if half else Dtype.float32,
+                    dtype=Dtype(self._dtype),
                     batch_size=self._settings.infinity_batch_size,
                     # Warm-up breaks under transformers 5 and costs start-up time; the
                     # first requests warm the model instead.
@@ -155,10 +155,8 @@ class InfinityBackend:
         fingerprint = ""
         # What a shared cache keys by; rerank scores are not cached.
         if operation is Operation.EMBED and keys_are_shared(self._settings):
-            half = self._settings.use_fp16 and self._device == "cuda"
-            dtype = "float16" if half else "float32"
             fingerprint = await asyncio.to_thread(
-                folder_fingerprint, folder, backend="infinity", dtype=dtype
+                folder_fingerprint, folder, backend="infinity", dtype=self._dtype
             )
         return ModelInfo(
             name=name or str(folder),
@@ -167,6 +165,7 @@ class InfinityBackend:
             dimension=dimension,
             pooling=_pooling_name(folder) if operation is Operation.EMBED else None,
             fingerprint=fingerprint,
+            dtype=self._dtype,
         )
 
     async def stop(self) -> None:
@@ -181,6 +180,7 @@ class InfinityBackend:
             loaded=loaded,
             healthy=True,
             device=self._device,
+            dtype=self._dtype,
             stats={"in_flight": self._in_flight, "rejected_requests": self._rejected},
         )
 

@@ -31,6 +31,7 @@ def rerank_logits(models: ModelDirs) -> list[float]:
 @pytest.fixture(scope="module")
 def backend(models: ModelDirs, loop: asyncio.AbstractEventLoop) -> Iterator[FlagBackend]:
     settings = Settings(
+        dtype="float32",
         embedding_model_name=str(models.m3),
         reranker_model_name=str(models.reranker),
         device="cpu",

@@ -24,7 +24,10 @@ SHORT_DOCUMENTS = ["the cat sat on the mat in paris", "berlin music history", "a
 @pytest.fixture(scope="module")
 def infinity(models: ModelDirs, loop: asyncio.AbstractEventLoop) -> Iterator[InfinityBackend]:
     settings = Settings(
-        embedding_model_name=str(models.m3), reranker_model_name=str(models.reranker), device="cpu"
+        dtype="float32",
+        embedding_model_name=str(models.m3),
+        reranker_model_name=str(models.reranker),
+        device="cpu",
     )
     backend = InfinityBackend(settings, frozenset({Operation.EMBED, Operation.RERANK}))
     loop.run_until_complete(backend.start())

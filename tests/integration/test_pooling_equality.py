@@ -131,7 +131,8 @@ def test_infinity_backend_pools_a_mean_folder_as_sentence_transformers(
     backend now agrees with it."""
     folder = set_pooling(shutil.copytree(tiny_root, tmp_path / "mean"), "mean", normalize=True)
     backend = InfinityBackend(
-        Settings(embedding_model_name=str(folder), device="cpu"), frozenset({Operation.EMBED})
+        Settings(embedding_model_name=str(folder), device="cpu", dtype="float32"),
+        frozenset({Operation.EMBED}),
     )
     loop.run_until_complete(backend.start())
     try:

@@ -34,6 +34,7 @@ TEXTS = ["hello world", "the quick brown fox jumps over the lazy dog", LONG_TEXT
 @pytest.fixture(scope="module")
 def tei(models: ModelDirs) -> Iterator[TestClient[Any]]:
     settings = Settings(
+        dtype="float32",
         embedding_model_name=str(models.m3),
         rerank_backends=(),
         device="cpu",
@@ -164,7 +165,11 @@ def test_a_folder_pooled_otherwise_is_served_and_described_as_it_says(
 ) -> None:
     folder = set_pooling(build_m3(tmp_path / "m"), pooling, normalize=False)
     settings = Settings(
-        embedding_model_name=str(folder), sparse_backends=(), rerank_backends=(), device="cpu"
+        dtype="float32",
+        embedding_model_name=str(folder),
+        sparse_backends=(),
+        rerank_backends=(),
+        device="cpu",
     )
     engine = InferenceEngine(settings, build_chains(settings))
     with TestClient(create_app(settings, engine), timeout=120) as client:

@@ -23,10 +23,11 @@ def test_defaults_are_the_seed_services() -> None:
 def test_env_then_flag_precedence() -> None:
     env = {"PORT": "9000", "USE_FP16": "false", "SPARSE_TOKEN_MAPPING": "hash"}
     assert load_settings([], env).port == 9000
-    assert load_settings([], env).use_fp16 is False
+    assert load_settings([], env).model_dtype == "float32"
     settings = load_settings(["--port", "9100", "--use-fp16"], env)
     assert settings.port == 9100
     assert settings.use_fp16 is True
+    assert settings.model_dtype == "auto"
     assert settings.sparse_token_mapping == "hash"
 
 

@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: install serve demo test check bench clean
+.PHONY: install serve demo test check bench clean vllm-env
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,3 +63,17 @@ clean:
 
 bench: install
 	$(BIN)/python -m bench.load $(ARGS)
+
+# vLLM's CPU build, bench.load's peer (it starts it from here when this venv exists), in a
+# venv of its own: its pins (transformers 5, its own fastapi) are not the service's. torch
+# first, pinned, so nothing pulls a CUDA build; then every package locked, with --no-deps.
+VLLM_VENV := .venv-vllm
+VLLM_REQUIREMENTS := bench/vllm-requirements.txt
+
+$(VLLM_VENV)/.installed: $(VLLM_REQUIREMENTS)
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -r $(VLLM_REQUIREMENTS)
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed

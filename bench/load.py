@@ -249,9 +249,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# vLLM's start-up (imports, engine and worker processes, a torch.compile warm-up) takes
-# 1.5-3 minutes here when the other servers start beside it.
-STARTUP_S = 600.0
+# Every server starts at once; vLLM's start-up alone (imports, engine and worker processes,
+# an inductor warm-up) took 1.5-3 minutes on 2 cores, and 7 with 5 other servers starting
+# beside it on a busy machine.
+STARTUP_S = 1200.0
 
 
 @contextmanager

@@ -117,8 +117,12 @@ def _pooling_mode(folder: Path, config_file: Path) -> Pooling:
     if not isinstance(config, dict):
         raise StartupError(f"{config_file}: expected an object")
     named = config.get("pooling_mode")
-    if isinstance(named, str):  # sentence-transformers: the name overrides the flags
-        modes = [named.lower()]
+    # sentence-transformers 5+: the name (or a list of names) overrides the legacy flags,
+    # and is case-sensitive ("CLS" is refused there, so here).
+    if isinstance(named, str):
+        modes = [named]
+    elif isinstance(named, list):
+        modes = [str(mode) for mode in named]
     else:
         modes = [
             mode for key, mode in _MODE_KEYS.items() if bool(config.get(key, _MODE_DEFAULTS[key]))

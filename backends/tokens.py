@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
 from engine.budget import chunks
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, StartupError
 from engine.types import Token
 
-__all__ = ["chunks", "cut_for_truncation", "decode_ids", "tokens_of"]
+__all__ = ["PairTemplate", "chunks", "cut_for_truncation", "decode_ids", "tokens_of"]
 
 # The first cut tried, in characters per token kept; ordinary text needs 3-6. Only a guess:
 # a cut is kept only once checked, else doubled (see cut_for_truncation).
@@ -139,3 +140,45 @@ def decode_ids(
         [list(row) for row in ids], skip_special_tokens=skip_special_tokens
     )
     return tuple(str(text) for text in texts)
+
+
+@dataclass(frozen=True, slots=True)
+class PairTemplate:
+    """Where a tokenizer puts its special tokens around a (query, document) pair: for
+    XLM-RoBERTa ``<s> query </s></s> document </s>``, for BERT ``[CLS] q [SEP] d [SEP]``.
+
+    Read once from the tokenizer's own pair encoding, because transformers 5 dropped
+    ``build_inputs_with_special_tokens`` from its tokenizers-backed classes."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> PairTemplate:
+        first, second = "query", "document"
+        first_ids = list(tokenizer(first, add_special_tokens=False)["input_ids"])
+        second_ids = list(tokenizer(second, add_special_tokens=False)["input_ids"])
+        both = list(tokenizer(first, second)["input_ids"])
+        start = _find(both, first_ids, 0)
+        end = start + len(first_ids)
+        later = _find(both, second_ids, end)
+        return cls(
+            prefix=tuple(both[:start]),
+            middle=tuple(both[end:later]),
+            suffix=tuple(both[later + len(second_ids) :]),
+        )
+
+    def join(self, query: Sequence[int], document: Sequence[int]) -> list[int]:
+        return [*self.prefix, *query, *self.middle, *document, *self.suffix]
+
+    @property
+    def size(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def _find(haystack: Sequence[int], needle: Sequence[int], start: int) -> int:
+    for i in range(start, len(haystack) - len(needle) + 1):
+        if list(haystack[i : i + len(needle)]) == list(needle):
+            return i
+    raise StartupError("the tokenizer's pair encoding does not contain its parts")

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from backends.device import dtype_name
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
-from backends.tokens import cut_for_truncation
+from backends.tokens import PairTemplate, cut_for_truncation
 from engine.types import ModelInfo, Scores
 
 __all__ = ["CrossEncoder"]
@@ -52,7 +52,7 @@ class CrossEncoder:
             dtype=dtype_name(dtype),
         )
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
-        self._pair_specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+        self._pair = PairTemplate.of(self.tokenizer)
 
     def pairs(self, query: str, documents: Sequence[str]) -> list[list[int]]:
         tokenizer = self.tokenizer
@@ -61,16 +61,13 @@ class CrossEncoder:
         query_ids = tokenizer(
             query, add_special_tokens=False, truncation=True, max_length=query_room
         )["input_ids"]
-        document_room = max(self.max_tokens - len(query_ids) - self._pair_specials, 0)
+        document_room = max(self.max_tokens - len(query_ids) - self._pair.size, 0)
         # Cut to the room a document can have, so the tokens past it are never made.
         documents = cut_for_truncation(tokenizer, documents, self.max_tokens, from_left=False)
         documents_ids = tokenizer(
             list(documents), add_special_tokens=False, truncation=True, max_length=self.max_tokens
         )["input_ids"]
-        return [
-            list(tokenizer.build_inputs_with_special_tokens(query_ids, doc[:document_room]))
-            for doc in documents_ids
-        ]
+        return [self._pair.join(query_ids, doc[:document_room]) for doc in documents_ids]
 
     def score(self, query: str, documents: Sequence[str]) -> Scores:
         """All pairs at once, batched by length here (no micro-batcher)."""

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 from sentence_transformers.models import Pooling as StPooling
+from sentence_transformers.sentence_transformer.modules.pooling import (
+    _convert_legacy_pooling_kwargs,
+)
 
 from backends.pooling import Pipeline, Pooling, read_pipeline
 from engine.errors import StartupError
@@ -38,7 +41,8 @@ def test_modes_it_computes(folder: Path, mode: str, normalize: bool) -> None:
         ({}, "mean"),
         ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
         ({"pooling_mode": "lasttoken"}, "lasttoken"),
-        ({"pooling_mode": "CLS", "pooling_mode_mean_tokens": True}, "cls"),
+        ({"pooling_mode": "cls", "pooling_mode_mean_tokens": True}, "cls"),
+        ({"pooling_mode": ["lasttoken"]}, "lasttoken"),
     ],
 )
 def test_reads_the_config_as_sentence_transformers_does(
@@ -49,10 +53,23 @@ def test_reads_the_config_as_sentence_transformers_does(
         json.dumps({"word_embedding_dimension": 8, **config})
     )
     assert read_pipeline(folder).pooling == Pooling(expected)
-    theirs = StPooling(word_embedding_dimension=8, **config)  # type: ignore[arg-type]
+    settings = dict(config)
+    _convert_legacy_pooling_kwargs(settings)  # what sentence-transformers does on loading
+    theirs = StPooling(embedding_dimension=8, **settings)
     # One mode: sentence-transformers' vector is one hidden state wide.
-    assert theirs.get_pooling_mode_str() == expected
-    assert theirs.get_sentence_embedding_dimension() == 8
+    assert theirs.pooling_mode == expected
+    assert theirs.get_embedding_dimension() == 8
+
+
+def test_a_mode_name_is_case_sensitive_as_in_sentence_transformers(folder: Path) -> None:
+    set_pooling(folder, "cls", normalize=True)
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 8, "pooling_mode": "CLS"})
+    )
+    with pytest.raises(StartupError, match="CLS"):
+        read_pipeline(folder)
+    with pytest.raises(ValueError, match="CLS"):
+        StPooling(embedding_dimension=8, pooling_mode="CLS")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -667,6 +668,12 @@ def find(results: list[Result], system: str, scenario: str) -> Result | None:
     return next((r for r in results if r.system == system and r.scenario == scenario), None)
 
 
+def ratio(top: float, bottom: float) -> float:
+    """NaN (a goal not met) where a system answered nothing in the time given (a rate of 0,
+    a p50 of NaN), rather than a division by zero."""
+    return top / bottom if bottom and not math.isnan(bottom) else math.nan
+
+
 def targets(results: list[Result], auto: str = "float32") -> list[dict[str, object]]:
     """The issue's goals as ratios of rows of this run: this service's flag backend at the
     dtype DTYPE=auto picks here, against its peers. A goal whose rows this run lacks (a
@@ -698,11 +705,11 @@ def targets(results: list[Result], auto: str = "float32") -> list[dict[str, obje
         if top is None or bottom is None:
             continue
         if measure == "rate":
-            value = top.texts_per_s / bottom.texts_per_s
+            value = ratio(top.texts_per_s, bottom.texts_per_s)
         elif measure == "p50":
-            value = top.p50_ms / bottom.p50_ms
+            value = ratio(top.p50_ms, bottom.p50_ms)
         else:
-            value = top.p99_ms / top.p50_ms
+            value = ratio(top.p99_ms, top.p50_ms)
         bound = float(goal.split()[1])
         met = value >= bound if goal.startswith(">=") else value <= bound
         label = f"{name} (flag, DTYPE=auto: {auto})"

@@ -168,3 +168,15 @@ def test_infinity_bin_missing_is_skipped_or_refused_when_named(tmp_path: Path) -
     with pytest.raises(SystemExit, match="absent"):
         infinity_bin(str(tmp_path / "absent"), current=here)
     assert infinity_bin("none", current=here)[0] is None
+
+
+def test_a_peer_that_answered_nothing_makes_its_goals_unmet_not_a_crash() -> None:
+    ours = flag_name("float32")
+    rows = [
+        *dense_rows(ours),
+        row("vLLM (bfloat16)", "1 client x 1 text", 0.0, float("nan")),
+        row("vLLM (bfloat16)", "4 clients x 32 texts", 0.0, float("nan")),
+    ]
+    goals = by_name(targets(rows, "float32"))
+    for name in ("4 x 32: texts/s vs vLLM bf16", "1 x 1: p50 vs vLLM bf16 p50"):
+        assert goals[name]["met"] is False

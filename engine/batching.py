@@ -4,11 +4,23 @@ Each request is split into units (one text, or one query-document pair) that
 queue in arrival order, a pass's worth of tokens at a time: a request's second
 pass's worth queues behind the first pass's worth of every request that came
 after it, so a one-text request waits for one pass of a 2,048-text request, not
-all of them. One worker per model takes units from the head of the queue into a
-batch whose padded size (longest unit x count) stays within the token budget -
-waiting up to ``max_wait_s`` for company while the batch has room - sorts it by
+all of them. A worker takes units from the head of the queue into a batch whose
+padded size (longest unit x count) stays within the token budget, sorts it by
 length to cut padding (the head of the queue always goes), runs it on the
 model's thread, and hands each result back to its own request by position.
+
+How long a batch with room waits for company (at most ``max_wait_s``) depends on
+what else is going on. It waits while requests answered lately have not come
+back yet (closed-loop clients send the next one on an answer), while a burst of
+new requests is still arriving, and while another pass runs (the cores are busy
+anyway); then it takes the whole queue, within the budgets. This is what fills
+passes when many clients send one text each. A lone request to an idle model
+waits one 1 ms quiet gap, or not at all when it is the one expected back. One
+worker forms a batch at a time, so two idle workers never split one burst.
+
+A batch whose lengths differ so much that most of its padded tokens would be
+padding runs as consecutive passes, one per length bucket (see
+:func:`engine.padding.length_buckets`).
 
 With ``workers`` > 1, that many batches run at once (the executor must have as
 many threads): on a CPU, two passes with half the threads each keep the cores
@@ -33,14 +45,18 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from engine.errors import Overloaded
+from engine.padding import MIN_SPLIT_TOKENS, length_buckets
 from engine.telemetry import SizeHistogram
 
 __all__ = ["BatchStats", "MicroBatcher", "Unit"]
 
 log = logging.getLogger(__name__)
 
-# No new unit for this long: the burst is over, run the batch.
+# No new unit for this long while the model is idle: the burst is over, run the batch.
 _QUIET_GAP_S = 0.001
+# Requests expected back are waited for while they would grow the batch by at
+# least 1 / this (in units): one straggler does not hold a batch of twenty.
+_EXPECTED_SHARE = 8
 # How many batches deep the queue is looked at when choosing what to run next.
 _WINDOW_BATCHES = 4
 
@@ -78,6 +94,9 @@ class BatchStats:
     rejected_requests: int = 0
     largest_batch: int = 0
     queued_requests: int = 0
+    tokens_computed: int = 0
+    # Longest unit x units, summed over passes: what the model computed, padding included.
+    padded_tokens: int = 0
 
 
 class MicroBatcher(Generic[P, R]):
@@ -92,6 +111,7 @@ class MicroBatcher(Generic[P, R]):
         max_wait_s: float,
         max_queued_requests: int,
         workers: int = 1,
+        min_split_tokens: int = MIN_SPLIT_TOKENS,
     ) -> None:
         self._name = name
         self._workers_wanted = workers
@@ -101,9 +121,17 @@ class MicroBatcher(Generic[P, R]):
         self._max_items = max_batch_items
         self._max_wait = max_wait_s
         self._max_requests = max_queued_requests
+        self._min_split_tokens = min_split_tokens
         self._queue: collections.deque[_Queued[P, R]] = collections.deque()
         self._arrivals = 0
         self._ready = asyncio.Event()
+        # Set on every arrival and every pass's end: what a batch waiting for company waits on.
+        self._changed = asyncio.Event()
+        self._forming = asyncio.Lock()
+        self._running = 0  # workers with a batch under way
+        # When each request answered lately stops being expected back (oldest first).
+        self._expected: collections.deque[float] = collections.deque()
+        self._last_unexpected = float("-inf")  # the last arrival nobody was expected for
         self._workers: list[asyncio.Task[None]] = []
         self.stats = BatchStats()
         self.batch_sizes = SizeHistogram()
@@ -139,13 +167,29 @@ class MicroBatcher(Generic[P, R]):
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         request: _Request[R] = _Request(future=future, results=[None] * len(units), left=len(units))
         self._enqueue(request, units)
+        self._arrived(time.monotonic())
         self.stats.queued_requests += 1
         self._ready.set()
+        self._changed.set()
         try:
             # Cancelling the awaiting task cancels ``future``; the worker then skips its units.
             return await future
         finally:
             self.stats.queued_requests -= 1
+
+    def _arrived(self, now: float) -> None:
+        """Count an arrival against the requests expected back, or as a new one."""
+        expected = self._expected
+        while expected and expected[0] <= now:
+            expected.popleft()
+        if expected:
+            expected.popleft()
+        else:
+            self._last_unexpected = now
+
+    def _answered(self) -> None:
+        # Its client may send its next request on this answer: expect it back a while.
+        self._expected.append(time.monotonic() + self._max_wait)
 
     def _enqueue(self, request: _Request[R], units: Sequence[Unit[P]]) -> None:
         """``units`` into the queue by (round, arrival): round k holds the units after
@@ -165,50 +209,73 @@ class MicroBatcher(Generic[P, R]):
             self._queue = collections.deque(sorted([*queue, *queued], key=lambda item: item.order))
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+        while True:
+            async with self._forming:
+                passes = await self._form()
+                # Counted before the next worker forms, so it knows the model is busy.
+                self._running += 1
+            try:
+                for batch in passes:
+                    await self._compute(batch)
+            finally:
+                self._running -= 1
+                self._changed.set()
+
+    async def _form(self) -> list[list[_Queued[P, R]]]:
+        """The next batch, as the passes (length buckets) it runs in, longest first."""
         while True:
             await self._ready.wait()
-            await self._gather_company()
-            batch = self._take()
+            self._drop_departed_head()
+            if self._queue:
+                await self._gather_company()
+                batch = self._take()
+            else:
+                batch = []
             if not self._queue:
                 self._ready.clear()
-            if not batch:
-                continue
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run, [queued.unit.payload for queued in batch]
-                )
-            except Exception as exc:  # noqa: BLE001 - each request gets the failure, not the worker
-                for queued in batch:
-                    if not queued.request.future.done():
-                        queued.request.future.set_exception(exc)
-                continue
-            self.stats.forward_passes += 1
-            self.stats.units_computed += len(batch)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-            self.batch_sizes.observe(len(batch))
-            for queued, result in zip(batch, results, strict=True):
-                request = queued.request
-                if request.future.done():
-                    continue
-                request.results[queued.position] = result
-                request.left -= 1
-                if request.left == 0:
-                    request.future.set_result(request.results)  # type: ignore[arg-type]
+            if batch:
+                lengths = [queued.unit.tokens for queued in batch]
+                return [
+                    batch[bucket.start : bucket.stop]
+                    for bucket in length_buckets(lengths, min_tokens=self._min_split_tokens)
+                ]
+
+    def _drop_departed_head(self) -> None:
+        queue = self._queue
+        while queue and queue[0].request.future.done():
+            queue.popleft()
+            self.stats.units_skipped += 1
 
     async def _gather_company(self) -> None:
-        """Wait while requests keep arriving, up to ``max_wait_s``, unless the batch is full.
+        """Wait for more units while the batch has room and company is likely.
 
-        Closed-loop clients come back in a burst when a batch's answers go out;
-        waiting out the burst (not a fixed delay) lets them share the next pass,
-        while a lone request waits only one quiet gap.
+        Company is likely while requests a pass answered lately have not come back
+        (closed-loop clients send their next request on an answer; each answer is
+        expected back for ``max_wait_s``) and are not few next to the queue, while a burst of new requests is still
+        arriving (one came within the last quiet gap), and while another pass runs
+        (the cores are busy anyway, and its answers will bring requests back). A
+        request that comes back as expected to an idle model goes at once; a lone
+        new one waits one quiet gap. Either way a batch waits at most ``max_wait_s``.
         """
-        deadline = time.monotonic() + self._max_wait
-        while not self._batch_is_full() and time.monotonic() < deadline:
-            queued = len(self._queue)
-            await asyncio.sleep(min(_QUIET_GAP_S, max(deadline - time.monotonic(), 0)))
-            if len(self._queue) == queued:
-                return
+        now = time.monotonic()
+        cap = now + self._max_wait
+        while not self._batch_is_full() and now < cap:
+            expected = self._expected
+            while expected and expected[0] <= now:
+                expected.popleft()
+            if expected and len(expected) * _EXPECTED_SHARE >= len(self._queue):
+                until = min(cap, expected[0])
+            elif self._running:
+                until = cap  # the model is busy anyway: company costs nothing
+            else:
+                until = min(cap, self._last_unexpected + _QUIET_GAP_S)
+                if until <= now:
+                    return  # nobody expected, no burst under way
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(until - now):
+                    await self._changed.wait()
+            now = time.monotonic()
 
     def _batch_is_full(self) -> bool:
         width = 0
@@ -247,3 +314,49 @@ class MicroBatcher(Generic[P, R]):
         # The rest go back to the head of the queue, in arrival order.
         queue.extendleft(reversed([queued for queued in window if id(queued) not in taken]))
         return batch
+
+    async def _compute(self, batch: list[_Queued[P, R]]) -> None:
+        """One pass over ``batch`` (longest first); each result to its own request."""
+        live = [queued for queued in batch if not queued.request.future.done()]
+        self.stats.units_skipped += len(batch) - len(live)
+        if not live:
+            return
+        tokens = sum(queued.unit.tokens for queued in live)
+        padded = max(queued.unit.tokens for queued in live) * len(live)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: a pass of %d units, %d tokens (%d padded); %d queued, %d batches under way",
+                self._name,
+                len(live),
+                tokens,
+                padded,
+                len(self._queue),
+                self._running,
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._run, [queued.unit.payload for queued in live]
+            )
+        except Exception as exc:  # noqa: BLE001 - each request gets the failure, not the worker
+            for queued in live:
+                if not queued.request.future.done():
+                    queued.request.future.set_exception(exc)
+                    self._answered()
+            return
+        stats = self.stats
+        stats.forward_passes += 1
+        stats.units_computed += len(live)
+        stats.largest_batch = max(stats.largest_batch, len(live))
+        stats.tokens_computed += tokens
+        stats.padded_tokens += padded
+        self.batch_sizes.observe(len(live))
+        for queued, result in zip(live, results, strict=True):
+            request = queued.request
+            if request.future.done():
+                continue
+            request.results[queued.position] = result
+            request.left -= 1
+            if request.left == 0:
+                request.future.set_result(request.results)  # type: ignore[arg-type]
+                self._answered()

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from engine.padding import length_buckets
+
 __all__ = ["length_sorted_batches", "pad"]
 
 
@@ -15,8 +17,10 @@ def length_sorted_batches(
 ) -> list[list[int]]:
     """Positions grouped longest first, each group's padded size within ``max_tokens``.
 
-    Sorting by length cuts padding; a text longer than the budget still gets a
-    batch of its own rather than being refused.
+    Sorting by length cuts padding; a group that would still be mostly padding (one
+    long text among short ones) is split by :func:`engine.padding.length_buckets`.
+    A text longer than the budget still gets a batch of its own rather than being
+    refused.
     """
     order = np.argsort(-np.asarray(lengths), kind="stable").tolist()
     batches: list[list[int]] = []
@@ -30,7 +34,11 @@ def length_sorted_batches(
         current.append(position)
     if current:
         batches.append(current)
-    return batches
+    return [
+        batch[bucket.start : bucket.stop]
+        for batch in batches
+        for bucket in length_buckets([lengths[i] for i in batch])
+    ]
 
 
 def pad(

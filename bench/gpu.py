@@ -91,6 +91,7 @@ def env(args: argparse.Namespace, profile: Profile, part: Part) -> None:
             "memory_gib": round(props.total_memory / 2**30, 1),
             "multiprocessors": props.multi_processor_count,
             "bf16": torch.cuda.is_bf16_supported(),
+            "matmul_bf16_tflops": round(matmul_tflops(), 1),
         }
     peers = {}
     for module, why in PEERS.items():
@@ -105,6 +106,27 @@ def env(args: argparse.Namespace, profile: Profile, part: Part) -> None:
     info["peers"] = peers
     part.extra.update(info)
     print(json.dumps(info, indent=2), flush=True)
+
+
+def matmul_tflops(size: int = 8192, repeats: int = 10) -> float:
+    """This GPU's bf16 matrix rate on random data (the ceiling PEAK_TFLOPS stands for),
+    the mean of ``repeats`` products after three warm-ups, timed with CUDA events."""
+    import torch
+
+    a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / repeats
+    del a, b
+    torch.cuda.empty_cache()
+    return float(2 * size**3 / seconds / 1e12)
 
 
 def build(args: argparse.Namespace, profile: Profile, part: Part) -> None:

@@ -155,6 +155,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"sentence-transformers {versions.get('sentence-transformers')}; "
         f"{result['shape']['name']} shape, random weights; "
         f"peak {result['peak_tflops']:.0f} TFLOP/s"
+        + (
+            f" (an 8192^3 bf16 matmul measured {matmul} here)"
+            if (matmul := env_info.get("gpu", {}).get("matmul_bf16_tflops"))
+            else ""
+        )
         + (" (tiny CPU check: rates mean nothing)" if result["tiny"] else ""),
         "",
         "| system | kind | workload | op | dtype | texts/s | tokens/s | TFLOP/s | % of peak "

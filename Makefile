@@ -15,9 +15,9 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,infinity,redis,bench,retrieval,runpod]"
-	# runpod's declared fastapi[all] conflicts with infinity-emb; pyproject's runpod extra
-	# holds the rest of its requirements.
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,redis,bench,retrieval,runpod]"
+	# runpod declares fastapi[all], whose extras the worker never uses; pyproject's runpod
+	# extra holds the rest of its requirements.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt runpod
 	# langchain-cohere declares cohere<6; its embeddings run on the pinned cohere 7
 	# (tests/integration/test_cohere_embed.py); langchain-core comes with langchain-openai.
@@ -36,7 +36,19 @@ $(FRAMEWORKS_VENV)/.installed: $(FRAMEWORKS_REQUIREMENTS)
 	$(FRAMEWORKS_VENV)/bin/pip check
 	touch $@
 
-install: $(VENV)/.installed $(FRAMEWORKS_VENV)/.installed
+# infinity_emb (the infinity backend and the benchmark's peer) and FlagEmbedding (the flag
+# backend's test oracle) in a venv of their own: infinity-emb pins numpy<2 and
+# sentence-transformers<4 (so transformers<5), and FlagEmbedding 1.4.2 does not import
+# under transformers 5. constraints-infinity.txt is the last set both ran on.
+INFINITY_VENV := .venv-infinity
+
+$(INFINITY_VENV)/.installed: pyproject.toml constraints-infinity.txt
+	test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(INFINITY_VENV)/bin/pip install --quiet -c constraints-infinity.txt -e ".[infinity,oracle,test,redis,bench]"
+	touch $@
+
+install: $(VENV)/.installed $(FRAMEWORKS_VENV)/.installed $(INFINITY_VENV)/.installed
 
 serve: install
 	$(BIN)/bge-serve $(ARGS)
@@ -55,11 +67,13 @@ check: install
 	$(BIN)/mypy
 	$(BIN)/codespell engine backends api retrieval worker tests bench deploy README.md
 
+# Two sets, one per environment: the service's stack, then what needs infinity_emb.
 test: check
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not infinity" $(PYTEST_ARGS)
+	$(INFINITY_VENV)/bin/python -m pytest -m infinity tests/infinity $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(FRAMEWORKS_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(FRAMEWORKS_VENV) $(INFINITY_VENV) .mypy_cache .ruff_cache .pytest_cache
 
 bench: install
 	$(BIN)/python -m bench.load $(ARGS)

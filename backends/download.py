@@ -90,7 +90,7 @@ def _check_tokenizer(folder: Path) -> list[str]:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
+        tokenizer = AutoTokenizer.from_pretrained(folder)
         tokenizer("tokenizer check")
     except Exception as exc:  # noqa: BLE001 - any failure means the folder is unusable
         return [f"the tokenizer does not load: {type(exc).__name__}: {exc}"]

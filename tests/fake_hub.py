@@ -1,7 +1,8 @@
 """A Hugging Face hub on loopback, serving repositories from local folders.
 
 It answers what ``huggingface_hub`` asks when it downloads: the model's file list
-(``GET /api/models/{repo}``, ``…/revision/{rev}``) and each file (``HEAD`` and ``GET
+(``GET /api/models/{repo}``, ``…/revision/{rev}``; huggingface_hub 1+ ``…/tree/{rev}``)
+and each file (``HEAD`` and ``GET
 /{repo}/resolve/{rev}/{path}``, with ``X-Repo-Commit``, ``ETag``, ``Content-Length``,
 and ``Range`` for resuming). ``cut`` breaks the first download of a file after a
 number of bytes, as a dropped connection would.
@@ -66,9 +67,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             path = unquote(urlsplit(self.path).path)
             hub.seen.append(Seen(self.command, path, self.headers.get("Range")))
             if path.startswith("/api/models/"):
-                repo = "/".join(path.removeprefix("/api/models/").split("/")[:2])
+                parts = path.removeprefix("/api/models/").split("/")
+                repo = "/".join(parts[:2])
                 if repo not in hub.repos:
                     return self._send(404, b'{"error": "Repository not found"}', body)
+                if parts[2:3] == ["tree"]:
+                    # huggingface_hub 1+ lists files from the tree (one page here: the
+                    # real hub pages by 1,000 with a Link header).
+                    return self._send(200, json.dumps(self._tree(repo)).encode(), body)
                 info = {
                     "id": repo,
                     "modelId": repo,
@@ -84,6 +90,17 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     return self._send(404, b'{"error": "Entry not found"}', body)
                 return self._file(name, file.read_bytes(), body)
             return self._send(404, b"{}", body)
+
+        def _tree(self, repo: str) -> list[dict[str, object]]:
+            entries: list[dict[str, object]] = []
+            for name in hub.files(repo):
+                content = (hub.repos[repo] / name).read_bytes()
+                # A git blob id, as the hub's "oid" of a file stored without LFS.
+                blob = hashlib.sha1(  # noqa: S324 - git's object id, not security
+                    b"blob %d\0" % len(content) + content
+                ).hexdigest()
+                entries.append({"type": "file", "path": name, "size": len(content), "oid": blob})
+            return entries
 
         def _file(self, name: str, content: bytes, body: bool) -> None:
             start = 0

@@ -46,7 +46,7 @@ def flag_answers(
 class Drift:
     dense_cosine_min: float
     colbert_cosine_min: float
-    sparse_max_error: float  # the largest weight error, as a fraction of the text's top weight
+    sparse_max_error: float  # the largest weight error, as a fraction of the set's top weight
     sparse_top_k_kept: float  # texts whose top-k set is float32's, of those compared
     sparse_top_k_compared: int  # texts whose k-th weight is clear of the (k+1)-th
     rerank_max_error: float  # in logits
@@ -59,9 +59,14 @@ def drift(reference: Encoding, other: Encoding, ref_scores: Scores, scores: Scor
     assert reference.lexical is not None and other.lexical is not None
     errors: list[float] = []
     kept: list[bool] = []
+    # One scale for the set: a text whose float32 weights are all near zero (random
+    # weights make some) would otherwise turn a rounding into a 100 % error.
+    scale = max(
+        (float(row.weights.max()) for row in reference.lexical if len(row.weights)), default=1.0
+    )
     for ours, theirs in zip(other.lexical, reference.lexical, strict=True):
-        errors.append(_sparse_error(ours, theirs))
-        clear = _clear_top_k(theirs, errors[-1])
+        errors.append(_sparse_error(ours, theirs, scale))
+        clear = _clear_top_k(theirs, errors[-1] * scale)
         if clear is not None:
             kept.append(clear == set(_top_k(ours)))
     return Drift(
@@ -93,11 +98,10 @@ def _weights(row: TokenWeights) -> dict[int, float]:
     return dict(zip(row.token_ids.tolist(), row.weights.tolist(), strict=True))
 
 
-def _sparse_error(ours: TokenWeights, theirs: TokenWeights) -> float:
+def _sparse_error(ours: TokenWeights, theirs: TokenWeights, scale: float) -> float:
     mine, reference = _weights(ours), _weights(theirs)
-    top = max(reference.values(), default=1.0)
     return max(
-        (abs(mine.get(t, 0.0) - reference.get(t, 0.0)) / top for t in mine.keys() | reference),
+        (abs(mine.get(t, 0.0) - reference.get(t, 0.0)) / scale for t in mine.keys() | reference),
         default=0.0,
     )
 
@@ -109,12 +113,11 @@ def _top_k(row: TokenWeights) -> list[int]:
 
 def _clear_top_k(row: TokenWeights, error: float) -> set[int] | None:
     """float32's top-k where its k-th weight clears the (k+1)-th by more than twice the
-    measured error (else a rounding may swap them, and no set is the right one)."""
+    text's measured error (else a rounding may swap them, and no set is the right one)."""
     weights = np.sort(row.weights)[::-1]
     if len(weights) <= TOP_K:
         return set(row.token_ids.tolist())
-    top = float(weights[0])
-    if weights[TOP_K - 1] - weights[TOP_K] <= 2 * error * top:
+    if weights[TOP_K - 1] - weights[TOP_K] <= 2 * error:
         return None
     return set(_top_k(row))
 

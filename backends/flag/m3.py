@@ -28,6 +28,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from backends.device import dtype_name
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
+from backends.flag.loading import load_model
+from backends.flag.transfer import to_host
 from backends.pooling import Pooling, read_pipeline
 from backends.tokens import cut_for_truncation
 from engine.errors import StartupError
@@ -80,8 +82,8 @@ class M3Encoder:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
-        self.model = AutoModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+        self.model = load_model(AutoModel, folder, device=device, dtype=dtype)
         self.pipeline = read_pipeline(folder)
         hidden = int(self.model.config.hidden_size)
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_input_tokens)
@@ -166,22 +168,23 @@ class M3Encoder:
         wanted = frozenset().union(*(item.outputs for item in items))
         ids, mask = pad([item.ids for item in items], self._pad_id, self._device)
         hidden = self.model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
-        dense = pooled = weights = colbert = None
+        heads: list[torch.Tensor | None] = [None] * 4  # dense, pooled, weights, colbert
         if Output.DENSE in wanted:
             states = pool(hidden, mask, self.pipeline.pooling)
             # The norm in float32 whatever the passes ran in: a bf16 sum of 1,024 squares
             # keeps 8 bits of it. In float32 this is FlagEmbedding's computation exactly.
             if any(item.normalize for item in items):
-                dense = F.normalize(states.float(), dim=-1).cpu().numpy()
+                heads[0] = F.normalize(states.float(), dim=-1)
             if not all(item.normalize for item in items):
-                pooled = states.float().cpu().numpy()
+                heads[1] = states
         if Output.SPARSE in wanted:
             assert self.sparse_linear is not None
-            weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu().numpy()
+            heads[2] = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
         if Output.COLBERT in wanted:
             assert self.colbert_linear is not None
             vectors = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
-            colbert = F.normalize(vectors.float(), dim=-1).cpu().numpy()
+            heads[3] = F.normalize(vectors.float(), dim=-1)
+        dense, pooled, weights, colbert = to_host(heads)
         results = []
         for row, item in enumerate(items):
             length = len(item.ids)

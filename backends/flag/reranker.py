@@ -17,6 +17,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from backends.device import dtype_name
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
+from backends.flag.loading import load_model
+from backends.flag.transfer import to_host
 from backends.tokens import PairTemplate, cut_for_truncation
 from engine.types import ModelInfo, Scores
 
@@ -38,11 +40,9 @@ class CrossEncoder:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype)
-            .to(device)
-            .eval()
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+        self.model = load_model(
+            AutoModelForSequenceClassification, folder, device=device, dtype=dtype
         )
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_pair_tokens)
         self.info = ModelInfo(
@@ -83,5 +83,7 @@ class CrossEncoder:
         """One forward pass over (query, document) token-id rows: a raw logit each."""
         ids, mask = pad(rows, self._pad_id, self._device)
         out = self.model(input_ids=ids, attention_mask=mask, return_dict=True).logits
-        logits: list[float] = out.view(-1).float().cpu().tolist()
+        (host,) = to_host([out.view(-1)])
+        assert host is not None
+        logits: list[float] = host.tolist()
         return logits

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import transformers
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from backends.device import dtype_name, resolve_device, resolve_dtype
@@ -55,6 +57,13 @@ _SERVED = {Operation.EMBED: "embed", Operation.RERANK: "rerank"}
 
 class InfinityBackend:
     def __init__(self, settings: Settings, operations: frozenset[Operation]) -> None:
+        if importlib.util.find_spec("infinity_emb") is None:
+            raise StartupError(
+                "the infinity backend needs infinity_emb, which pins numpy<2 and "
+                "transformers<5 and so cannot install beside this environment's: install the "
+                'service in one of its own (pip install -c constraints-infinity.txt ".[infinity]",'
+                " as make install builds .venv-infinity), or use the flag backend"
+            )
         self._settings = settings
         self._device = resolve_device(settings.device)
         self._dtype = dtype_name(resolve_dtype(self._device, settings.model_dtype))
@@ -108,11 +117,14 @@ class InfinityBackend:
                 "RERANKER_MODEL_NAME",
                 self._settings.models_dir,
             )
-        # Building the array loads the weights: off the event loop.
-        self._array = await asyncio.to_thread(self._build, folders)
-        await self._array.astart()  # type: ignore[no-untyped-call]
+        # Building the array loads the weights: off the event loop, without the progress
+        # bars a log of JSON lines must not get.
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        array = await asyncio.to_thread(self._build, folders)
+        await array.astart()
+        self._array = array
         for operation, folder in folders.items():
-            self._tokenizers[operation] = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
+            self._tokenizers[operation] = AutoTokenizer.from_pretrained(folder)
             self._info[operation] = await self._model_info(operation, folder)
 
     def _build(self, folders: dict[Operation, Path]) -> AsyncEngineArray:
@@ -170,7 +182,7 @@ class InfinityBackend:
 
     async def stop(self) -> None:
         if self._array is not None:
-            await self._array.astop()  # type: ignore[no-untyped-call]
+            await self._array.astop()
             self._array = None
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import cohere
 import httpx
+import httpx2
 import numpy as np
 import openai
 import pytest
-import requests
 import tiktoken
-from huggingface_hub import InferenceClient, configure_http_backend
+from huggingface_hub import InferenceClient, set_client_factory
+from huggingface_hub.utils._http import default_client_factory
 from langchain_openai import OpenAIEmbeddings
 from numpy.typing import NDArray
-from requests.adapters import HTTPAdapter
 from tei_client import HttpClient, ModelType
 
 from tests.conftest import ModelDirs, Server
@@ -119,29 +119,22 @@ def test_tei_client_async(
 # --- TEI: huggingface_hub ------------------------------------------------------------------
 
 
-class NoNetwork(HTTPAdapter):
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"huggingface_hub tried to reach {request.url}")
-
-
 @pytest.fixture
 def hub_reaches_only(server: Server) -> Iterator[None]:
     """huggingface_hub's sessions reach the live server and nothing else.
 
     With HF_HUB_OFFLINE=1 in the environment when huggingface_hub is imported, its
-    default sessions refuse every URL, localhost included.
+    default sessions refuse every URL, localhost included (huggingface_hub 1+: an httpx
+    client whose request hook checks offline mode).
     """
 
-    def session() -> requests.Session:
-        http = requests.Session()
-        http.mount("http://", NoNetwork())
-        http.mount("https://", NoNetwork())
-        http.mount(server.url, HTTPAdapter())  # the longest matching prefix wins
-        return http
+    def only_the_server(request: httpx2.Request) -> None:
+        if not str(request.url).startswith(server.url):
+            raise AssertionError(f"huggingface_hub tried to reach {request.url}")
 
-    configure_http_backend(backend_factory=session)
+    set_client_factory(lambda: httpx2.Client(event_hooks={"request": [only_the_server]}))
     yield
-    configure_http_backend()
+    set_client_factory(default_client_factory)
 
 
 @pytest.mark.usefixtures("hub_reaches_only")

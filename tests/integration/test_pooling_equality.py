@@ -8,7 +8,6 @@ equals sentence-transformers' pipeline cut before its Normalize module.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from backends.flag.m3 import M3Ask, M3Encoder
-from backends.infinity import InfinityBackend
 from backends.pooling import FLAG_EMBEDDING, Pooling
-from engine import Operation, Output, Settings
+from engine import Output
 from engine.types import EncodeOptions
 from tests.fixtures.tiny_models import build_m3, corpus, set_pooling
 from tests.texts import LONG_TEXT
@@ -122,26 +120,6 @@ def test_the_pooling_modes_give_different_vectors(tiny_root: Path, tmp_path: Pat
         vectors[pooling] = ours(set_pooling(folder, pooling, normalize=True), TEXTS[:4])
     assert not np.allclose(vectors["cls"], vectors["mean"], atol=1e-3)
     assert not np.allclose(vectors["mean"], vectors["lasttoken"], atol=1e-3)
-
-
-def test_infinity_backend_pools_a_mean_folder_as_sentence_transformers(
-    tiny_root: Path, tmp_path: Path, loop: asyncio.AbstractEventLoop
-) -> None:
-    """infinity_emb runs sentence-transformers' own modules: already right, and the flag
-    backend now agrees with it."""
-    folder = set_pooling(shutil.copytree(tiny_root, tmp_path / "mean"), "mean", normalize=True)
-    backend = InfinityBackend(
-        Settings(embedding_model_name=str(folder), device="cpu", dtype="float32"),
-        frozenset({Operation.EMBED}),
-    )
-    loop.run_until_complete(backend.start())
-    try:
-        encoding = loop.run_until_complete(backend.encode(TEXTS, DENSE))
-    finally:
-        loop.run_until_complete(backend.stop())
-    assert encoding.dense is not None
-    np.testing.assert_allclose(encoding.dense, theirs(folder, TEXTS), atol=1e-5)
-    np.testing.assert_allclose(encoding.dense, ours(folder, TEXTS), atol=1e-5)
 
 
 def test_one_pass_serves_raw_and_normalised_rows_alike(tiny_root: Path) -> None:

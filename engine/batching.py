@@ -251,8 +251,9 @@ class MicroBatcher(Generic[P, R]):
 
         Company is likely while requests a pass answered lately have not come back
         (closed-loop clients send their next request on an answer; each answer is
-        expected back for ``max_wait_s``) and are not few next to the queue, while a burst of new requests is still
-        arriving (one came within the last quiet gap), and while another pass runs
+        expected back for ``max_wait_s``) and are not few next to the queue, while a
+        burst of new requests is still arriving (one came within the last quiet gap),
+        and while another pass runs
         (the cores are busy anyway, and its answers will bring requests back). A
         request that comes back as expected to an idle model goes at once; a lone
         new one waits one quiet gap. Either way a batch waits at most ``max_wait_s``.

@@ -49,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     sparse_index_space: Annotated[int, msgspec.Meta(ge=1, le=2**32)] = 1_048_576
     dtype: ModelDtype = "auto"
     use_fp16: bool | None = None  # deprecated: DTYPE
+    torch_compile: bool = False
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8011
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -175,6 +176,9 @@ HELP: dict[str, str] = {
     "AVX512-BF16 or AMX, float32 on other CPUs), float32, float16, bfloat16. Answers are "
     "float32 whatever it is.",
     "use_fp16": "Deprecated, use DTYPE: false is DTYPE=float32, true is DTYPE=auto.",
+    "torch_compile": "Compile the flag backend's models with torch.compile (dynamic shapes) "
+    "at start-up: a slower start (about a minute for a tiny model on 2 CPU cores), then the "
+    "same answers from fused kernels.",
     "host": "Interface to listen on.",
     "port": "Port to listen on (0 picks a free one).",
     "log_level": "Log level.",

@@ -168,6 +168,7 @@ class FlagBackend:
                     max_batch_tokens=settings.max_batch_tokens,
                     max_batch_items=_MAX_BATCH_ITEMS,
                     need_sparse_heads=Operation.SPARSE in caps.operations,
+                    compile_model=settings.torch_compile,
                 )
                 if fingerprint is not None:
                     m3.info = dataclasses.replace(m3.info, fingerprint=fingerprint.result())
@@ -196,6 +197,7 @@ class FlagBackend:
                 max_pair_tokens=settings.reranker_max_tokens,
                 max_batch_tokens=settings.max_batch_tokens,
                 max_batch_items=_MAX_BATCH_ITEMS,
+                compile_model=settings.torch_compile,
             )
 
     async def stop(self) -> None:

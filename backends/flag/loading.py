@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,16 @@ __all__ = ["load_model"]
 log = logging.getLogger(__name__)
 
 
-def load_model(auto: Any, folder: Path, *, device: str, dtype: torch.dtype) -> Any:
+def load_model(
+    auto: Any, folder: Path, *, device: str, dtype: torch.dtype, compile_model: bool = False
+) -> Any:
     """``auto.from_pretrained`` (an ``AutoModel`` class) in ``dtype`` on ``device``, in
     eval mode, with :func:`attention_for`'s kernel; a model class that has no such kernel
-    runs transformers' eager attention, and the log says which one runs."""
+    runs transformers' eager attention, and the log says which one runs.
+
+    ``compile_model`` (TORCH_COMPILE): ``torch.compile`` with dynamic shapes, compiled here
+    by one small pass so the first request does not pay for it; later batch sizes and
+    lengths reuse the compiled graph."""
     # transformers 5 draws a "Loading weights" bar on stderr, which would break a log of
     # JSON lines (LOG_FORMAT=json); the log says what loads.
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -31,4 +38,16 @@ def load_model(auto: Any, folder: Path, *, device: str, dtype: torch.dtype) -> A
         model = auto.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
     runs = getattr(model.config, "_attn_implementation", wanted)
     log.info("flag: %s runs %s attention in %s on %s", folder.name, runs, dtype, device)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if not compile_model:
+        return model
+    started = time.perf_counter()
+    compiled = torch.compile(model, dynamic=True)
+    # Two rows of eight: a size of 1 would be specialised, not dynamic.
+    ids = torch.full((2, 8), 5, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        compiled(input_ids=ids, attention_mask=torch.ones_like(ids))  # type: ignore[no-untyped-call]
+    log.info(
+        "flag: %s compiled in %.1f s (TORCH_COMPILE)", folder.name, time.perf_counter() - started
+    )
+    return compiled

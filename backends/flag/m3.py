@@ -78,12 +78,15 @@ class M3Encoder:
         max_batch_tokens: int,
         max_batch_items: int,
         need_sparse_heads: bool,
+        compile_model: bool = False,
     ) -> None:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
-        self.model = load_model(AutoModel, folder, device=device, dtype=dtype)
+        self.model = load_model(
+            AutoModel, folder, device=device, dtype=dtype, compile_model=compile_model
+        )
         self.pipeline = read_pipeline(folder)
         hidden = int(self.model.config.hidden_size)
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_input_tokens)

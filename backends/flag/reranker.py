@@ -36,13 +36,18 @@ class CrossEncoder:
         max_pair_tokens: int,
         max_batch_tokens: int,
         max_batch_items: int,
+        compile_model: bool = False,
     ) -> None:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
         self.model = load_model(
-            AutoModelForSequenceClassification, folder, device=device, dtype=dtype
+            AutoModelForSequenceClassification,
+            folder,
+            device=device,
+            dtype=dtype,
+            compile_model=compile_model,
         )
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_pair_tokens)
         self.info = ModelInfo(

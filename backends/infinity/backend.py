@@ -57,13 +57,6 @@ _SERVED = {Operation.EMBED: "embed", Operation.RERANK: "rerank"}
 
 class InfinityBackend:
     def __init__(self, settings: Settings, operations: frozenset[Operation]) -> None:
-        if importlib.util.find_spec("infinity_emb") is None:
-            raise StartupError(
-                "the infinity backend needs infinity_emb, which pins numpy<2 and "
-                "transformers<5 and so cannot install beside this environment's: install the "
-                'service in one of its own (pip install -c constraints-infinity.txt ".[infinity]",'
-                " as make install builds .venv-infinity), or use the flag backend"
-            )
         self._settings = settings
         self._device = resolve_device(settings.device)
         self._dtype = dtype_name(resolve_dtype(self._device, settings.model_dtype))
@@ -98,6 +91,13 @@ class InfinityBackend:
         return self._capabilities
 
     async def start(self) -> None:
+        if importlib.util.find_spec("infinity_emb") is None:
+            raise StartupError(
+                "the infinity backend needs infinity_emb, which pins numpy<2 and "
+                "transformers<5 and so cannot install beside this environment's: install the "
+                'service in one of its own (pip install -c constraints-infinity.txt ".[infinity]",'
+                " as make install builds .venv-infinity), or use the flag backend"
+            )
         # infinity_emb reports anonymous usage unless told not to; a service must not phone home.
         os.environ.setdefault("DO_NOT_TRACK", "1")
         os.environ.setdefault("INFINITY_ANONYMOUS_USAGE_STATS", "0")

@@ -1,6 +1,6 @@
 """The flag backend's model work against FlagEmbedding's own, same folder, same run.
 
-    .venv/bin/python -m bench.flag_vs_flagembedding [--texts 512] [--hidden 384 --layers 6]
+    .venv-infinity/bin/python -m bench.flag_vs_flagembedding [--texts 512] [--hidden 384 --layers 6]
 
 In-process, no HTTP: what the backend adds or saves over ``BGEM3FlagModel.encode``
 and ``FlagReranker.compute_score``. Random-weight XLM-RoBERTa models (no BGE

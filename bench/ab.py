@@ -25,6 +25,29 @@ from bench.load import Target, closed_loop, free_port, random_minilm, sentences,
 SCENARIOS = (("32 x 1", 32, 1), ("1 x 1", 1, 1), ("4 x 32", 4, 32))
 
 
+def checkout_server(
+    stack: ExitStack, name: str, checkout: Path, settings: dict[str, str]
+) -> Target:
+    """A bge-serve importing ``checkout`` (PYTHONPATH) from this virtualenv, on CPU, cache
+    off, up for the rest of ``stack`` and answering its health check when this returns;
+    ``settings`` adds to or overrides those."""
+    port = free_port()
+    env = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
+        "DEVICE": "cpu",
+        "CACHE_MAX_ITEMS": "0",
+        "PYTHONPATH": str(checkout.resolve()),
+        **settings,
+    }
+    url = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).with_name("bge-serve"))]
+    ready = stack.enter_context(server(command, env, f"{url}/health"))
+    ready()
+    return Target(name, url, "/v1/embeddings", "/v1/rerank", None, ready)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="A checkout (worktree).")
@@ -40,21 +63,8 @@ def main() -> None:
         m3 = random_minilm(source, Path(tmp) / "m3", "m3")
         targets = []
         for name, checkout in (("before", args.before), ("after", args.after)):
-            port = free_port()
-            env = {
-                "EMBEDDING_MODEL_NAME": str(m3),
-                "RERANK_BACKENDS": "none",
-                "HOST": "127.0.0.1",
-                "PORT": str(port),
-                "LOG_LEVEL": "warning",
-                "DEVICE": "cpu",
-                "CACHE_MAX_ITEMS": "0",
-                "PYTHONPATH": str(checkout.resolve()),
-            }
-            url = f"http://127.0.0.1:{port}"
-            command = [str(Path(sys.executable).with_name("bge-serve"))]
-            stack.enter_context(server(command, env, f"{url}/health"))
-            targets.append(Target(name, url, "/v1/embeddings", "/v1/rerank", None))
+            settings = {"EMBEDDING_MODEL_NAME": str(m3), "RERANK_BACKENDS": "none"}
+            targets.append(checkout_server(stack, name, checkout, settings))
         for round_ in range(args.rounds):
             for scenario, clients, per in SCENARIOS:
                 bodies: list[dict[str, object]] = [

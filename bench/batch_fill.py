@@ -17,13 +17,13 @@ import argparse
 import asyncio
 import re
 import statistics
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
-from bench.load import Target, ceiling, closed_loop, free_port, sentences, server
+from bench.ab import checkout_server
+from bench.load import ceiling, closed_loop, sentences
 
 SCENARIOS = (("1 x 1", 1, 1), ("32 x 1", 32, 1), ("4 x 32", 4, 32))
 # Which ceiling (model alone, batch 1 or 32) each scenario is held against.
@@ -76,24 +76,14 @@ def main() -> None:
     with ExitStack() as stack:
         targets = []
         for name, checkout, extra in checkouts:
-            port = free_port()
-            env = {
+            settings = {
                 "EMBEDDING_MODEL_NAME": str(minilm),
                 "SPARSE_BACKENDS": "none",
                 "RERANK_BACKENDS": "none",
                 "EMBED_BACKENDS": "flag",
-                "HOST": "127.0.0.1",
-                "PORT": str(port),
-                "LOG_LEVEL": "warning",
-                "DEVICE": "cpu",
-                "CACHE_MAX_ITEMS": "0",
-                "PYTHONPATH": str(checkout.resolve()),
                 **extra,
             }
-            url = f"http://127.0.0.1:{port}"
-            command = [str(Path(sys.executable).with_name("bge-serve"))]
-            stack.enter_context(server(command, env, f"{url}/health"))
-            targets.append(Target(name, url, "/v1/embeddings", "/v1/rerank", None))
+            targets.append(checkout_server(stack, name, checkout, settings))
         for round_ in range(args.rounds):
             for result in ceiling(minilm, pool, args.duration):
                 ceilings.setdefault(result.scenario, []).append(result.texts_per_s)

@@ -102,16 +102,21 @@ def tune_process() -> None:
     """Library defaults for a long-running server process; the environment may override."""
     # Tokenizers' own thread pool fights torch's for the same cores under a server.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # On a CPU, oneDNN caches a compiled primitive per input shape (up to 1024); with
-    # the batch shapes a server sees, that cache grew RSS by ~45 MB a minute in the
-    # soak test for no measurable speed (bench/soak.py; README, "Memory on a CPU").
-    # oneDNN reads this when it creates its first primitive, after start-up.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+    # On a CPU, oneDNN (torch's bf16 matmuls) compiles a primitive per matrix shape and
+    # caches this many. Off, a one-text bf16 pass took 17 ms instead of 6 (every matmul
+    # compiled anew); on, with packed passes run at a bounded set of sizes
+    # (backends.flag.packing.packed_size), the cache stops growing once those are
+    # compiled. oneDNN's own default, set here so that the figure is stated; oneDNN reads
+    # it when it creates its first primitive, after start-up.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
 
 
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left 0: asyncio sets TCP_NODELAY only on accepted sockets whose
+    # proto says TCP (base_events._set_nodelay). Without it every keep-alive answer, written
+    # as head then body, waits out the client's delayed ACK: 40 ms on Linux.
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))

@@ -295,7 +295,14 @@ def server(
 def this_service(name: str, env: dict[str, str], bin_dir: Path | None = None) -> Iterator[Target]:
     port = free_port()
     command = [str((bin_dir or Path(sys.executable).parent) / "bge-serve")]
-    settings = {"HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning", "DEVICE": "cpu"}
+    # No embedding cache: the scenarios reuse one pool of texts, and compute is measured.
+    settings = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
+        "DEVICE": "cpu",
+        "CACHE_MAX_ITEMS": "0",
+    }
     url = f"http://127.0.0.1:{port}"
     with server(command, {**settings, **env}, f"{url}/health") as ready:
         yield Target(name, url, "/v1/embeddings", "/v1/rerank", None, ready)
@@ -469,11 +476,15 @@ def rerank_scenario(target: Target, query: str, documents: list[str], duration: 
     )
 
 
-def ceiling(folder: Path, pool: list[str], duration: float) -> list[Result]:
+def ceiling(folder: Path, pool: list[str], duration: float, dtype: str) -> list[Result]:
+    """sentence-transformers' ``encode`` in ``dtype`` (what DTYPE=auto picks here), in this
+    process: the rate the served one is held against."""
     import torch
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(folder), device="cpu")
+    model = SentenceTransformer(
+        str(folder), device="cpu", model_kwargs={"dtype": getattr(torch, dtype)}
+    )
     results = []
     for name, per in (("1 client x 1 text", 1), ("4 clients x 32 texts", 32)):
         model.encode(pool[:per], batch_size=per)
@@ -621,7 +632,7 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_} of {args.rounds}", flush=True)
             if dense:
-                runs += ceiling(minilm, pool, args.duration)
+                runs += ceiling(minilm, pool, args.duration, auto)
             for target in dense:
                 runs += dense_scenarios(target, pool, args.duration)
             for target in rerankers:
@@ -696,7 +707,7 @@ def targets(results: list[Result], auto: str = "float32") -> list[dict[str, obje
             (ours, "embeddings, 4 x 32 (m3 shape)"),
             (ours, "hybrid, 4 x 32 (m3 shape)"),
             "rate",
-            "<= 1.2",
+            "<= 1.1",
         ),
     ]
     out: list[dict[str, object]] = []

@@ -50,6 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     dtype: ModelDtype = "auto"
     use_fp16: bool | None = None  # deprecated: DTYPE
     torch_compile: bool = False
+    packed_passes: bool = True
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8011
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -179,6 +180,10 @@ HELP: dict[str, str] = {
     "torch_compile": "Compile the flag backend's models with torch.compile (dynamic shapes) "
     "at start-up: a slower start (about a minute for a tiny model on 2 CPU cores), then the "
     "same answers from fused kernels.",
+    "packed_passes": "Run the flag backend's BERT and XLM-RoBERTa passes (bge-m3, "
+    "bge-reranker-v2-m3) on their texts' real tokens, packed end to end, instead of padding "
+    "every text to the longest: the same answers, with a pass's padding never computed. Off "
+    "under TORCH_COMPILE (its graph is the padded one).",
     "host": "Interface to listen on.",
     "port": "Port to listen on (0 picks a free one).",
     "log_level": "Log level.",

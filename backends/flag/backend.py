@@ -169,6 +169,7 @@ class FlagBackend:
                     max_batch_items=_MAX_BATCH_ITEMS,
                     need_sparse_heads=Operation.SPARSE in caps.operations,
                     compile_model=settings.torch_compile,
+                    packed=settings.packed_passes,
                 )
                 if fingerprint is not None:
                     m3.info = dataclasses.replace(m3.info, fingerprint=fingerprint.result())
@@ -198,6 +199,7 @@ class FlagBackend:
                 max_batch_tokens=settings.max_batch_tokens,
                 max_batch_items=_MAX_BATCH_ITEMS,
                 compile_model=settings.torch_compile,
+                packed=settings.packed_passes,
             )
 
     async def stop(self) -> None:

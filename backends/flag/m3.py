@@ -28,7 +28,8 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from backends.device import dtype_name
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
-from backends.flag.loading import load_model
+from backends.flag.loading import load_model, runs_packed
+from backends.flag.packing import Packing, pack, packed_hidden
 from backends.flag.transfer import to_host
 from backends.pooling import Pooling, read_pipeline
 from backends.tokens import cut_for_truncation
@@ -79,14 +80,21 @@ class M3Encoder:
         max_batch_items: int,
         need_sparse_heads: bool,
         compile_model: bool = False,
+        packed: bool = False,
     ) -> None:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
         self.model = load_model(
-            AutoModel, folder, device=device, dtype=dtype, compile_model=compile_model
+            AutoModel,
+            folder,
+            device=device,
+            dtype=dtype,
+            compile_model=compile_model,
+            packed=packed,
         )
+        self._packed = runs_packed(self.model)
         self.pipeline = read_pipeline(folder)
         hidden = int(self.model.config.hidden_size)
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_input_tokens)
@@ -169,11 +177,28 @@ class M3Encoder:
     def run_batch(self, items: Sequence[M3Ask]) -> list[M3Row]:
         """One forward pass over token-id rows; each row gets the heads it asked for."""
         wanted = frozenset().union(*(item.outputs for item in items))
-        ids, mask = pad([item.ids for item in items], self._pad_id, self._device)
-        hidden = self.model(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+        rows = [item.ids for item in items]
+        # Where row i's tokens lie along the token heads' first two axes: (i, 0) in a
+        # padded pass's (rows, width), (0, offset) in a packed pass's (1, tokens).
+        starts: list[tuple[int, int]]
+        states: torch.Tensor | None = None
+        if self._packed:
+            packing = pack(rows, self.model.config, self._device)
+            hidden = packed_hidden(self.model, packing)[None]
+            if Output.DENSE in wanted:
+                states = pool_packed(hidden[0], packing, self.pipeline.pooling)
+            starts = [(0, offset) for offset in packing.offsets]
+            token_mask = None
+        else:
+            ids, token_mask = pad(rows, self._pad_id, self._device)
+            hidden = self.model(
+                input_ids=ids, attention_mask=token_mask, return_dict=True
+            ).last_hidden_state
+            if Output.DENSE in wanted:
+                states = pool(hidden, token_mask, self.pipeline.pooling)
+            starts = [(row, 0) for row in range(len(rows))]
         heads: list[torch.Tensor | None] = [None] * 4  # dense, pooled, weights, colbert
-        if Output.DENSE in wanted:
-            states = pool(hidden, mask, self.pipeline.pooling)
+        if states is not None:
             # The norm in float32 whatever the passes ran in: a bf16 sum of 1,024 squares
             # keeps 8 bits of it. In float32 this is FlagEmbedding's computation exactly.
             if any(item.normalize for item in items):
@@ -185,21 +210,33 @@ class M3Encoder:
             heads[2] = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
         if Output.COLBERT in wanted:
             assert self.colbert_linear is not None
-            vectors = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None].to(hidden.dtype)
+            # Every token but each text's CLS; packed, the CLS rows are computed and
+            # skipped below (one row per text, cheaper than gathering the rest).
+            if token_mask is None:
+                vectors = self.colbert_linear(hidden)
+            else:
+                vectors = self.colbert_linear(hidden[:, 1:]) * token_mask[:, 1:, None].to(
+                    hidden.dtype
+                )
             heads[3] = F.normalize(vectors.float(), dim=-1)
         dense, pooled, weights, colbert = to_host(heads)
+        # A padded pass's ColBERT head already starts after CLS; a packed one's does not.
+        colbert_skip = 1 if token_mask is None else 0
         results = []
         for row, item in enumerate(items):
             length = len(item.ids)
             outputs = item.outputs
             served = dense if item.normalize else pooled
+            at, offset = starts[row]
             results.append(
                 M3Row(
                     dense=served[row] if served is not None and Output.DENSE in outputs else None,
-                    lexical=self._token_weights(np.asarray(item.ids), weights[row, :length])
+                    lexical=self._token_weights(
+                        np.asarray(item.ids), weights[at][offset : offset + length]
+                    )
                     if weights is not None and Output.SPARSE in outputs
                     else None,
-                    colbert=colbert[row, : length - 1]
+                    colbert=colbert[at][offset + colbert_skip : offset + length - 1 + colbert_skip]
                     if colbert is not None and Output.COLBERT in outputs
                     else None,
                 )
@@ -237,6 +274,21 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Te
     # In float32: a sum of 8192 fp16 token states can overflow fp16's range.
     total = torch.sum(hidden * weights, dim=1, dtype=torch.float32)
     return total / torch.clamp(weights.sum(dim=1, dtype=torch.float32), min=1e-9)
+
+
+def pool_packed(hidden: torch.Tensor, packing: Packing, pooling: Pooling) -> torch.Tensor:
+    """:func:`pool` for a packed pass: ``hidden`` is (tokens, hidden), rows end to end."""
+    if pooling is Pooling.CLS:
+        return hidden.index_select(0, packing.starts)
+    if pooling is Pooling.LAST_TOKEN:
+        lengths = torch.tensor(packing.lengths, device=hidden.device)
+        return hidden.index_select(0, packing.starts + lengths - 1)
+    rows = len(packing.lengths)
+    # One row more for the filler tokens, summed apart and dropped.
+    total = torch.zeros((rows + 1, hidden.shape[1]), dtype=torch.float32, device=hidden.device)
+    total.index_add_(0, packing.row_of_token, hidden.float())
+    counts = torch.tensor(packing.lengths, dtype=torch.float32, device=hidden.device)
+    return total[:rows] / counts[:, None]
 
 
 def _present(item: T | None) -> T:

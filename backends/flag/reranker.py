@@ -17,7 +17,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from backends.device import dtype_name
 from backends.flag.batches import length_sorted_batches, pad
 from backends.flag.limits import model_max_tokens
-from backends.flag.loading import load_model
+from backends.flag.loading import load_model, runs_packed
+from backends.flag.packing import classifier_packs, pack, packed_classifier_logits
 from backends.flag.transfer import to_host
 from backends.tokens import PairTemplate, cut_for_truncation
 from engine.types import ModelInfo, Scores
@@ -37,6 +38,7 @@ class CrossEncoder:
         max_batch_tokens: int,
         max_batch_items: int,
         compile_model: bool = False,
+        packed: bool = False,
     ) -> None:
         self._device = device
         self._max_batch_tokens = max_batch_tokens
@@ -48,7 +50,9 @@ class CrossEncoder:
             device=device,
             dtype=dtype,
             compile_model=compile_model,
+            packed=packed,
         )
+        self._packed = runs_packed(self.model) and classifier_packs(self.model)
         self.max_tokens = model_max_tokens(self.model.config, self.tokenizer, max_pair_tokens)
         self.info = ModelInfo(
             name=name,
@@ -86,8 +90,11 @@ class CrossEncoder:
     @torch.inference_mode()
     def run_batch(self, rows: Sequence[list[int]]) -> list[float]:
         """One forward pass over (query, document) token-id rows: a raw logit each."""
-        ids, mask = pad(rows, self._pad_id, self._device)
-        out = self.model(input_ids=ids, attention_mask=mask, return_dict=True).logits
+        if self._packed:
+            out = packed_classifier_logits(self.model, pack(rows, self.model.config, self._device))
+        else:
+            ids, mask = pad(rows, self._pad_id, self._device)
+            out = self.model(input_ids=ids, attention_mask=mask, return_dict=True).logits
         (host,) = to_host([out.view(-1)])
         assert host is not None
         logits: list[float] = host.tolist()

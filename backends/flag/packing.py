@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -85,9 +86,12 @@ class Packing:
 
 
 def can_pack(config: PretrainedConfig) -> bool:
-    """Whether a model of this config answers packed passes as padded ones."""
+    """Whether a model of this config answers packed passes as padded ones. Not under
+    transformers 4 (the infinity extra's environment): its BERT and XLM-RoBERTa neither
+    look attention up by name nor hand a forward's keywords down to it."""
     return (
-        getattr(config, "model_type", None) in _POSITION_OFFSET
+        int(transformers.__version__.split(".")[0]) >= 5
+        and getattr(config, "model_type", None) in _POSITION_OFFSET
         and not getattr(config, "is_decoder", False)
         and getattr(config, "position_embedding_type", "absolute") == "absolute"
     )

@@ -154,7 +154,9 @@ def test_a_batch_larger_than_the_peers_limit_is_split_and_merged_in_order(
     # The peer batches the three concurrent chunks its own way: float noise, no more.
     for got, want in zip(merged["data"], rows, strict=True):
         assert got["sparse"]["indices"] == want["sparse"]["indices"]
-        np.testing.assert_allclose(got["sparse"]["values"], want["sparse"]["values"], atol=1e-5)
+        np.testing.assert_allclose(
+            got["sparse"]["values"], want["sparse"]["values"], rtol=2e-5, atol=1e-5
+        )
         np.testing.assert_allclose(got["dense"], want["dense"], atol=1e-5)
         np.testing.assert_allclose(got["colbert"], want["colbert"], atol=1e-5)
     assert merged["usage"]["prompt_tokens"] == sum(p["usage"]["prompt_tokens"] for p in parts)

@@ -65,7 +65,7 @@ check: install
 	$(BIN)/ruff check engine backends api retrieval worker tests bench
 	$(BIN)/ruff format --check engine backends api retrieval worker tests bench
 	$(BIN)/mypy
-	$(BIN)/codespell engine backends api retrieval worker tests bench deploy README.md
+	$(BIN)/codespell engine backends api retrieval worker tests bench deploy README.md docs
 
 # Two sets, one per environment: the service's stack, then what needs infinity_emb.
 test: check

@@ -1,4 +1,4 @@
-"""Peak RSS of bge-serve under the default request budgets (README, Request budgets).
+"""Peak RSS of bge-serve under the default request budgets (docs/benchmarks.md, Request budgets).
 
     .venv/bin/python -m bench.budget_memory embeddings|colbert|tokenize
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.dtype_accuracy
 
-The figures the README's precision table states (and tests/integration/test_dtype_bounds.py
+The figures of docs/benchmarks.md's precision table (and tests/integration/test_dtype_bounds.py
 bounds): the tiny bge-m3 and reranker (random weights: the worst case) and all-MiniLM-L6-v2
 (real weights, dense). Speed is bench.load's; this measures only the numbers.
 """

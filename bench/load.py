@@ -23,8 +23,8 @@ the targets compare the one DTYPE=auto picks on this CPU.
 Every system starts at once and stays up for the whole run, and they take turns,
 ``--rounds`` times; each row is the median round. The ceiling is the model alone:
 sentence-transformers ``encode`` in this process, no HTTP, batch 1 and batch 32.
-Results go to bench/results/load.json and bench/results/load.png; the README's
-table is printed at the end.
+Results go to bench/results/load.json and bench/results/load.png; the table of
+docs/benchmarks.md is printed at the end.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ times:
 The local API server is the SDK's stand-in for RunPod: on a real endpoint a job
 also waits in RunPod's queue, and a cold start also pulls the image and starts a
 GPU worker; what this measures is what the worker itself adds. Each row is the
-median round. Results: bench/results/runpod_worker.json, and the README's table
-printed at the end.
+median round. Results: bench/results/runpod_worker.json, and the table of
+docs/benchmarks.md printed at the end.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ for 1, 8 and 32 passages of 8-24 words (~90 tokens with the model's tokenizer),
 then ``"base64"``. A request's
 time includes what a client must do to hold the vectors: parse the JSON and make
 float32 arrays of the dense and ColBERT rows. Each row is the median round.
-Results: bench/results/vector_encoding.json, and the README's table printed.
+Results: bench/results/vector_encoding.json, and the table of docs/benchmarks.md printed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """How far a lower-precision run's answers are from float32's: the measures DTYPE is bounded by.
 
 Used by tests/integration/test_dtype_bounds.py (the bounds) and bench/dtype_accuracy.py (the
-figures the README states).
+figures docs/benchmarks.md states).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """DTYPE=bfloat16 (auto's choice on a CPU with AVX512-BF16 or AMX) against float32: the
-answers stay float32 and within the bounds the README states.
+answers stay float32 and within the bounds docs/benchmarks.md states (Precision).
 
 The tiny models have random weights, the worst case for rounding (no structure, near-equal
 scores); all-MiniLM-L6-v2 has real ones. Runs on any CPU: where bf16 is emulated it is only

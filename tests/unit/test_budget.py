@@ -23,7 +23,7 @@ def test_the_documented_uses_fit_the_defaults() -> None:
     assert DEFAULT.fits_worst_case(DENSE, 1024, 2048, 512)
     # On bge-m3's 8,192-token limit they are counted, and fit (sparse too).
     DEFAULT.check(HYBRID - {Output.COLBERT}, 1024, [512] * 2048, field="input", texts=2048)
-    # The README's ColBERT figures: 32 passages, 2,819 rows (a 62 MB answer).
+    # docs/benchmarks.md's ColBERT figures: 32 passages, 2,819 rows (a 62 MB answer).
     DEFAULT.check(COLBERT, 1024, [2819 // 32 + 2] * 32, field="input", texts=32)
     # bge-index --colbert: batches of 32 documents of up to 512 tokens.
     DEFAULT.check(HYBRID, 1024, [512] * 32, field="input", texts=32)

@@ -26,6 +26,7 @@ from backends.device import dtype_name, resolve_device, resolve_dtype
 from backends.fingerprint import folder_fingerprint, keys_are_shared
 from backends.flag.m3 import M3Ask, M3Encoder, M3Row
 from backends.flag.reranker import CrossEncoder
+from backends.flag.threads import FirstFreeThreads
 from backends.model_files import resolve_model_dir
 from backends.tokens import chunks, decode_ids, tokens_of
 from engine.backend import BackendHealth, Capabilities
@@ -77,9 +78,7 @@ class FlagBackend:
         self._m3_batcher: MicroBatcher[M3Ask, M3Row] | None = None
         self._rerank_batcher: MicroBatcher[list[int], float] | None = None
         self._workers = model_workers(settings.model_workers, self._device)
-        self._model_thread = ThreadPoolExecutor(
-            max_workers=self._workers, thread_name_prefix="flag-model"
-        )
+        self._model_thread = FirstFreeThreads(self._workers, thread_name_prefix="flag-model")
         self._passes = 0
         self._passes_lock = threading.Lock()
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flag-tok")

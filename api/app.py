@@ -54,13 +54,15 @@ def create_app(
     settings: Settings,
     engine: InferenceEngine,
     on_start_failure: Callable[[BaseException], None] | None = None,
+    on_loaded: Callable[[], None] | None = None,
     connections: ConnectionStats | None = None,
 ) -> Litestar:
     """An app whose lifespan loads ``engine`` in the background.
 
     The port answers at once (``/health`` says "loading", model routes 503 with
     Retry-After) so orchestrators can tell a slow start from a dead one; a load
-    that fails calls ``on_start_failure``, which the CLI uses to exit non-zero.
+    that fails calls ``on_start_failure``, which the CLI uses to exit non-zero; one that
+    succeeds calls ``on_loaded``.
     ``connections`` are the server protocol's counts, exported in ``/metrics``.
     """
 
@@ -77,6 +79,8 @@ def create_app(
             exc = finished.exception()
             if exc is None:
                 log.info("models loaded; ready on http://%s:%s", settings.host, settings.port)
+                if on_loaded is not None:
+                    on_loaded()
             else:
                 log.error("start-up failed: %s", exc)
                 if on_start_failure is not None:

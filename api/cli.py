@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
@@ -22,7 +23,7 @@ from engine.errors import StartupError, Unavailable
 from engine.inference import InferenceEngine
 from engine.settings import Settings, load_settings
 
-__all__ = ["main", "tune_process"]
+__all__ = ["freeze_loaded_heap", "main", "tune_process"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.should_exit = True
 
     connections = ConnectionStats()
-    app = create_app(settings, engine, on_start_failure=stop, connections=connections)
+    app = create_app(
+        settings,
+        engine,
+        on_start_failure=stop,
+        on_loaded=freeze_loaded_heap,
+        connections=connections,
+    )
     _allow_open_files(settings.max_connections)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -109,6 +116,19 @@ def tune_process() -> None:
     # compiled. oneDNN's own default, set here so that the figure is stated; oneDNN reads
     # it when it creates its first primitive, after start-up.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")
+
+
+def freeze_loaded_heap() -> None:
+    """Moves what start-up allocated out of reach of Python's cyclic garbage collector.
+
+    The models, tokenizers and imported modules (about 400,000 objects with one small
+    model) live as long as the process, yet every full collection walked them: 190 ms
+    with the event loop and the batcher stopped, the p99 of 32 clients sending one text
+    each (300 ms against a p50 of 85). Frozen, a full collection walks only what requests
+    allocate (p99 147 ms, and 10 % more texts/s; bench.load on 2 cores, bf16).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -31,7 +31,9 @@ def test_loading_then_ready() -> None:
     backend = SlowBackend()
     settings = Settings(embedding_model_name="org/m3")
     engine = InferenceEngine(settings, {op: [backend] for op in Operation})
-    with TestClient(create_app(settings, engine)) as client:
+    loaded: list[bool] = []
+    app = create_app(settings, engine, on_loaded=lambda: loaded.append(True))
+    with TestClient(app) as client:
         health = client.get("/health")
         assert health.status_code == 503
         assert health.json()["status"] == "loading"
@@ -50,6 +52,7 @@ def test_loading_then_ready() -> None:
             time.sleep(0.05)
         assert client.post("/v1/embeddings", json={"input": "hello"}).status_code == 200
         assert client.get("/health/ready").json() == {"status": "ready"}
+        assert loaded == [True]
 
 
 @contextmanager
@@ -64,11 +67,19 @@ def failed_start(
 
     failures: list[BaseException] = []
     engine = InferenceEngine(settings, {op: [Broken()] for op in Operation})
-    with TestClient(create_app(settings, engine, on_start_failure=failures.append)) as client:
+    loaded: list[bool] = []
+    app = create_app(
+        settings,
+        engine,
+        on_start_failure=failures.append,
+        on_loaded=lambda: loaded.append(True),
+    )
+    with TestClient(app) as client:
         deadline = time.monotonic() + 10
         while not failures:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        assert not loaded
         yield client, failures
 
 

@@ -1,4 +1,9 @@
-"""HTTP dialects over the engine: OpenAI, Cohere, and the service's own bge-m3 routes."""
+"""HTTP over the engine: one module per dialect (OpenAI, Cohere, TEI, Infinity, the
+BAAI reranker service, the service's own bge-m3 routes), the app, the CLI.
+
+Imports ``engine`` for every request and ``backends`` only to build the chains at
+start (``api.cli``); never ``retrieval`` or ``worker``.
+"""
 
 from api.app import create_app
 

@@ -1,4 +1,10 @@
-"""How results are computed. Backends are chosen by name from one registry."""
+"""How results are computed: flag (torch), infinity (infinity_emb), remote (HTTP).
+
+Each backend implements :class:`engine.backend.Backend`; they are chosen by name
+from one registry (:func:`build_chains`). Imports ``engine`` (types, settings,
+errors, the batcher) and third-party libraries; never ``api`` (HTTP is the
+layer above) or ``retrieval``.
+"""
 
 from __future__ import annotations
 

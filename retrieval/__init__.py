@@ -1,5 +1,5 @@
 """Retrieval tools over the service and Qdrant: ``bge-index``, ``bge-search``, ``bge-eval``.
 
-A client of the service's HTTP API only (it never imports ``engine`` or
-``backends``), so it works the same against a remote GPU instance.
+A client of the service's HTTP API only (it never imports ``engine``, ``backends``
+or ``api``), so it works the same against a remote GPU instance.
 """

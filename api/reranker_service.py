@@ -1,8 +1,9 @@
 """The BAAI reranker service's dialect: ``POST /rerank`` with ``{query, passage, normalize}``
 (one score) and ``POST /rerank/batch`` with ``{pairs, normalize}`` (scores in input order).
 
-``normalize`` (default false, as there) turns the cross-encoder's logit into its
-sigmoid. A batch is scored in shared forward passes, not pair by pair.
+``normalize`` (default false, as there) answers each pair's probability (the sigmoid
+of its logit, as the engine gives it) instead of the logit. A batch is scored in shared
+forward passes, not pair by pair.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from api.disconnect import unless_disconnected
 from api.docs import answers, sends
 from api.errors import ERROR_RESPONSES
 from api.fields import Text
-from engine.inference import InferenceEngine, sigmoid
+from engine.inference import InferenceEngine
 
 __all__ = ["PairRerankRequest", "RerankerServiceController", "rerank"]
 
@@ -58,7 +59,7 @@ async def _scores(
     field: str | None,
 ) -> list[float]:
     scored = await unless_disconnected(request, engine.score_pairs(pairs, field=field))
-    values = sigmoid(scored.logits) if normalize else scored.logits
+    values = scored.probabilities if normalize else scored.logits
     return [float(v) for v in values]
 
 

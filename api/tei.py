@@ -26,7 +26,7 @@ from api.docs import VECTOR, answers, sends
 from api.errors import TEI_ERROR_RESPONSES, TeiError, problem_of, tei_error
 from api.fields import Text, Texts
 from engine.errors import EngineError, InvalidInput
-from engine.inference import InferenceEngine, sigmoid
+from engine.inference import InferenceEngine
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapping
 from engine.types import Operation, Token
@@ -398,7 +398,7 @@ class TeiController(Controller):
             assert isinstance(query, str) and isinstance(passage, str)
             pairs.append((query, passage))
         scores = await unless_disconnected(request, engine.score_pairs(pairs, field="inputs"))
-        values = scores.logits if data.raw_scores else sigmoid(scores.logits)
+        values = scores.logits if data.raw_scores else scores.probabilities
         predictions = [[Prediction(float(v), "LABEL_0")] for v in values]
         body: list[Prediction] | list[list[Prediction]] = predictions[0] if single else predictions
         return _counted(body, scores.token_count)

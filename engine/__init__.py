@@ -1,7 +1,10 @@
 """What the service means: types, the Backend protocol, settings, errors and operations.
 
 Knows nothing about HTTP; the API layer turns requests into calls on
-:class:`InferenceEngine` and its answers back into a dialect.
+:class:`InferenceEngine` and its answers back into a dialect. Imports only the
+standard library, numpy, msgspec, redis (the shared cache) and its own modules:
+never ``api``, ``backends`` (they implement :class:`Backend` and are handed in),
+``retrieval`` or ``worker``.
 """
 
 from engine.backend import Backend, BackendHealth, Capabilities
@@ -16,7 +19,8 @@ from engine.errors import (
     StartupError,
     Unavailable,
 )
-from engine.inference import EngineHealth, InferenceEngine
+from engine.health import EngineHealth
+from engine.inference import InferenceEngine
 from engine.settings import Settings, load_settings
 from engine.sparse_mapping import SparseMapper, hashed_index
 from engine.types import (
@@ -25,6 +29,7 @@ from engine.types import (
     ModelInfo,
     Operation,
     Output,
+    PairScores,
     RankedDocument,
     Ranking,
     Scores,
@@ -50,6 +55,7 @@ __all__ = [
     "Operation",
     "Output",
     "Overloaded",
+    "PairScores",
     "RankedDocument",
     "Ranking",
     "Scores",

@@ -1,15 +1,18 @@
-"""The cache read-through in front of the backends: a request's texts whose every asked
-head is cached are answered from the store, the rest computed in one call and stored.
+"""The cache read-through around the router's encode call: a request's texts whose every
+asked head is cached are answered from the store, the rest computed in one routed call
+and stored.
 
-Kept apart from the engine's validation and finishing (``engine/inference.py``), as
-Infinity keeps ``caching_layer.py`` apart from its batch handler: what an entry is and
-how it is keyed and checked lives in ``engine/cache.py``; here which texts hit, under
-which model, and what is done with an entry that does not fit it (a miss, logged once
-per kind of problem, overwritten by the computation).
+Kept apart from the engine's operations (``engine/inference.py``), as Infinity keeps
+``caching_layer.py`` apart from its batch handler: what an entry is and how it is keyed
+and checked lives in ``engine/cache.py``; here which texts hit, under which model, what
+is done with an entry that does not fit it (a miss, logged once per kind of problem,
+overwritten by the computation), and the call that computes the rest: the first backend
+of the chain that honours the request's options.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,10 +35,12 @@ from engine.cache import (
     entry_key,
 )
 from engine.errors import Unavailable
+from engine.router import Router
 from engine.settings import Settings
-from engine.types import EncodeOptions, Encoding, ModelInfo, Operation, Output
+from engine.types import DEFAULT_OPTIONS, EncodeOptions, Encoding, ModelInfo, Operation, Output
+from engine.validation import departures, refusal
 
-__all__ = ["CachedEncoder", "CachedModel", "Compute"]
+__all__ = ["CachedEncoder", "CachedModel", "Compute", "routed_encoding"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,25 @@ class CachedEncoder:
     async def close(self) -> None:
         if self._store is not None:
             await self._store.close()
+
+    async def routed(
+        self,
+        router: Router,
+        operation: Operation,
+        texts: Sequence[str],
+        outputs: frozenset[Output],
+        options: EncodeOptions,
+        info: ModelInfo | None,
+    ) -> Encoding:
+        """``texts`` encoded by ``router``'s chain for ``operation``, read through the cache
+        under ``info``, the model the engine serves it with. ``info`` None: no backend has a
+        model yet (a remote not reached), nothing to key entries by, and the router's
+        answer (a fallback, or 503 with Retry-After) is the one."""
+        compute = routed_encoding(router, operation, outputs, options)
+        if info is None:
+            return await compute(texts)
+        model = CachedModel.of(info, router.chain(operation), operation)
+        return await self.encode(texts, outputs, options, model, compute)
 
     async def encode(
         self,
@@ -182,6 +206,23 @@ class CachedEncoder:
             problem,
             key,
         )
+
+
+def routed_encoding(
+    router: Router, operation: Operation, outputs: frozenset[Output], options: EncodeOptions
+) -> Compute:
+    """The encoding of some texts by the first backend of the chain that can; a backend
+    that does not honour ``options`` is passed by, as one that is down."""
+    if options == DEFAULT_OPTIONS:
+        return lambda texts: router.call(operation, lambda b: b.encode(texts, outputs))
+    wanted = departures(options)
+
+    async def encoded(texts: Sequence[str], backend: Backend) -> Encoding:
+        if not wanted <= backend.capabilities.options:
+            raise Unavailable(f"the {backend.name} backend cannot: {refusal(backend, wanted)}")
+        return await backend.encode(texts, outputs, options)
+
+    return lambda texts: router.call(operation, functools.partial(encoded, texts))
 
 
 def _cache_store(settings: Settings, stats: CacheStats) -> Store | None:

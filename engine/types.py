@@ -18,6 +18,7 @@ __all__ = [
     "ModelInfo",
     "Operation",
     "Output",
+    "PairScores",
     "RankedDocument",
     "Ranking",
     "Scores",
@@ -116,6 +117,17 @@ class Scores:
 
 
 @dataclass(frozen=True, slots=True)
+class PairScores:
+    """The engine's scores of (query, passage) pairs, in input order: each pair's logit
+    and its probability (the logit's sigmoid, in [0, 1]), so a dialect picks one and
+    computes neither."""
+
+    logits: NDArray[np.float64]
+    probabilities: NDArray[np.float64]
+    token_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class SparseVector:
     """Qdrant-ready sparse vector: unique ascending indices, float32 values > 0."""
 
@@ -137,7 +149,7 @@ class HybridEmbeddings:
 class RankedDocument:
     index: int
     logit: float
-    score: float  # sigmoid(logit), in [0, 1]
+    score: float  # the logit's probability: sigmoid(logit), in [0, 1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,10 @@ many threads): on a CPU, two passes with half the threads each keep the cores
 busy while the event loop, which needs CPU too, serves HTTP.
 
 A request whose client has gone (its task was cancelled) leaves its units in
-the queue, and they are skipped before compute. Admission is bounded: past
-``max_queued_requests`` waiting or running requests, :meth:`submit` raises
-:class:`~engine.errors.Overloaded` (429 + Retry-After) instead of growing memory.
+the queue, and they are skipped before compute. Admission is bounded
+(:mod:`engine.admission`): past ``max_queued_requests`` waiting or running requests,
+:meth:`submit` raises :class:`~engine.errors.Overloaded` (429 + Retry-After) instead
+of growing memory.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from engine.errors import Overloaded
+from engine.admission import Admission
 from engine.padding import MIN_SPLIT_TOKENS, length_buckets
 from engine.telemetry import SizeHistogram
 
@@ -120,7 +121,6 @@ class MicroBatcher(Generic[P, R]):
         self._max_tokens = max_batch_tokens
         self._max_items = max_batch_items
         self._max_wait = max_wait_s
-        self._max_requests = max_queued_requests
         self._min_split_tokens = min_split_tokens
         self._queue: collections.deque[_Queued[P, R]] = collections.deque()
         self._arrivals = 0
@@ -134,6 +134,8 @@ class MicroBatcher(Generic[P, R]):
         self._last_unexpected = float("-inf")  # the last arrival nobody was expected for
         self._workers: list[asyncio.Task[None]] = []
         self.stats = BatchStats()
+        # Counted in ``stats`` (queued_requests, rejected_requests), as /health shows them.
+        self._admission = Admission(max_queued_requests, f"the {name} queue", counts=self.stats)
         self.batch_sizes = SizeHistogram()
 
     def start(self) -> None:
@@ -155,27 +157,19 @@ class MicroBatcher(Generic[P, R]):
 
     async def submit(self, units: Sequence[Unit[P]]) -> list[R]:
         """Results in the order of ``units``; raises Overloaded when the queue is full."""
-        if self.stats.queued_requests >= self._max_requests:
-            self.stats.rejected_requests += 1
-            raise Overloaded(
-                f"the {self._name} queue is full ({self._max_requests} requests waiting; "
-                "MAX_QUEUED_REQUESTS); retry shortly",
-                retry_after=1,
+        with self._admission.admit():
+            if not units:
+                return []
+            future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+            request: _Request[R] = _Request(
+                future=future, results=[None] * len(units), left=len(units)
             )
-        if not units:
-            return []
-        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
-        request: _Request[R] = _Request(future=future, results=[None] * len(units), left=len(units))
-        self._enqueue(request, units)
-        self._arrived(time.monotonic())
-        self.stats.queued_requests += 1
-        self._ready.set()
-        self._changed.set()
-        try:
+            self._enqueue(request, units)
+            self._arrived(time.monotonic())
+            self._ready.set()
+            self._changed.set()
             # Cancelling the awaiting task cancels ``future``; the worker then skips its units.
             return await future
-        finally:
-            self.stats.queued_requests -= 1
 
     def _arrived(self, now: float) -> None:
         """Count an arrival against the requests expected back, or as a new one."""

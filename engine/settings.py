@@ -213,8 +213,8 @@ HELP: dict[str, str] = {
     "max_batch_tokens": "Padded tokens in one forward pass; bounds activation memory.",
     "batch_wait_ms": "Longest the flag backend's micro-batcher waits for a burst of "
     "requests to end before a pass that still has room (a lone request waits ~1 ms).",
-    "max_queued_requests": "Requests waiting or running per backend model; more is answered "
-    "429 with Retry-After.",
+    "max_queued_requests": "Requests waiting or running per backend model (per remote URL "
+    "for the remote backend); more is answered 429 with Retry-After.",
     "model_workers": "Forward passes the flag backend runs at once per model, each with "
     "cores/workers torch threads (unset: 2 on a CPU with 2 or more cores, 1 on a GPU).",
     "infinity_batch_size": "infinity_emb's own batch size (infinity backend only).",
@@ -234,9 +234,10 @@ HELP: dict[str, str] = {
     "remote_api_key": "Sent to the remote as Authorization: Bearer; never logged.",
     "remote_timeout_s": "Deadline of one call to the remote, retries and queueing included; "
     "past it the call fails over to the next backend, or answers 504.",
-    "remote_max_concurrency": "Requests in flight to each remote URL; more wait their turn. "
-    "Keep it at least the remote's batch size (Infinity's --batch-size, default 32): "
-    "the remote batches only what it is sent at once.",
+    "remote_max_concurrency": "Requests in flight to each remote URL; more wait their turn, "
+    "up to MAX_QUEUED_REQUESTS calls waiting or running per URL, past which a call is "
+    "answered 429 with Retry-After. Keep it at least the remote's batch size (Infinity's "
+    "--batch-size, default 32): the remote batches only what it is sent at once.",
     "remote_retries": "Retries of a call the remote refused for now (connection error, "
     "timeout, 429, 503), with jittered exponential backoff and Retry-After honoured.",
     "remote_probe_interval_s": "How often a remote that is down (or was down at start-up) "

@@ -3,18 +3,17 @@
 infinity_emb has no bge-m3 sparse or ColBERT output, so this backend declares
 only ``embed`` and ``rerank``; the router refuses it in the sparse chain at
 start-up. infinity batches on its own; the backend only bounds the requests in
-flight (MAX_QUEUED_REQUESTS), answering 429 past it.
+flight (MAX_QUEUED_REQUESTS, engine/admission.py), answering 429 past it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import importlib.util
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,8 +28,9 @@ from backends.flag.limits import model_max_tokens
 from backends.model_files import resolve_model_dir
 from backends.pooling import read_pipeline, sentence_max_tokens
 from backends.tokens import chunks, cut_for_truncation, decode_ids, tokens_of
+from engine.admission import Admission
 from engine.backend import BackendHealth, Capabilities
-from engine.errors import Overloaded, StartupError, Unavailable
+from engine.errors import StartupError, Unavailable
 from engine.settings import Settings
 from engine.types import (
     DEFAULT_OPTIONS,
@@ -77,8 +77,7 @@ class InfinityBackend:
         self._array: AsyncEngineArray | None = None
         self._info: dict[Operation, ModelInfo] = {}
         self._tokenizers: dict[Operation, PreTrainedTokenizerBase] = {}
-        self._in_flight = 0
-        self._rejected = 0
+        self._admission = Admission(settings.max_queued_requests, "the infinity backend")
         # One thread: a fast tokenizer must not be used from two threads at once.
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf-tok")
 
@@ -193,7 +192,10 @@ class InfinityBackend:
             healthy=True,
             device=self._device,
             dtype=self._dtype,
-            stats={"in_flight": self._in_flight, "rejected_requests": self._rejected},
+            stats={
+                "in_flight": self._admission.counts.queued_requests,
+                "rejected_requests": self._admission.counts.rejected_requests,
+            },
         )
 
     def model_info(self, operation: Operation) -> ModelInfo:
@@ -212,7 +214,7 @@ class InfinityBackend:
             raise Unavailable("infinity_emb computes dense vectors only")
         if options != DEFAULT_OPTIONS:  # the engine never sends what refusals lists
             raise Unavailable("infinity_emb computes normalised, right-truncated vectors only")
-        async with self._admitted():
+        with self._admission.admit():
             sentences = await self._cut(texts)
             vectors, usage = await self._engine(Operation.EMBED).embed(sentences=sentences)
         dense = np.asarray(vectors, dtype=np.float32)
@@ -222,7 +224,7 @@ class InfinityBackend:
         return Encoding(token_count=int(usage), dense=dense)
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
-        async with self._admitted():
+        with self._admission.admit():
             ranked, usage = await self._engine(Operation.RERANK).rerank(
                 query=query, docs=list(documents), raw_scores=True
             )
@@ -287,21 +289,6 @@ class InfinityBackend:
             raise Unavailable("the infinity backend has no embedding model loaded")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._tokenizer_thread, work, tokenizer)
-
-    @contextlib.asynccontextmanager
-    async def _admitted(self) -> AsyncIterator[None]:
-        if self._in_flight >= self._settings.max_queued_requests:
-            self._rejected += 1
-            raise Overloaded(
-                f"the infinity backend has {self._in_flight} requests in flight "
-                "(MAX_QUEUED_REQUESTS); retry shortly",
-                retry_after=1,
-            )
-        self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
 
     def _engine(self, operation: Operation) -> Any:
         if self._array is None:

@@ -1,9 +1,13 @@
-"""The remote backend: TEI, Infinity or another instance of this service, over HTTP.
+"""The remote backend: TEI, Infinity, another instance of this service or a RunPod
+worker, over HTTP.
 
 Each operation is sent to its own URL (REMOTE_EMBED_URL, REMOTE_SPARSE_URL,
 REMOTE_RERANK_URL, each defaulting to REMOTE_URL), because TEI serves one model
 per container; operations that share a URL share one endpoint (one connection
-pool). Like every backend it returns raw token-id weights and raw logits.
+pool, one admission). Each call goes to its URL's endpoint, which splits it
+into chunks for the probed remote (``Remote``, of the kind kinds.py names) and
+merges the answers here. Like every backend it returns raw token-id weights and
+raw logits.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import httpx
+import numpy as np
 
+from backends.remote.contract import PASSED_ON
 from backends.remote.endpoint import Endpoint
 from backends.remote.transport import TransportFactory
 from engine.backend import BackendHealth, Capabilities
@@ -63,9 +69,9 @@ class RemoteBackend:
             else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
             max_batch_size=settings.max_batch_size,
-            # Whether the remote can is its dialect's to say, per call (TEI and bge-serve
-            # can, Infinity cannot).
-            options=frozenset({"normalize", "truncate_left"}),
+            # Whether the remote can is its offer's to say (TEI and bge-serve can, Infinity
+            # cannot): Remote.refuse, per call.
+            options=PASSED_ON,
         )
 
     @property
@@ -92,7 +98,7 @@ class RemoteBackend:
         endpoints = self._endpoints.values()
         clients = [e.client for e in endpoints]
         return BackendHealth(
-            loaded=all(e.offer is not None for e in endpoints),
+            loaded=all(e.remote is not None for e in endpoints),
             healthy=all(e.up for e in endpoints),
             device="remote",
             detail="; ".join(e.describe() for e in endpoints),
@@ -100,6 +106,7 @@ class RemoteBackend:
                 "requests": sum(c.requests for c in clients),
                 "retries": sum(c.retried for c in clients),
                 "in_flight": sum(c.in_flight for c in clients),
+                "rejected_requests": sum(e.admission.counts.rejected_requests for e in endpoints),
                 "remotes_down": sum(not e.up for e in endpoints),
             },
         )
@@ -114,24 +121,51 @@ class RemoteBackend:
         options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> Encoding:
         dense_only = outputs == {Output.DENSE} and Operation.EMBED in self._by_operation
-        operation = Operation.EMBED if dense_only else Operation.SPARSE
-        return await self._by_operation[operation].encode(texts, outputs, options)
+        endpoint = self._by_operation[Operation.EMBED if dense_only else Operation.SPARSE]
+        endpoint.ready().refuse(outputs, options)
+        parts = await endpoint.call(
+            texts,
+            "encode " + ",".join(sorted(outputs)),
+            lambda remote, chunk, deadline: remote.encode(chunk, outputs, options, deadline),
+        )
+        return _merge(parts)
 
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
-        return await self._by_operation[Operation.RERANK].score(query, documents)
+        parts = await self._by_operation[Operation.RERANK].call(
+            documents,
+            "score",
+            lambda remote, chunk, deadline: remote.score(query, chunk, deadline),
+        )
+        return Scores(
+            logits=np.concatenate([p.logits for p in parts]),
+            token_count=sum(p.token_count for p in parts),
+        )
 
     async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
-        return await self._tokenizing().tokenize(texts)
+        parts = await self._tokenizing().call(
+            texts, "tokenize", lambda remote, chunk, deadline: remote.tokenize(chunk, deadline)
+        )
+        return tuple(ids for part in parts for ids in part)
 
     async def tokens(
         self, texts: Sequence[str], *, add_special_tokens: bool
     ) -> tuple[tuple[Token, ...], ...]:
-        return await self._tokenizing().tokens(texts, add_special_tokens)
+        parts = await self._tokenizing().call(
+            texts,
+            "tokens",
+            lambda remote, chunk, deadline: remote.tokens(chunk, add_special_tokens, deadline),
+        )
+        return tuple(row for part in parts for row in part)
 
     async def decode(
         self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool
     ) -> tuple[str, ...]:
-        return await self._tokenizing().decode(ids, skip_special_tokens)
+        parts = await self._tokenizing().call(
+            ids,
+            "decode",
+            lambda remote, chunk, deadline: remote.decode(chunk, skip_special_tokens, deadline),
+        )
+        return tuple(text for part in parts for text in part)
 
     def _tokenizing(self) -> Endpoint:
         """The embedding model's endpoint: tokens are the embedding tokenizer's."""
@@ -158,3 +192,21 @@ def _url(settings: Settings, operation: Operation) -> str:
             f"{parsed.host}... is not an http(s) URL"
         )
     return url
+
+
+def _merge(parts: list[Encoding]) -> Encoding:
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return Encoding(
+        token_count=sum(p.token_count for p in parts),
+        dense=np.concatenate([p.dense for p in parts if p.dense is not None])
+        if first.dense is not None
+        else None,
+        lexical=tuple(w for p in parts for w in p.lexical or ())
+        if first.lexical is not None
+        else None,
+        colbert=tuple(m for p in parts for m in p.colbert or ())
+        if first.colbert is not None
+        else None,
+    )

@@ -4,34 +4,35 @@ It is the only remote that computes bge-m3 sparse and ColBERT vectors. Sparse
 vectors are asked for with ``"mapping": "tokenizer"``, so indices come back as
 the token ids themselves and the front end maps them with its own settings, as
 it would a local backend's. Dense and ColBERT vectors travel as base64 float32:
-exact, and a quarter the size of JSON numbers.
+exact, and a quarter the size of JSON numbers. Tokens and texts come from its
+TEI routes (``/tokenize``, ``/decode``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import ClassVar, Self
 
 import msgspec
 import numpy as np
 
-from backends.remote.dialect import (
-    Kind,
-    Offer,
-    ProbeFailed,
-    TeiTokenRoutes,
-    Usage,
+from backends.remote.answers import (
+    Listed,
     base64_row,
     cohere_scores,
-    decode,
+    compute_tokens,
+    decoded,
     dense_matrix,
     expect_ok,
     expect_rows,
-    permutation,
-    tei_tokens,
+    failure,
+    in_order,
 )
+from backends.remote.contract import Kind, Offer, ProbeFailed
+from backends.remote.tei import TeiRoutes
 from backends.remote.transport import Answer, Deadline, RemoteClient
-from engine.errors import BackendFailure, InvalidInput
+from engine.errors import InvalidInput
+from engine.settings import Settings
 from engine.types import (
     DEFAULT_OPTIONS,
     ColbertMatrix,
@@ -45,7 +46,7 @@ from engine.types import (
     TokenWeights,
 )
 
-__all__ = ["PeerDialect"]
+__all__ = ["PeerRemote"]
 
 _PROBE_TEXT = ["dimension probe"]
 _DEFAULT_MAX_BATCH = 2048
@@ -66,11 +67,6 @@ class _Embedding(msgspec.Struct):
     embedding: str  # base64, little-endian float32
 
 
-class _Embeddings(msgspec.Struct):
-    data: list[_Embedding]
-    usage: Usage
-
-
 class _Sparse(msgspec.Struct):
     indices: list[int]
     values: list[float]
@@ -82,11 +78,6 @@ class _SparseRow(msgspec.Struct):
     sparse: _Sparse
 
 
-class _SparseEmbeddings(msgspec.Struct):
-    data: list[_SparseRow]
-    usage: Usage
-
-
 class _HybridRow(msgspec.Struct):
     index: int
     dense: str  # base64, little-endian float32, as are the ColBERT rows
@@ -94,122 +85,101 @@ class _HybridRow(msgspec.Struct):
     colbert: list[str] | None = None
 
 
-class _HybridEmbeddings(msgspec.Struct):
-    data: list[_HybridRow]
-    usage: Usage
+_Embeddings = Listed[_Embedding]
+_SparseEmbeddings = Listed[_SparseRow]
+_HybridEmbeddings = Listed[_HybridRow]
 
 
-class PeerDialect(TeiTokenRoutes):
-    kind: Kind = "self"
-    halves_too_large: bool = True
+class PeerRemote(TeiRoutes):
+    kind: ClassVar[Kind] = "self"  # RunpodRemote speaks it as "runpod"
+    name = "bge-serve"
+    halves_too_large = True
 
-    async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
+    @classmethod
+    async def probe(cls, client: RemoteClient, settings: Settings, deadline: Deadline) -> Self:
         answer = await client.get("/health", deadline)
         if answer.status not in (200, 503):  # 503: loading or degraded, said in the body
-            expect_ok(answer, "/health")
-        health = decode(answer, _Health, client, "/health")
+            expect_ok(answer)
+        health = decoded(answer, _Health)
         if health.status == "loading":
             raise ProbeFailed("it is still loading its models")
         if health.error:
             raise ProbeFailed(f"it failed to start: {health.error}")
+        remote = cls(client)
         operations = frozenset(Operation(op) for op in health.chains)
         models: dict[Operation, ModelInfo] = {}
-        # The peer does not publish its token limit (0: unknown) and has no tokenizer route.
+        # The peer does not publish its token limit (0: unknown).
         if Operation.EMBED in operations:
-            dense, _ = await self._dense(client, _PROBE_TEXT, deadline)
+            dense, _ = await remote._dense(_PROBE_TEXT, deadline)
             models[Operation.EMBED] = ModelInfo(
                 health.embedding_model, 0, 0, dimension=int(dense.shape[1])
             )
         if Operation.SPARSE in operations:
-            (row,), _ = await self._hybrid(client, _PROBE_TEXT, False, deadline)
-            dimension = len(base64_row(row.dense, client, _HYBRID))
+            (row,), _, hybrid = await remote._hybrid(_PROBE_TEXT, False, deadline)
             models[Operation.SPARSE] = ModelInfo(
-                health.embedding_model, 0, row.sparse.index_space, dimension=dimension
+                health.embedding_model,
+                0,
+                row.sparse.index_space,
+                dimension=len(base64_row(hybrid, row.dense)),
             )
         if Operation.RERANK in operations:
             models[Operation.RERANK] = ModelInfo(health.reranker_model, 0, 0)
         not_served = "its own *_BACKENDS leaves this operation unserved"
-        return Offer(
-            kind=self.kind,
-            operations=operations,
+        offer = Offer.of(
+            models,
             outputs=frozenset(Output)
             if Operation.SPARSE in operations
             else frozenset({Output.DENSE}),
-            models=models,
             max_batch_size=health.max_batch_size,
             missing={op: not_served for op in Operation if op not in operations},
         )
+        return remote._serving(offer)
 
     async def encode(
         self,
-        client: RemoteClient,
         texts: Sequence[str],
         outputs: frozenset[Output],
-        offer: Offer,
+        options: EncodeOptions,
         deadline: Deadline,
-        options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> Encoding:
         if options != DEFAULT_OPTIONS:
-            return await self._tei_encode(client, texts, outputs, deadline, options)
-        if outputs == {Output.DENSE} and Operation.EMBED in offer.operations:
-            dense, tokens = await self._dense(client, texts, deadline)
+            return await self._tei_encode(texts, outputs, options, deadline)
+        if outputs == {Output.DENSE} and Operation.EMBED in self.offer.capabilities.operations:
+            dense, tokens = await self._dense(texts, deadline)
             return Encoding(token_count=tokens, dense=dense)
         if outputs == {Output.SPARSE}:
-            path = "/v1/sparse-embeddings"
             body: dict[str, object] = {"input": list(texts), "mapping": "tokenizer"}
-            sparse = decode(
-                await client.post(path, body, deadline), _SparseEmbeddings, client, path
-            )
-            rows = _in_order(sparse.data, len(texts), client, path)
+            answer = await self.client.post("/v1/sparse-embeddings", body, deadline)
+            sparse = decoded(answer, _SparseEmbeddings)
+            rows = in_order(answer, sparse.data, len(texts))
             return Encoding(
                 token_count=sparse.usage.prompt_tokens,
                 lexical=tuple(_weights(row.sparse) for row in rows),
             )
-        hybrid_rows, tokens = await self._hybrid(client, texts, Output.COLBERT in outputs, deadline)
+        hybrid_rows, tokens, answer = await self._hybrid(texts, Output.COLBERT in outputs, deadline)
         colbert = None
         if Output.COLBERT in outputs:
-            colbert = tuple(_colbert(row.colbert, client) for row in hybrid_rows)
-        return Encoding(
-            token_count=tokens,
-            dense=dense_matrix(
-                [base64_row(row.dense, client, _HYBRID) for row in hybrid_rows],
-                len(texts),
-                client,
-                _HYBRID,
-            )
-            if Output.DENSE in outputs
-            else None,
-            lexical=tuple(_weights(row.sparse) for row in hybrid_rows)
-            if Output.SPARSE in outputs
-            else None,
-            colbert=colbert,
-        )
+            colbert = tuple(_colbert(answer, row.colbert) for row in hybrid_rows)
+        vectors = None
+        if Output.DENSE in outputs:
+            dense_rows = [base64_row(answer, row.dense) for row in hybrid_rows]
+            vectors = dense_matrix(answer, dense_rows, len(texts))
+        lexical = None
+        if Output.SPARSE in outputs:
+            lexical = tuple(_weights(row.sparse) for row in hybrid_rows)
+        return Encoding(token_count=tokens, dense=vectors, lexical=lexical, colbert=colbert)
 
-    async def score(
-        self,
-        client: RemoteClient,
-        query: str,
-        documents: Sequence[str],
-        offer: Offer,
-        deadline: Deadline,
-    ) -> Scores:
-        path = "/v1/rerank"
+    async def score(self, query: str, documents: Sequence[str], deadline: Deadline) -> Scores:
         body = {"query": query, "documents": list(documents), "raw_scores": True}
-        return cohere_scores(await client.post(path, body, deadline), len(documents), client, path)
-
-    async def tokenize(
-        self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
-    ) -> tuple[list[int], ...]:
-        rows = await tei_tokens(client, texts, True, deadline)
-        return tuple([token.id for token in row] for row in rows)
+        answer = await self.client.post("/v1/rerank", body, deadline)
+        return cohere_scores(answer, len(documents))
 
     async def _tei_encode(
         self,
-        client: RemoteClient,
         texts: Sequence[str],
         outputs: frozenset[Output],
-        deadline: Deadline,
         options: EncodeOptions,
+        deadline: Deadline,
     ) -> Encoding:
         """Options passed on through the peer's TEI routes, which take them: dense
         (/embed) and ColBERT (/embed_all) vectors. Its /embed_sparse answers in the peer's
@@ -219,67 +189,43 @@ class PeerDialect(TeiTokenRoutes):
             body.update(truncate=True, truncation_direction="Left")
         if outputs == {Output.DENSE}:
             body["normalize"] = options.normalize
-            answer = await client.post("/embed", body, deadline)
-            rows = decode(answer, list[list[float]], client, "/embed")
-            dense = dense_matrix(rows, len(texts), client, "/embed", normalize=options.normalize)
-            return Encoding(token_count=_compute_tokens(answer, client, "/embed"), dense=dense)
+            answer = await self.client.post("/embed", body, deadline)
+            rows = decoded(answer, list[list[float]])
+            dense = dense_matrix(answer, rows, len(texts), normalize=options.normalize)
+            return Encoding(token_count=compute_tokens(answer), dense=dense)
         if outputs == {Output.COLBERT} and options.normalize:
-            answer = await client.post("/embed_all", body, deadline)
-            matrices = decode(answer, list[list[list[float]]], client, "/embed_all")
-            expect_rows(len(matrices), len(texts), client, "/embed_all")
-            colbert = tuple(dense_matrix(m, len(m), client, "/embed_all") for m in matrices)
-            tokens = _compute_tokens(answer, client, "/embed_all")
-            return Encoding(token_count=tokens, colbert=colbert)
+            answer = await self.client.post("/embed_all", body, deadline)
+            matrices = decoded(answer, list[list[list[float]]])
+            expect_rows(answer, len(matrices), len(texts))
+            colbert = tuple(dense_matrix(answer, m, len(m)) for m in matrices)
+            return Encoding(token_count=compute_tokens(answer), colbert=colbert)
         raise InvalidInput(
-            f"`truncation_direction`: Left is passed on to the bge-serve at {client.url} for "
+            f"`truncation_direction`: Left is passed on to the bge-serve at {self.url} for "
             "dense or ColBERT vectors alone, not for " + ", ".join(sorted(outputs)),
             param="truncation_direction",
         )
 
     async def _hybrid(
-        self, client: RemoteClient, texts: Sequence[str], colbert: bool, deadline: Deadline
-    ) -> tuple[list[_HybridRow], int]:
-        """Rows in input order, and the tokens counted."""
+        self, texts: Sequence[str], colbert: bool, deadline: Deadline
+    ) -> tuple[list[_HybridRow], int, Answer]:
+        """Rows in input order, the tokens counted, and the answer they came in."""
         body = {
             "input": list(texts),
             "mapping": "tokenizer",
             "return_colbert": colbert,
             "encoding_format": "base64",
         }
-        answer = await client.post(_HYBRID, body, deadline)
-        hybrid = decode(answer, _HybridEmbeddings, client, _HYBRID)
-        return _in_order(hybrid.data, len(texts), client, _HYBRID), hybrid.usage.prompt_tokens
+        answer = await self.client.post(_HYBRID, body, deadline)
+        hybrid = decoded(answer, _HybridEmbeddings)
+        return in_order(answer, hybrid.data, len(texts)), hybrid.usage.prompt_tokens, answer
 
-    async def _dense(
-        self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
-    ) -> tuple[DenseMatrix, int]:
-        path = "/v1/embeddings"
+    async def _dense(self, texts: Sequence[str], deadline: Deadline) -> tuple[DenseMatrix, int]:
         body = {"input": list(texts), "encoding_format": "base64"}
-        embeddings = decode(await client.post(path, body, deadline), _Embeddings, client, path)
-        rows = _in_order(embeddings.data, len(texts), client, path)
-        vectors = [base64_row(r.embedding, client, path) for r in rows]
-        return dense_matrix(vectors, len(texts), client, path), embeddings.usage.prompt_tokens
-
-
-class _Indexed(Protocol):
-    @property
-    def index(self) -> int: ...
-
-
-Row = TypeVar("Row", bound=_Indexed)
-
-
-def _in_order(rows: list[Row], sent: int, client: RemoteClient, path: str) -> list[Row]:
-    permutation([row.index for row in rows], sent, client, path)
-    return sorted(rows, key=lambda row: row.index)
-
-
-def _compute_tokens(answer: Answer, client: RemoteClient, path: str) -> int:
-    """The tokens a bge-serve counted, from the header its TEI routes send."""
-    header = answer.headers.get("x-compute-tokens", "")
-    if not header.isdigit():
-        raise BackendFailure(f"the remote {client.url} answered {path} without x-compute-tokens")
-    return int(header)
+        answer = await self.client.post("/v1/embeddings", body, deadline)
+        embeddings = decoded(answer, _Embeddings)
+        rows = in_order(answer, embeddings.data, len(texts))
+        vectors = [base64_row(answer, r.embedding) for r in rows]
+        return dense_matrix(answer, vectors, len(texts)), embeddings.usage.prompt_tokens
 
 
 def _weights(sparse: _Sparse) -> TokenWeights:
@@ -290,8 +236,7 @@ def _weights(sparse: _Sparse) -> TokenWeights:
     )
 
 
-def _colbert(rows: list[str] | None, client: RemoteClient) -> ColbertMatrix:
+def _colbert(answer: Answer, rows: list[str] | None) -> ColbertMatrix:
     if not rows:
-        raise BackendFailure(f"the remote {client.url} answered {_HYBRID} without ColBERT vectors")
-    vectors = [base64_row(row, client, _HYBRID) for row in rows]
-    return dense_matrix(vectors, len(rows), client, _HYBRID)
+        raise failure(answer, "without ColBERT vectors")
+    return dense_matrix(answer, [base64_row(answer, row) for row in rows], len(rows))

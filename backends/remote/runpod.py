@@ -1,8 +1,9 @@
 """A RunPod Serverless endpoint running ``bge-runpod-worker`` (``REMOTE_KIND=runpod``).
 
 The worker answers every route of this service, so the wire format is the
-peer's (``PeerDialect``); only the transport differs. Each request becomes a job,
-``POST {REMOTE_URL}/runsync`` with ``{"input": {"route", "body"}}``:
+peer's (``PeerRemote``); only the transport differs (kinds.py pairs them). Each
+request becomes a job, ``POST {REMOTE_URL}/runsync`` with
+``{"input": {"route", "body"}}``:
 
 - ``COMPLETED``: the output is the route's answer;
 - ``IN_QUEUE`` / ``IN_PROGRESS`` (a cold start, a long queue): ``GET /status/<id>``
@@ -21,19 +22,20 @@ transport's usual table and retries.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import msgspec
 
-from backends.remote.dialect import Kind
-from backends.remote.peer import PeerDialect
+from backends.remote.peer import PeerRemote
 from backends.remote.transport import Answer, Deadline, RemoteClient
 from engine.errors import BackendFailure, BackendTimeout
 
-__all__ = ["RunpodClient", "RunpodDialect"]
+__all__ = ["RunpodClient", "RunpodRemote"]
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,17 @@ class _Job(msgspec.Struct):
     error: Any = None
 
 
-class RunpodDialect(PeerDialect):
-    kind: Kind = "runpod"
+class RunpodRemote(PeerRemote):
+    kind = "runpod"
+    name = "bge-runpod-worker on RunPod"
 
 
 class RunpodClient(RemoteClient):
     """A RemoteClient whose requests run as RunPod jobs; answers come back as the routes'."""
+
+    # An endpoint scaled to zero answers its first job after a cold start: a probe may
+    # take the call's whole deadline (REMOTE_TIMEOUT_S).
+    probe_timeout_s: ClassVar[float] = math.inf
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
@@ -87,7 +94,8 @@ class RunpodClient(RemoteClient):
         try:
             while True:
                 if answer.status != 200:
-                    return answer  # RunPod's API refused: the transport's table applies
+                    # RunPod's API refused: the transport's table applies, naming the route.
+                    return dataclasses.replace(answer, path=path)
                 state = self._job(answer, path)
                 if state.status not in _RUNNING:
                     return self._outcome(state, path)
@@ -129,11 +137,11 @@ class RunpodClient(RemoteClient):
 
     def _outcome(self, job: _Job, path: str) -> Answer:
         if job.status == "COMPLETED":
-            content = bytes(job.output)
-            return Answer(200, httpx.Headers({"content-type": "application/json"}), content)
+            headers = httpx.Headers({"content-type": "application/json"})
+            return Answer(200, headers, bytes(job.output), self.url, path)
         where = f"the RunPod job {job.id} for {path} at {self.url}"
         if job.status == "FAILED":
-            return _failed(job.error, where)
+            return _failed(job.error, where, self.url, path)
         if job.status == "TIMED_OUT":
             raise BackendTimeout(f"{where} ran past the endpoint's execution timeout")
         raise BackendFailure(f"{where} ended {job.status or 'without a status'}")
@@ -158,7 +166,7 @@ class RunpodClient(RemoteClient):
             )
 
 
-def _failed(error: object, where: str) -> Answer:
+def _failed(error: object, where: str, url: str, path: str) -> Answer:
     """The route's own answer when the worker's error carries it (``worker.jobs``); any
     other error (the SDK's report of an exception, plain text) is a backend failure."""
     detail: object = error
@@ -173,7 +181,7 @@ def _failed(error: object, where: str) -> Answer:
         retry_after = detail.pop("retry_after", None)
         if isinstance(retry_after, int):
             headers["retry-after"] = str(retry_after)
-        return Answer(status, httpx.Headers(headers), msgspec.json.encode(detail))
+        return Answer(status, httpx.Headers(headers), msgspec.json.encode(detail), url, path)
     if isinstance(detail, dict) and all(key in detail for key in _SDK_ERROR_KEYS):
         message = f"{detail['error_type']}: {detail['error_message']}"
     else:

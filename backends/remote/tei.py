@@ -21,27 +21,23 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Sequence
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import msgspec
 import numpy as np
 
-from backends.remote.dialect import (
-    Kind,
-    Offer,
-    RemoteChanged,
-    TeiTokenRoutes,
-    decode,
+from backends.remote.answers import (
+    decoded,
     dense_matrix,
     expect_ok,
     expect_rows,
-    logits_by_index,
-    tei_decode,
-    tei_tokens,
-    together,
+    header_tokens,
+    in_order,
 )
-from backends.remote.transport import Answer, Deadline, RemoteClient
+from backends.remote.contract import Offer, Remote, RemoteChanged
+from backends.remote.transport import Answer, Deadline, RemoteClient, together
 from engine.errors import InputTooLarge, InvalidInput, Unavailable
+from engine.settings import Settings
 from engine.types import (
     DEFAULT_OPTIONS,
     DenseMatrix,
@@ -55,9 +51,8 @@ from engine.types import (
     TokenWeights,
 )
 
-__all__ = ["TeiDialect"]
+__all__ = ["TeiRemote", "TeiRoutes"]
 
-T = TypeVar("T")
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -87,82 +82,109 @@ class _SparseValue(msgspec.Struct):
     value: float
 
 
-class TeiDialect(TeiTokenRoutes):
-    kind: Kind = "tei"
-    halves_too_large: bool = False
+class TeiRoutes(Remote):
+    """``tokenize``, ``tokens`` and ``decode`` through ``POST /tokenize`` and ``/decode``:
+    TEI's routes, which a bge-serve speaks too."""
 
-    def __init__(self, *, truncate: bool) -> None:
+    async def _sent(self, path: str, body: object, deadline: Deadline) -> Answer:
+        """``body`` posted to ``path``: the answer, or the transport's error."""
+        return await self.client.post(path, body, deadline)
+
+    async def tokenize(self, texts: Sequence[str], deadline: Deadline) -> tuple[list[int], ...]:
+        rows = await self.tokens(texts, True, deadline)
+        return tuple([token.id for token in row] for row in rows)
+
+    async def tokens(
+        self, texts: Sequence[str], add_special_tokens: bool, deadline: Deadline
+    ) -> tuple[tuple[Token, ...], ...]:
+        body = {"inputs": list(texts), "add_special_tokens": add_special_tokens}
+        answer = await self._sent("/tokenize", body, deadline)
+        rows = decoded(answer, list[tuple[Token, ...]])  # TEI's SimpleToken is our Token
+        expect_rows(answer, len(rows), len(texts))
+        return tuple(rows)
+
+    async def decode(
+        self, ids: Sequence[Sequence[int]], skip_special_tokens: bool, deadline: Deadline
+    ) -> tuple[str, ...]:
+        body = {"ids": [list(row) for row in ids], "skip_special_tokens": skip_special_tokens}
+        answer = await self._sent("/decode", body, deadline)
+        texts = decoded(answer, list[str])
+        expect_rows(answer, len(texts), len(ids))
+        return tuple(texts)
+
+
+class TeiRemote(TeiRoutes):
+    kind = "tei"
+    name = "TEI"
+
+    def __init__(self, client: RemoteClient, info: _Info, *, truncate: bool) -> None:
+        super().__init__(client)
         self._truncate = truncate
-        # Whether answers carry x-compute-tokens (the probe finds out), the inputs one
-        # request may hold, and the token limit TEI truncates to.
-        self._counted = True
-        self._limit = 1
-        self._max_tokens = 0
-
-    async def probe(self, client: RemoteClient, deadline: Deadline) -> Offer:
-        answer = await client.get("/info", deadline)
-        expect_ok(answer, "/info")
-        info = decode(answer, _Info, client, "/info")
+        # The inputs one request may hold, the token limit TEI truncates to, and whether
+        # answers carry x-compute-tokens (until one comes without it).
         self._limit = max(1, min(info.max_client_batch_size, info.max_concurrent_requests))
         self._max_tokens = info.max_input_length
-        self._counted = True  # until an answer comes without the header
-        batch_size = self._limit
+        self._counted = True
+
+    @classmethod
+    async def probe(cls, client: RemoteClient, settings: Settings, deadline: Deadline) -> Self:
+        answer = await client.get("/info", deadline)
+        expect_ok(answer)
+        info = decoded(answer, _Info)
+        remote = cls(client, info, truncate=settings.truncate)
+        batch_size = remote._limit
         model_type, details = next(iter(info.model_type.items()), ("unknown", {}))
         models: dict[Operation, ModelInfo] = {}
         missing: dict[Operation, str] = {}
         outputs: frozenset[Output] = frozenset()
-        sparse_why = (
-            f"TEI computes sparse vectors for SPLADE models only, and {info.model_id} is not "
-            "one (its /embed_sparse answers 424); serve bge-m3 sparse from the flag backend"
-        )
         if model_type == "embedding" and details.get("pooling") == "splade":
             models[Operation.SPARSE] = ModelInfo(info.model_id, info.max_input_length, 0)
             outputs = frozenset({Output.SPARSE})
             missing[Operation.EMBED] = f"{info.model_id} is a SPLADE model: no dense vectors"
         elif model_type == "embedding":
-            dense, _ = await self._embed(client, [_PROBE_TEXT], deadline)
+            dense, _ = await remote._embed([_PROBE_TEXT], deadline)
             models[Operation.EMBED] = ModelInfo(
                 info.model_id, info.max_input_length, 0, dimension=int(dense.shape[1])
             )
             outputs = frozenset({Output.DENSE})
-            missing[Operation.SPARSE] = sparse_why
+            missing[Operation.SPARSE] = (
+                f"TEI computes sparse vectors for SPLADE models only, and {info.model_id} is "
+                "not one (its /embed_sparse answers 424); serve bge-m3 sparse from the flag "
+                "backend"
+            )
         elif model_type == "reranker":
             models[Operation.RERANK] = ModelInfo(info.model_id, info.max_input_length, 0)
             # Truncated, so that no token limit refuses the probe.
-            probe = await self._rerank(client, "probe", ["probe"], deadline, truncate=True)
-            self._counted = _header_tokens(probe) is not None
-            if not self._counted and self._limit > 1:
+            probe = await remote._rerank("probe", ["probe"], deadline, truncate=True)
+            remote._counted = header_tokens(probe) is not None
+            if not remote._counted and remote._limit > 1:
                 # Room for the query beside a chunk's documents in the one /tokenize.
-                batch_size = self._limit - 1
+                batch_size = remote._limit - 1
         container = f"{info.model_id} is a TEI {model_type} container"
-        missing = {op: missing.get(op, container) for op in Operation if op not in models}
-        return Offer(
-            kind=self.kind,
-            operations=frozenset(models),
+        offer = Offer.of(
+            models,
             outputs=outputs,
-            models=models,
             max_batch_size=batch_size,
             version=info.version,
-            missing=missing,
+            missing={op: missing.get(op, container) for op in Operation if op not in models},
         )
+        return remote._serving(offer)
 
     async def encode(
         self,
-        client: RemoteClient,
         texts: Sequence[str],
         outputs: frozenset[Output],
-        offer: Offer,
+        options: EncodeOptions,
         deadline: Deadline,
-        options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> Encoding:
         if outputs == {Output.DENSE}:
-            dense, tokens = await self._embed(client, texts, deadline, options)
+            dense, tokens = await self._embed(texts, deadline, options)
             return Encoding(token_count=tokens, dense=dense)
         if outputs == {Output.SPARSE}:
             body = {"inputs": list(texts), "truncate": self._truncate, **_direction(options)}
-            answer, tokens = await self._posted(client, "/embed_sparse", body, texts, deadline)
-            rows = decode(answer, list[list[_SparseValue]], client, "/embed_sparse")
-            expect_rows(len(rows), len(texts), client, "/embed_sparse")
+            answer, tokens = await self._posted("/embed_sparse", body, texts, deadline)
+            rows = decoded(answer, list[list[_SparseValue]])
+            expect_rows(answer, len(rows), len(texts))
             lexical = tuple(
                 TokenWeights(
                     token_ids=np.array([v.index for v in row], dtype=np.int64),
@@ -171,61 +193,27 @@ class TeiDialect(TeiTokenRoutes):
                 for row in rows
             )
             return Encoding(token_count=tokens, lexical=lexical)
-        raise Unavailable(f"the TEI at {client.url} computes one kind of vector per container")
+        raise Unavailable(f"the TEI at {self.url} computes one kind of vector per container")
 
-    async def score(
-        self,
-        client: RemoteClient,
-        query: str,
-        documents: Sequence[str],
-        offer: Offer,
-        deadline: Deadline,
-    ) -> Scores:
+    async def score(self, query: str, documents: Sequence[str], deadline: Deadline) -> Scores:
         counted: int | None = None
         if self._counted:
-            answer = await self._rerank(client, query, documents, deadline)
-            counted = _header_tokens(answer)
+            answer = await self._rerank(query, documents, deadline)
+            counted = header_tokens(answer)
         else:
             # The counting goes beside the rerank, in the same number of round trips.
             answer, counted = await _beside(
-                self._rerank(client, query, documents, deadline),
-                self._pair_tokens(client, query, documents, deadline),
+                self._rerank(query, documents, deadline),
+                self._pair_tokens(query, documents, deadline),
             )
-        ranks = decode(answer, list[_Rank], client, "/rerank")
-        ranked = [(rank.index, rank.score) for rank in ranks]
-        logits = logits_by_index(ranked, len(documents), client, "/rerank")
+        ranks = in_order(answer, decoded(answer, list[_Rank]), len(documents))
+        logits = np.array([rank.score for rank in ranks], dtype=np.float32)
         if counted is None:  # the header went missing after the probe
-            counted = await self._pair_tokens(client, query, documents, deadline)
+            counted = await self._pair_tokens(query, documents, deadline)
         return Scores(logits=logits, token_count=counted)
-
-    async def tokenize(
-        self, client: RemoteClient, texts: Sequence[str], offer: Offer, deadline: Deadline
-    ) -> tuple[list[int], ...]:
-        return await self._ids(client, texts, deadline)
-
-    async def tokens(
-        self,
-        client: RemoteClient,
-        texts: Sequence[str],
-        add_special_tokens: bool,
-        offer: Offer,
-        deadline: Deadline,
-    ) -> tuple[tuple[Token, ...], ...]:
-        return await _refusals(client, tei_tokens(client, texts, add_special_tokens, deadline))
-
-    async def decode(
-        self,
-        client: RemoteClient,
-        ids: Sequence[Sequence[int]],
-        skip_special_tokens: bool,
-        offer: Offer,
-        deadline: Deadline,
-    ) -> tuple[str, ...]:
-        return await _refusals(client, tei_decode(client, ids, skip_special_tokens, deadline))
 
     async def _rerank(
         self,
-        client: RemoteClient,
         query: str,
         documents: Sequence[str],
         deadline: Deadline,
@@ -238,17 +226,15 @@ class TeiDialect(TeiTokenRoutes):
             "raw_scores": True,
             "truncate": self._truncate if truncate is None else truncate,
         }
-        return await _refusals(client, client.post("/rerank", body, deadline))
+        return await self._sent("/rerank", body, deadline)
 
-    async def _pair_tokens(
-        self, client: RemoteClient, query: str, documents: Sequence[str], deadline: Deadline
-    ) -> int:
+    async def _pair_tokens(self, query: str, documents: Sequence[str], deadline: Deadline) -> int:
         """What TEI counts for the (query, document) pairs: <s> q </s></s> d </s> has the
         tokens of <s> q </s> plus those of <s> d </s>, cut to its limit when truncating.
         Sent in requests of the remote's limit, together."""
         texts = [query, *documents]
         parts = await together(
-            self._ids(client, texts[start : start + self._limit], deadline)
+            self.tokenize(texts[start : start + self._limit], deadline)
             for start in range(0, len(texts), self._limit)
         )
         query_ids, *document_ids = [ids for part in parts for ids in part]
@@ -257,18 +243,8 @@ class TeiDialect(TeiTokenRoutes):
             pairs = [min(pair, self._max_tokens) for pair in pairs]
         return sum(pairs)
 
-    async def _ids(
-        self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
-    ) -> tuple[list[int], ...]:
-        rows = await _refusals(client, tei_tokens(client, texts, True, deadline))
-        return tuple([token.id for token in row] for row in rows)
-
     async def _embed(
-        self,
-        client: RemoteClient,
-        texts: Sequence[str],
-        deadline: Deadline,
-        options: EncodeOptions = DEFAULT_OPTIONS,
+        self, texts: Sequence[str], deadline: Deadline, options: EncodeOptions = DEFAULT_OPTIONS
     ) -> tuple[DenseMatrix, int]:
         body = {
             "inputs": list(texts),
@@ -276,42 +252,50 @@ class TeiDialect(TeiTokenRoutes):
             "normalize": options.normalize,
             **_direction(options),
         }
-        answer, tokens = await self._posted(client, "/embed", body, texts, deadline)
-        rows = decode(answer, list[list[float]], client, "/embed")
-        dense = dense_matrix(rows, len(texts), client, "/embed", normalize=options.normalize)
-        return dense, tokens
+        answer, tokens = await self._posted("/embed", body, texts, deadline)
+        rows = decoded(answer, list[list[float]])
+        return dense_matrix(answer, rows, len(texts), normalize=options.normalize), tokens
 
     async def _posted(
-        self,
-        client: RemoteClient,
-        path: str,
-        body: object,
-        texts: Sequence[str],
-        deadline: Deadline,
+        self, path: str, body: object, texts: Sequence[str], deadline: Deadline
     ) -> tuple[Answer, int]:
         """``body``'s answer and the tokens TEI ran ``texts`` on: its header, or, where a
         proxy drops it, its ``/tokenize`` of them, sent beside the request (the chunk is
         within the limit), cut to the token limit when truncating."""
         if self._counted:
-            answer = await _refusals(client, client.post(path, body, deadline))
-            header = _header_tokens(answer)
+            answer = await self._sent(path, body, deadline)
+            header = header_tokens(answer)
             if header is not None:
                 return answer, header
-            decode(answer, object, client, path)  # a broken answer lacks the header too
+            decoded(answer, object)  # a broken answer lacks the header too
             self._counted = False  # counted beside from now on
-            return answer, await self._text_tokens(client, texts, deadline)
+            return answer, await self._text_tokens(texts, deadline)
         return await _beside(
-            _refusals(client, client.post(path, body, deadline)),
-            self._text_tokens(client, texts, deadline),
+            self._sent(path, body, deadline),
+            self._text_tokens(texts, deadline),
         )
 
-    async def _text_tokens(
-        self, client: RemoteClient, texts: Sequence[str], deadline: Deadline
-    ) -> int:
-        counts = [len(ids) for ids in await self._ids(client, texts, deadline)]
+    async def _text_tokens(self, texts: Sequence[str], deadline: Deadline) -> int:
+        counts = [len(ids) for ids in await self.tokenize(texts, deadline)]
         if self._truncate and self._max_tokens:
             counts = [min(count, self._max_tokens) for count in counts]
         return sum(counts)
+
+    async def _sent(self, path: str, body: object, deadline: Deadline) -> Answer:
+        """With TEI's 422s told apart: an input over the token or character limit is too
+        large; a batch over the limit the probe found means the container changed."""
+        try:
+            return await self.client.post(path, body, deadline)
+        except InvalidInput as exc:
+            if _TOO_LONG.search(exc.message):
+                raise InputTooLarge(exc.message, param=exc.param) from exc
+            refused = _BATCH_REFUSED.search(exc.message)
+            if refused is None:
+                raise
+            raise RemoteChanged(
+                f"the remote {self.url} now takes at most {refused[2]} inputs a request "
+                f"(it refused {refused[1]}), fewer than when it was probed; probing it again"
+            ) from exc
 
 
 async def _beside(call: Awaitable[A], counting: Awaitable[B]) -> tuple[A, B]:
@@ -330,25 +314,3 @@ async def _beside(call: Awaitable[A], counting: Awaitable[B]) -> tuple[A, B]:
 def _direction(options: EncodeOptions) -> dict[str, str]:
     """TEI's truncation_direction, sent only off its default (Right)."""
     return {"truncation_direction": "Left"} if options.truncate_left else {}
-
-
-def _header_tokens(answer: Answer) -> int | None:
-    header = answer.headers.get("x-compute-tokens", "")
-    return int(header) if header.isdigit() else None
-
-
-async def _refusals(client: RemoteClient, call: Awaitable[T]) -> T:
-    """``call``, with TEI's 422s told apart: an input over the token or character limit
-    is too large; a batch over the limit the probe found means the container changed."""
-    try:
-        return await call
-    except InvalidInput as exc:
-        if _TOO_LONG.search(exc.message):
-            raise InputTooLarge(exc.message, param=exc.param) from exc
-        refused = _BATCH_REFUSED.search(exc.message)
-        if refused is None:
-            raise
-        raise RemoteChanged(
-            f"the remote {client.url} now takes at most {refused[2]} inputs a request "
-            f"(it refused {refused[1]}), fewer than when it was probed; probing it again"
-        ) from exc

@@ -11,7 +11,9 @@ remote kind:
   Overloaded (429), Unavailable (503), BackendTimeout or BackendFailure;
 - anything else (401, 404, 424, 500, ...): BackendFailure naming the remote.
 
-URLs in messages and logs never carry credentials.
+Every answer says where it came from (the remote's public URL and the route
+asked), so the checks of answers.py name both without being told. URLs in
+messages and logs never carry credentials.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import msgspec
@@ -44,6 +47,7 @@ __all__ = [
     "describe_transport_error",
     "public_url",
     "remote_message",
+    "together",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,8 @@ _BACKOFF_CAP_S = 5.0
 _CONNECT_TIMEOUT_S = 5.0
 _RETRIED_STATUS = frozenset({429, 503})
 _CLIENT_FAULT = {400: InvalidInput, 413: InputTooLarge, 422: InvalidInput}
+
+T = TypeVar("T")
 
 
 # Tests plug in respx's or httpx's mock transports; each client gets its own.
@@ -82,6 +88,8 @@ class Answer:
     status: int
     headers: httpx.Headers
     content: bytes
+    url: str  # the remote's public URL
+    path: str  # the route asked, as messages name it
 
 
 class Deadline:
@@ -97,6 +105,9 @@ class Deadline:
 
 
 class RemoteClient:
+    # Probes are small requests; a remote that needs longer than this is not up.
+    probe_timeout_s: ClassVar[float] = 10.0
+
     def __init__(
         self,
         url: str,
@@ -205,7 +216,7 @@ class RemoteClient:
                     )
                 finally:
                     self.in_flight -= 1
-        return Answer(response.status_code, response.headers, response.content)
+        return Answer(response.status_code, response.headers, response.content, self.url, path)
 
     def _url(self, path: str, cache: bool = True) -> httpx.URL:
         """``path`` under the base URL; ``cache=False`` for paths seen once (a job's id)."""
@@ -279,3 +290,14 @@ def _backoff(attempt: int, retry_after: int | None) -> float:
 def describe_transport_error(exc: Exception) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def together(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """``calls`` at once (the client bounds what is in flight), answers in order; the first
+    failure cancels the rest."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()

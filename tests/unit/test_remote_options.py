@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -13,12 +14,11 @@ import pytest
 import respx
 
 from backends.remote import RemoteBackend
-from backends.remote.infinity import InfinityDialect
-from backends.remote.transport import Deadline, RemoteClient
 from engine import Operation, Output, Settings
 from engine.errors import InvalidInput
 from engine.types import EncodeOptions, Encoding
 from tests.fake_tei import FakeTEI
+from tests.unit.test_remote_backend import MODELS, infinity_backend
 
 EMBED_URL = "http://tei-embed:80"
 SPARSE_URL = "http://tei-splade:80"
@@ -111,32 +111,19 @@ def test_tei_is_sent_left_for_dense_and_sparse(
 def test_an_infinity_remote_refuses_what_its_api_cannot_say(
     options: EncodeOptions, param: str
 ) -> None:
+    sent: list[tuple[str, Any]] = []
+    backend = infinity_backend(MODELS, sent)
+
     async def run() -> None:
-        client = RemoteClient(
-            "http://infinity:7997",
-            api_key=None,
-            max_concurrency=4,
-            retries=0,
-            transport=lambda: httpx.MockTransport(_no_call),
-        )
-        dialect = InfinityDialect(embed_model="m", rerank_model=None)
+        await backend.start()
+        probed = len(sent)
         try:
             with pytest.raises(InvalidInput) as caught:
-                await dialect.encode(
-                    client,
-                    TEXTS,
-                    frozenset({Output.DENSE}),
-                    None,
-                    Deadline(5),
-                    options,  # type: ignore[arg-type]
-                )
+                await backend.encode(TEXTS, frozenset({Output.DENSE}), options)
             assert caught.value.param == param
             assert "Infinity at http://infinity:7997" in caught.value.message
+            assert len(sent) == probed  # refused before anything was sent
         finally:
-            await client.close()
+            await backend.stop()
 
     asyncio.run(run())
-
-
-def _no_call(request: httpx.Request) -> httpx.Response:
-    raise AssertionError(f"nothing may be sent: {request.url}")

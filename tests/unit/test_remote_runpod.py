@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backends.remote.endpoint import identify
+from backends.remote.kinds import identify
 from backends.remote.runpod import RunpodClient
 from backends.remote.transport import Deadline, RemoteClient
 from engine.errors import (

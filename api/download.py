@@ -26,13 +26,13 @@ def models_to_fetch(settings: Settings) -> list[ModelSpec]:
     """The models a local backend loads (a chain of remotes needs none); bge-m3's heads
     when the flag backend serves sparse vectors."""
     specs = []
-    embedding_chains = {*settings.embed_backends, *settings.sparse_backends}
+    embedding_chains = {*settings.embed_backends, *settings.lexical_colbert_chain}
     if embedding_chains & _LOCAL_BACKENDS:
         specs.append(
             ModelSpec(
                 "EMBEDDING_MODEL_NAME",
                 settings.embedding_model_name,
-                heads="flag" in settings.sparse_backends,
+                heads="flag" in settings.lexical_colbert_chain,
             )
         )
     if set(settings.rerank_backends) & _LOCAL_BACKENDS:

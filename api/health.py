@@ -55,8 +55,12 @@ _HEALTHY = {
     "device": "cuda",
     "embedding_model": "BAAI/bge-m3",
     "reranker_model": "BAAI/bge-reranker-v2-m3",
-    "routes": {"embed": "remote", "rerank": "remote", "sparse": "flag"},
-    "chains": {"embed": ["remote", "flag"], "rerank": ["remote", "flag"], "sparse": ["flag"]},
+    "routes": {"embed": "remote", "rerank": "remote", "lexical_colbert": "flag"},
+    "chains": {
+        "embed": ["remote", "flag"],
+        "rerank": ["remote", "flag"],
+        "lexical_colbert": ["flag"],
+    },
     "backends": {
         "flag": {
             "loaded": True,
@@ -94,7 +98,7 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
     body = Health(
         status=state.status,
         embedder_loaded=state.loaded.get(Operation.EMBED, False)
-        or state.loaded.get(Operation.SPARSE, False),
+        or state.loaded.get(Operation.LEXICAL_COLBERT, False),
         reranker_loaded=state.loaded.get(Operation.RERANK, False),
         device=",".join(devices),
         embedding_model=engine.names.embedding,
@@ -125,7 +129,7 @@ async def health(engine: InferenceEngine, settings: Settings) -> Response[Health
 def _sparse_space(
     engine: InferenceEngine, settings: Settings
 ) -> tuple[SparseMapping | None, int | None]:
-    if Operation.SPARSE not in engine.operations:
+    if Operation.LEXICAL_COLBERT not in engine.operations:
         return None, None
     try:
         return settings.sparse_token_mapping, engine.sparse_index_space()

@@ -115,7 +115,7 @@ class NativeController(Controller):
         engine: InferenceEngine,
         settings: Settings,
     ) -> SparseResponse:
-        model = engine.served_model(Operation.SPARSE, data.model)
+        model = engine.served_model(Operation.LEXICAL_COLBERT, data.model)
         vectors, tokens = await unless_disconnected(
             request, engine.embed_sparse(data.texts(), mapping=data.mapping)
         )
@@ -144,8 +144,8 @@ class NativeController(Controller):
         engine: InferenceEngine,
         settings: Settings,
     ) -> HybridResponse:
-        model = engine.served_model(Operation.SPARSE, data.model)
-        outputs = {Output.DENSE, Output.SPARSE}
+        model = engine.served_model(Operation.LEXICAL_COLBERT, data.model)
+        outputs = {Output.DENSE, Output.LEXICAL}
         if data.return_colbert:
             outputs.add(Output.COLBERT)
         result = await unless_disconnected(

@@ -454,7 +454,7 @@ class TeiController(Controller):
     )
     async def info(self, engine: InferenceEngine, settings: Settings, version: str) -> Info:
         operation = next(
-            (op for op in (Operation.EMBED, Operation.SPARSE) if op in engine.operations),
+            (op for op in (Operation.EMBED, Operation.LEXICAL_COLBERT) if op in engine.operations),
             Operation.RERANK,
         )
         return _info(engine, settings, version, operation)
@@ -578,7 +578,7 @@ def _decoded(data: dict[str, Any], kind: type[T]) -> T:
 def _info(engine: InferenceEngine, settings: Settings, version: str, operation: Operation) -> Info:
     model = engine.model_info(operation)
     name = engine.model_name(operation)
-    sparse = operation is not Operation.RERANK and Operation.SPARSE in engine.operations
+    sparse = operation is not Operation.RERANK and Operation.LEXICAL_COLBERT in engine.operations
     return Info(
         model_id=name,
         model_sha=None,

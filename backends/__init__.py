@@ -46,7 +46,7 @@ def build_chains(settings: Settings) -> dict[Operation, list[Backend]]:
     only the models of the operations whose chains name it."""
     configured = {
         Operation.EMBED: settings.embed_backends,
-        Operation.SPARSE: settings.sparse_backends,
+        Operation.LEXICAL_COLBERT: settings.lexical_colbert_chain,
         Operation.RERANK: settings.rerank_backends,
     }
     names = {op: chain for op, chain in configured.items() if chain}

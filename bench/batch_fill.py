@@ -78,7 +78,7 @@ def main() -> None:
         for name, checkout, extra in checkouts:
             settings = {
                 "EMBEDDING_MODEL_NAME": str(minilm),
-                "SPARSE_BACKENDS": "none",
+                "LEXICAL_COLBERT_BACKENDS": "none",
                 "RERANK_BACKENDS": "none",
                 "EMBED_BACKENDS": "flag",
                 **extra,

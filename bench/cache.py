@@ -114,7 +114,7 @@ def main() -> None:
     base = {
         "EMBEDDING_MODEL_NAME": model,
         "EMBED_BACKENDS": "flag",
-        "SPARSE_BACKENDS": "none",
+        "LEXICAL_COLBERT_BACKENDS": "none",
         "RERANK_BACKENDS": "none",
         "MAX_BATCH_SIZE": "2048",
     }

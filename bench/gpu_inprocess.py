@@ -85,7 +85,7 @@ def inprocess(args: argparse.Namespace, profile: Profile, part: Part) -> None:
     mixed, fixed = loads["mixed 16-512"], loads["64 x 256"]
     long = next(w for name, w in loads.items() if name.startswith("long"))
     rerank_mixed, rerank_fixed = loads["rerank mixed 16-496"], loads["rerank 64 x 256"]
-    hybrid = frozenset({Output.DENSE, Output.SPARSE, Output.COLBERT})
+    hybrid = frozenset({Output.DENSE, Output.LEXICAL, Output.COLBERT})
     dense = frozenset({Output.DENSE})
     # The GPU's first figures first: the forward-pass rate at the target's shape.
     need = 0.0 if profile is TINY else 8.0

@@ -585,7 +585,7 @@ def main() -> None:
     query = "how does the reranker score a passage"
     dense_only = {
         "EMBEDDING_MODEL_NAME": str(minilm),
-        "SPARSE_BACKENDS": "none",
+        "LEXICAL_COLBERT_BACKENDS": "none",
         "RERANK_BACKENDS": "none",
     }
     runs: list[Result] = []
@@ -594,7 +594,7 @@ def main() -> None:
         rerank_only = {
             "RERANKER_MODEL_NAME": str(reranker),
             "EMBED_BACKENDS": "none",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
         }
 
         def peers(folder: Path, served: str, ours: dict[str, str], kind: str) -> list[Target]:

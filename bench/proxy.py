@@ -387,7 +387,7 @@ def main() -> None:
         direct = replace(stack.enter_context(infinity_server(minilm, "minilm")), name=DIRECT)
         proxy_env = {
             "EMBED_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
             "RERANK_BACKENDS": "none",
             "REMOTE_URL": direct.url,
             "REMOTE_KIND": "infinity",

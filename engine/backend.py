@@ -83,7 +83,7 @@ class Backend(Protocol):
     async def score(self, query: str, documents: Sequence[str]) -> Scores:
         """Raw cross-encoder logits of (query, document) pairs."""
 
-    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         """Token ids (with special tokens, after truncation) of each text."""
 
     async def tokens(

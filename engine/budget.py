@@ -173,7 +173,7 @@ def answer_bytes(outputs: frozenset[Output], dimension: int, tokens: Sequence[in
     size = 0
     if Output.DENSE in outputs:
         size += len(tokens) * dimension * FLOAT_JSON_BYTES
-    if Output.SPARSE in outputs:
+    if Output.LEXICAL in outputs:
         size += sum(tokens) * SPARSE_ENTRY_BYTES
     if Output.COLBERT in outputs:
         # One row per token after CLS.
@@ -186,7 +186,7 @@ def token_answer_bytes(rows: Sequence[Sequence[Token]]) -> int:
 
 
 def _what(outputs: frozenset[Output]) -> str:
-    return " + ".join(o for o in (Output.DENSE, Output.SPARSE, Output.COLBERT) if o in outputs)
+    return " + ".join(o for o in (Output.DENSE, Output.LEXICAL, Output.COLBERT) if o in outputs)
 
 
 def counted_prefix(text: str, limit: int, *, from_left: bool) -> str:

@@ -60,7 +60,7 @@ Entry = tuple[int, np.ndarray[Any, Any] | TokenWeights | ColbertMatrix]
 
 _HEADER = struct.Struct("<IB")  # token count, head
 _SHAPE = struct.Struct("<II")
-_HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
+_HEADS = (Output.DENSE, Output.LEXICAL, Output.COLBERT)
 # After a Redis failure, how long the service runs uncached before it asks Redis again.
 _REDIS_RETRY_S = 5.0
 
@@ -105,7 +105,7 @@ def encode_entry(head: Output, tokens: int, value: Any) -> bytes:
     header = _HEADER.pack(tokens, _HEADS.index(head))
     if head is Output.DENSE:
         return header + np.asarray(value, dtype="<f4").tobytes()
-    if head is Output.SPARSE:
+    if head is Output.LEXICAL:
         ids = np.asarray(value.token_ids, dtype="<i4")
         weights = np.asarray(value.weights, dtype="<f4")
         return header + struct.pack("<I", len(ids)) + ids.tobytes() + weights.tobytes()
@@ -126,7 +126,7 @@ def decode_entry(data: bytes) -> tuple[Output, Entry]:
     if head is Output.DENSE:
         _expect_size(body, len(body) - len(body) % 4)
         return head, (tokens, np.frombuffer(body, dtype="<f4").astype(np.float32))
-    if head is Output.SPARSE:
+    if head is Output.LEXICAL:
         _expect_size(body, 4, at_least=True)
         (count,) = struct.unpack_from("<I", body)
         _expect_size(body, 4 + 8 * count)

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 Compute = Callable[[Sequence[str]], Awaitable[Encoding]]
 """The backends' encoding of some texts (the outputs and options already bound)."""
 
-_HEADS = (Output.DENSE, Output.SPARSE, Output.COLBERT)
+_HEADS = (Output.DENSE, Output.LEXICAL, Output.COLBERT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +237,7 @@ def _head(encoding: Encoding, head: Output, index: int) -> Any:
     if head is Output.DENSE:
         assert encoding.dense is not None
         return encoding.dense[index]
-    if head is Output.SPARSE:
+    if head is Output.LEXICAL:
         assert encoding.lexical is not None
         return encoding.lexical[index]
     assert encoding.colbert is not None
@@ -268,6 +268,6 @@ def _merged(
         dense=np.stack([row[Output.DENSE] for row in rows]).astype(np.float32)
         if Output.DENSE in heads
         else None,
-        lexical=tuple(row[Output.SPARSE] for row in rows) if Output.SPARSE in heads else None,
+        lexical=tuple(row[Output.LEXICAL] for row in rows) if Output.LEXICAL in heads else None,
         colbert=tuple(row[Output.COLBERT] for row in rows) if Output.COLBERT in heads else None,
     )

@@ -64,7 +64,7 @@ _PAGE_FOOTER = """
   [`POST /v1/embeddings`](api.md#post-v1embeddings--openai-compatible-dense-vectors).
   The encoding is loaded at start-up: one that cannot load stops the start with exit
   code 2.
-- `EMBED_BACKENDS`, `SPARSE_BACKENDS`, `RERANK_BACKENDS`, `BREAKER_*`: [Backends and
+- `EMBED_BACKENDS`, `LEXICAL_COLBERT_BACKENDS`, `RERANK_BACKENDS`, `BREAKER_*`: [Backends and
   routing](backends.md); `REMOTE_*`: [the remote
   backend](backends.md#use-an-existing-tei-or-infinity-the-remote-backend)
   (`REMOTE_MAX_CONCURRENCY`: why at least the remote's batch size, in the proxy

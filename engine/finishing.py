@@ -68,7 +68,7 @@ def embeddings(
     return HybridEmbeddings(
         prompt_tokens=encoding.token_count,
         dense=dense if Output.DENSE in outputs else None,
-        sparse=sparse if Output.SPARSE in outputs else None,
+        sparse=sparse if Output.LEXICAL in outputs else None,
         colbert=encoding.colbert if Output.COLBERT in outputs else None,
     )
 

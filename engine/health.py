@@ -86,7 +86,7 @@ class Readiness:
 def check_models(settings: Settings, router: Router) -> None:
     """Dimensions against EMBEDDING_SIZE and across each chain, for the backends that
     are up; a remote that is down checks its own when it comes back."""
-    for op in (Operation.EMBED, Operation.SPARSE):
+    for op in (Operation.EMBED, Operation.LEXICAL_COLBERT):
         if op not in router.operations:
             continue
         seen: dict[int, str] = {}

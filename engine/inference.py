@@ -67,7 +67,7 @@ class InferenceEngine:
         operations = self._router.operations
         self._names = ModelNames.from_settings(
             settings,
-            embeds=bool(operations & {Operation.EMBED, Operation.SPARSE}),
+            embeds=bool(operations & {Operation.EMBED, Operation.LEXICAL_COLBERT}),
             reranks=Operation.RERANK in operations,
         )
         self.warnings = random_weight_warnings(settings)
@@ -133,7 +133,7 @@ class InferenceEngine:
     def model_name(self, operation: Operation) -> str:
         """The public name (EMBEDDING_SERVED_NAME / RERANKER_SERVED_NAME), never a path."""
         if operation not in self._router.operations:
-            raise Unavailable(f"{operation} is not served by this deployment")
+            raise Unavailable(f"{operation.described} is not served by this deployment")
         if operation is Operation.RERANK:
             return self._names.reranker
         return self._names.embedding
@@ -187,7 +187,7 @@ class InferenceEngine:
     ) -> tuple[tuple[SparseVector, ...], int]:
         result = await self.embed_hybrid(
             texts,
-            frozenset({Output.SPARSE}),
+            frozenset({Output.LEXICAL}),
             mapping=mapping,
             truncate=truncate,
             field=field,
@@ -235,7 +235,7 @@ class InferenceEngine:
         (a 422 for one no backend honours names it so)."""
         if not outputs:
             raise InvalidInput("ask for at least one of dense, sparse, colbert")
-        operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.SPARSE
+        operation = Operation.EMBED if outputs == {Output.DENSE} else Operation.LEXICAL_COLBERT
         self._readiness.check(operation)
         checks = self._checks
         checks.texts(texts, field)
@@ -372,6 +372,8 @@ class InferenceEngine:
         self.telemetry.tokens[operation] += tokens
 
     def _mapper(self, mapping: SparseMapping | None) -> SparseMapper:
-        if Operation.SPARSE not in self._router.operations:
+        if Operation.LEXICAL_COLBERT not in self._router.operations:
             raise Unavailable("sparse vectors are not served by this deployment")
-        return self._mappers.get(mapping, lambda: self.model_info(Operation.SPARSE).vocab_size)
+        return self._mappers.get(
+            mapping, lambda: self.model_info(Operation.LEXICAL_COLBERT).vocab_size
+        )

@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 CHAIN_SETTING: dict[Operation, str] = {
     Operation.EMBED: "EMBED_BACKENDS",
-    Operation.SPARSE: "SPARSE_BACKENDS",
+    Operation.LEXICAL_COLBERT: "LEXICAL_COLBERT_BACKENDS",
     Operation.RERANK: "RERANK_BACKENDS",
 }
 
@@ -70,19 +70,19 @@ class Router:
     ) -> None:
         if not chains:
             raise StartupError(
-                "no operation is served: EMBED_BACKENDS, SPARSE_BACKENDS and RERANK_BACKENDS "
-                "are all none"
+                "no operation is served: EMBED_BACKENDS, LEXICAL_COLBERT_BACKENDS and "
+                "RERANK_BACKENDS are all none"
             )
         for operation, chain in chains.items():
             if not chain:
                 raise StartupError(
-                    f"{CHAIN_SETTING[operation]} is empty: {operation} has no backend"
+                    f"{CHAIN_SETTING[operation]} is empty: {operation.described} has no backend"
                 )
             for backend in chain:
                 if operation not in backend.capabilities.operations:
                     raise StartupError(
                         f"{CHAIN_SETTING[operation]}: the {backend.name} backend cannot serve "
-                        f"{operation}"
+                        f"{operation.described}"
                     )
         self._chains = {op: list(chain) for op, chain in chains.items()}
         self.backends: list[Backend] = list(
@@ -101,7 +101,7 @@ class Router:
     def chain(self, operation: Operation) -> list[Backend]:
         chain = self._chains.get(operation)
         if chain is None:
-            raise Unavailable(f"{operation} is not served by this deployment")
+            raise Unavailable(f"{operation.described} is not served by this deployment")
         return chain
 
     def serving(self, operation: Operation) -> str | None:
@@ -148,6 +148,6 @@ class Router:
         if last is not None:
             raise last
         raise Unavailable(
-            f"every backend for {operation} is failing; retry later",
+            f"every backend for {operation.described} is failing; retry later",
             retry_after=int(min(b.cooldown_s for b in self._breakers.values())),
         )

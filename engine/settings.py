@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import types
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Literal, get_args, get_origin
 
@@ -36,7 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
 
     device: Literal["auto", "cuda", "cpu"] = "auto"
     embed_backends: Chain = ("flag",)
-    sparse_backends: Chain = ("flag",)
+    lexical_colbert_backends: Chain = ("flag",)
     rerank_backends: Chain = ("flag",)
     embedding_model_name: str = "BAAI/bge-m3"
     reranker_model_name: str = "BAAI/bge-reranker-v2-m3"
@@ -49,6 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     sparse_index_space: Annotated[int, msgspec.Meta(ge=1, le=2**32)] = 1_048_576
     dtype: ModelDtype = "auto"
     use_fp16: bool | None = None  # deprecated: DTYPE
+    sparse_backends: Chain | None = None  # deprecated: LEXICAL_COLBERT_BACKENDS
     torch_compile: bool = False
     packed_passes: bool = True
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on all interfaces
@@ -110,14 +112,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             return "float32"
         return self.dtype
 
+    @property
+    def lexical_colbert_chain(self) -> Chain:
+        """LEXICAL_COLBERT_BACKENDS, or what the deprecated SPARSE_BACKENDS says where set."""
+        if self.sparse_backends is not None:
+            return self.sparse_backends
+        return self.lexical_colbert_backends
+
     def deprecations(self) -> list[str]:
         """What start-up warns about: settings set under a name that is going away."""
-        if self.use_fp16 is None:
-            return []
-        return [
-            f"USE_FP16 is deprecated; set DTYPE instead (USE_FP16={str(self.use_fp16).lower()} "
-            f"is DTYPE={self.model_dtype} here)"
-        ]
+        lines = []
+        if self.use_fp16 is not None:
+            lines.append(
+                f"USE_FP16 is deprecated; set DTYPE instead (USE_FP16={str(self.use_fp16).lower()} "
+                f"is DTYPE={self.model_dtype} here)"
+            )
+        if self.sparse_backends is not None:
+            chain = ",".join(self.sparse_backends) or "none"
+            lines.append(
+                "SPARSE_BACKENDS is deprecated (it also routes ColBERT and hybrid passes); set "
+                f"LEXICAL_COLBERT_BACKENDS={chain} instead, which it overrides here"
+            )
+        return lines
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; a credential must not.
@@ -147,8 +163,9 @@ HELP: dict[str, str] = {
     "device": "Where models run: auto (cuda when torch sees a GPU, NVIDIA or ROCm), cuda, cpu.",
     "embed_backends": "Backends for dense embeddings, in order of preference "
     "(comma-separated: flag, infinity, remote; none: not served).",
-    "sparse_backends": "Backends for sparse, ColBERT and hybrid embeddings (flag, or remote "
-    "when the remote is another instance of this service; none: not served).",
+    "lexical_colbert_backends": "Backends for bge-m3's lexical weights (sparse vectors), "
+    "ColBERT vectors and hybrid passes (flag, or remote when the remote is another instance "
+    "of this service; none: not served).",
     "rerank_backends": "Backends for rerank scores, in order of preference (flag, infinity, "
     "remote; none: not served).",
     "embedding_model_name": "bge-m3 model: a Hugging Face repo id or a local folder "
@@ -177,6 +194,8 @@ HELP: dict[str, str] = {
     "AVX512-BF16 or AMX, float32 on other CPUs), float32, float16, bfloat16. Answers are "
     "float32 whatever it is.",
     "use_fp16": "Deprecated, use DTYPE: false is DTYPE=float32, true is DTYPE=auto.",
+    "sparse_backends": "Deprecated, use LEXICAL_COLBERT_BACKENDS (this name's old one); "
+    "where set, it overrides it.",
     "torch_compile": "Compile the flag backend's models with torch.compile (dynamic shapes) "
     "at start-up: a slower start (about a minute for a tiny model on 2 CPU cores), then the "
     "same answers from fused kernels.",
@@ -349,7 +368,7 @@ def _settings(
         value = args[field.name] if args[field.name] is not None else env.get(name, "")
         if value == "":
             continue
-        if get_origin(_unannotated(field.type)) is tuple and isinstance(value, str):
+        if _is_list(field.type) and isinstance(value, str):
             items = [item.strip() for item in value.split(",") if item.strip()]
             value = [] if items == ["none"] else items
         raw[name] = value
@@ -361,6 +380,13 @@ def _settings(
 
 def _unannotated(annotation: object) -> object:
     return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+def _is_list(annotation: object) -> bool:
+    """A comma-separated setting: a tuple, or a tuple or None (a deprecated alias)."""
+    unwrapped = _unannotated(annotation)
+    kinds = get_args(unwrapped) if isinstance(unwrapped, types.UnionType) else (unwrapped,)
+    return any(get_origin(kind) is tuple for kind in kinds)
 
 
 def _settings_error(exc: msgspec.ValidationError) -> str:

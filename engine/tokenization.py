@@ -139,7 +139,7 @@ def _tokens(
 
 
 def _ids(texts: Sequence[str], backend: Backend) -> Awaitable[tuple[list[int], ...]]:
-    return backend.tokenize(texts)
+    return backend.token_ids(texts)
 
 
 def _kept(

@@ -37,15 +37,25 @@ class Operation(StrEnum):
     """What a backend can be asked for; each has its own backend chain."""
 
     EMBED = "embed"  # dense vectors
-    SPARSE = "sparse"  # lexical weights, ColBERT vectors, and hybrid passes
+    # bge-m3's lexical-weight and ColBERT heads (alone, or beside dense in a hybrid pass)
+    LEXICAL_COLBERT = "lexical_colbert"
     RERANK = "rerank"
+
+    @property
+    def described(self) -> str:
+        """The operation in an error message's words."""
+        if self is Operation.LEXICAL_COLBERT:
+            return "sparse, ColBERT or hybrid embeddings"
+        return self.value
 
 
 class Output(StrEnum):
     """The heads one bge-m3 forward pass can return."""
 
     DENSE = "dense"
-    SPARSE = "sparse"
+    # Raw weights per token id; a "sparse vector" is what they become after index mapping
+    # (engine.sparse_mapping), in the answer.
+    LEXICAL = "lexical"
     COLBERT = "colbert"
 
 

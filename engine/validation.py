@@ -174,7 +174,7 @@ class Validator:
         async def counted(part: Sequence[str], backend: Backend) -> tuple[int, list[int]]:
             # The limit of the backend that counted: a chain's remote may differ from flag.
             limit = backend.model_info(operation).max_tokens
-            return limit, [len(row) for row in await backend.tokenize(part)]
+            return limit, [len(row) for row in await backend.token_ids(part)]
 
         counts: list[int] = []
         for run in chunks(texts):
@@ -260,7 +260,7 @@ class Validator:
             or router.serving(Operation.RERANK) == _REMOTE
         ):
             return
-        if not router.operations & {Operation.EMBED, Operation.SPARSE}:
+        if not router.operations & {Operation.EMBED, Operation.LEXICAL_COLBERT}:
             return  # nothing to count with; the reranker cuts each pair to its limit
         query = await query_tokens()
         pieces = [counted_prefix(d, limit, from_left=False) for d in documents]
@@ -282,7 +282,7 @@ class Validator:
 def tokenizer_operation(operations: frozenset[Operation]) -> Operation:
     """The operation whose chain tokenizes with the embedding tokenizer: embed where it
     is served, else sparse."""
-    return Operation.EMBED if Operation.EMBED in operations else Operation.SPARSE
+    return Operation.EMBED if Operation.EMBED in operations else Operation.LEXICAL_COLBERT
 
 
 def visible(text: str) -> bool:
@@ -307,7 +307,7 @@ def refusal(backend: Backend, wanted: frozenset[str]) -> str:
 
 
 def _ids(texts: Sequence[str], backend: Backend) -> Awaitable[tuple[list[int], ...]]:
-    return backend.tokenize(texts)
+    return backend.token_ids(texts)
 
 
 def _pair_field(field: str | None, key: str, position: int) -> str:

@@ -72,5 +72,5 @@ class FakeBackend:
         logits = np.array([float(ord(d[0]) - ord("m")) for d in documents], dtype=np.float32)
         return Scores(logits=logits, token_count=3 * len(documents))
 
-    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         return tuple([0] * (len(t.split()) + 2) for t in texts)

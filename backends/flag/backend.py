@@ -62,11 +62,11 @@ class FlagBackend:
         self._settings = settings
         self._device = resolve_device(settings.device)
         self._dtype = resolve_dtype(self._device, settings.model_dtype)
-        embeds = bool(operations & {Operation.EMBED, Operation.SPARSE})
+        embeds = bool(operations & {Operation.EMBED, Operation.LEXICAL_COLBERT})
         self._capabilities = Capabilities(
             operations=operations,
             outputs=frozenset(Output)
-            if Operation.SPARSE in operations
+            if Operation.LEXICAL_COLBERT in operations
             else frozenset({Output.DENSE}),
             embedding_model=settings.embedding_model_name if embeds else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
@@ -166,7 +166,7 @@ class FlagBackend:
                     max_input_tokens=settings.max_input_tokens,
                     max_batch_tokens=settings.max_batch_tokens,
                     max_batch_items=_MAX_BATCH_ITEMS,
-                    need_sparse_heads=Operation.SPARSE in caps.operations,
+                    need_sparse_heads=Operation.LEXICAL_COLBERT in caps.operations,
                     compile_model=settings.torch_compile,
                     packed=settings.packed_passes,
                 )
@@ -257,7 +257,7 @@ class FlagBackend:
             logits=np.asarray(logits, dtype=np.float32), token_count=sum(len(r) for r in rows)
         )
 
-    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         m3 = self._require(self._m3, "embedding")
         rows = await self._tokenize(functools.partial(m3.tokenize, truncate=False), texts)
         return tuple(rows)

@@ -205,7 +205,7 @@ class M3Encoder:
                 heads[0] = F.normalize(states.float(), dim=-1)
             if not all(item.normalize for item in items):
                 heads[1] = states
-        if Output.SPARSE in wanted:
+        if Output.LEXICAL in wanted:
             assert self.sparse_linear is not None
             heads[2] = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
         if Output.COLBERT in wanted:
@@ -234,7 +234,7 @@ class M3Encoder:
                     lexical=self._token_weights(
                         np.asarray(item.ids), weights[at][offset : offset + length]
                     )
-                    if weights is not None and Output.SPARSE in outputs
+                    if weights is not None and Output.LEXICAL in outputs
                     else None,
                     colbert=colbert[at][offset + colbert_skip : offset + length - 1 + colbert_skip]
                     if colbert is not None and Output.COLBERT in outputs
@@ -251,7 +251,7 @@ class M3Encoder:
             token_count=sum(text_tokens),
             text_tokens=tuple(text_tokens),
             dense=np.stack([_present(r.dense) for r in rows]) if Output.DENSE in outputs else None,
-            lexical=tuple(_present(r.lexical) for r in rows) if Output.SPARSE in outputs else None,
+            lexical=tuple(_present(r.lexical) for r in rows) if Output.LEXICAL in outputs else None,
             colbert=tuple(_present(r.colbert) for r in rows) if Output.COLBERT in outputs else None,
         )
 

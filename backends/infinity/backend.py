@@ -233,7 +233,7 @@ class InfinityBackend:
             logits[item.index] = item.relevance_score
         return Scores(logits=logits, token_count=int(usage))
 
-    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         def ids(tokenizer: PreTrainedTokenizerBase, run: Sequence[str]) -> list[list[int]]:
             return [list(row) for row in tokenizer(list(run))["input_ids"]]
 

@@ -39,7 +39,7 @@ __all__ = ["RemoteBackend"]
 
 _URL_SETTING = {
     Operation.EMBED: "REMOTE_EMBED_URL",
-    Operation.SPARSE: "REMOTE_SPARSE_URL",
+    Operation.LEXICAL_COLBERT: "REMOTE_SPARSE_URL",
     Operation.RERANK: "REMOTE_RERANK_URL",
 }
 
@@ -62,10 +62,10 @@ class RemoteBackend:
         self._capabilities = Capabilities(
             operations=operations,
             outputs=frozenset(Output)
-            if Operation.SPARSE in operations
+            if Operation.LEXICAL_COLBERT in operations
             else frozenset({Output.DENSE}),
             embedding_model=settings.embedding_model_name
-            if operations & {Operation.EMBED, Operation.SPARSE}
+            if operations & {Operation.EMBED, Operation.LEXICAL_COLBERT}
             else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
             max_batch_size=settings.max_batch_size,
@@ -121,7 +121,7 @@ class RemoteBackend:
         options: EncodeOptions = DEFAULT_OPTIONS,
     ) -> Encoding:
         dense_only = outputs == {Output.DENSE} and Operation.EMBED in self._by_operation
-        endpoint = self._by_operation[Operation.EMBED if dense_only else Operation.SPARSE]
+        endpoint = self._by_operation[Operation.EMBED if dense_only else Operation.LEXICAL_COLBERT]
         endpoint.ready().refuse(outputs, options)
         parts = await endpoint.call(
             texts,
@@ -141,9 +141,9 @@ class RemoteBackend:
             token_count=sum(p.token_count for p in parts),
         )
 
-    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         parts = await self._tokenizing().call(
-            texts, "tokenize", lambda remote, chunk, deadline: remote.tokenize(chunk, deadline)
+            texts, "tokenize", lambda remote, chunk, deadline: remote.token_ids(chunk, deadline)
         )
         return tuple(ids for part in parts for ids in part)
 
@@ -169,14 +169,16 @@ class RemoteBackend:
 
     def _tokenizing(self) -> Endpoint:
         """The embedding model's endpoint: tokens are the embedding tokenizer's."""
-        operation = Operation.EMBED if Operation.EMBED in self._by_operation else Operation.SPARSE
+        operation = (
+            Operation.EMBED if Operation.EMBED in self._by_operation else Operation.LEXICAL_COLBERT
+        )
         return self._by_operation[operation]
 
 
 def _url(settings: Settings, operation: Operation) -> str:
     override = {
         Operation.EMBED: settings.remote_embed_url,
-        Operation.SPARSE: settings.remote_sparse_url,
+        Operation.LEXICAL_COLBERT: settings.remote_sparse_url,
         Operation.RERANK: settings.remote_rerank_url,
     }[operation]
     url = override or settings.remote_url

@@ -67,7 +67,7 @@ class Offer:
     ) -> Offer:
         """The offer of the operations ``models`` serve; ``max_batch_size`` is the most
         texts (or documents) the remote takes in one request."""
-        embedding = models.get(Operation.EMBED) or models.get(Operation.SPARSE)
+        embedding = models.get(Operation.EMBED) or models.get(Operation.LEXICAL_COLBERT)
         reranker = models.get(Operation.RERANK)
         capabilities = Capabilities(
             operations=frozenset(models),
@@ -152,7 +152,7 @@ class Remote(ABC):
     async def score(self, query: str, documents: Sequence[str], deadline: Deadline) -> Scores:
         """Raw logits, by document."""
 
-    async def tokenize(self, texts: Sequence[str], deadline: Deadline) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str], deadline: Deadline) -> tuple[list[int], ...]:
         raise Unavailable(f"the {self.name} at {self.url} has no tokenizer route")
 
     async def tokens(

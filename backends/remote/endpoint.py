@@ -190,11 +190,12 @@ class Endpoint:
             if operation not in offer.capabilities.operations:
                 why = offer.missing.get(operation, "")
                 raise StartupError(
-                    f"{CHAIN_SETTING[operation]}: the remote backend cannot serve {operation}: "
+                    f"{CHAIN_SETTING[operation]}: the remote backend cannot serve "
+                    f"{operation.described}: "
                     f"{self.url} is {remote.describe()}" + (f"; {why}" if why else "")
                 )
         expected = self._settings.embedding_size
-        for operation in (Operation.EMBED, Operation.SPARSE):
+        for operation in (Operation.EMBED, Operation.LEXICAL_COLBERT):
             info = offer.models.get(operation)
             if expected is None or info is None or operation not in self.operations:
                 continue

@@ -81,8 +81,8 @@ class InfinityRemote(Remote):
         remote = cls(client)
         models: dict[Operation, ModelInfo] = {}
         missing: dict[Operation, str] = {
-            Operation.SPARSE: "Infinity has no bge-m3 sparse or ColBERT output; serve them "
-            "from the flag backend"
+            Operation.LEXICAL_COLBERT: "Infinity has no bge-m3 sparse or ColBERT output; serve "
+            "them from the flag backend"
         }
         configured = {
             Operation.EMBED: settings.remote_model,

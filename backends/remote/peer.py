@@ -48,6 +48,8 @@ from engine.types import (
 
 __all__ = ["PeerRemote"]
 
+# A peer from before the rename reports its lexical and ColBERT chain as "sparse".
+_OLD_OPERATION_NAMES = {"sparse": Operation.LEXICAL_COLBERT.value}
 _PROBE_TEXT = ["dimension probe"]
 _DEFAULT_MAX_BATCH = 2048
 _HYBRID = "/v1/hybrid-embeddings"
@@ -106,7 +108,7 @@ class PeerRemote(TeiRoutes):
         if health.error:
             raise ProbeFailed(f"it failed to start: {health.error}")
         remote = cls(client)
-        operations = frozenset(Operation(op) for op in health.chains)
+        operations = frozenset(Operation(_OLD_OPERATION_NAMES.get(op, op)) for op in health.chains)
         models: dict[Operation, ModelInfo] = {}
         # The peer does not publish its token limit (0: unknown).
         if Operation.EMBED in operations:
@@ -114,9 +116,9 @@ class PeerRemote(TeiRoutes):
             models[Operation.EMBED] = ModelInfo(
                 health.embedding_model, 0, 0, dimension=int(dense.shape[1])
             )
-        if Operation.SPARSE in operations:
+        if Operation.LEXICAL_COLBERT in operations:
             (row,), _, hybrid = await remote._hybrid(_PROBE_TEXT, False, deadline)
-            models[Operation.SPARSE] = ModelInfo(
+            models[Operation.LEXICAL_COLBERT] = ModelInfo(
                 health.embedding_model,
                 0,
                 row.sparse.index_space,
@@ -128,7 +130,7 @@ class PeerRemote(TeiRoutes):
         offer = Offer.of(
             models,
             outputs=frozenset(Output)
-            if Operation.SPARSE in operations
+            if Operation.LEXICAL_COLBERT in operations
             else frozenset({Output.DENSE}),
             max_batch_size=health.max_batch_size,
             missing={op: not_served for op in Operation if op not in operations},
@@ -147,7 +149,7 @@ class PeerRemote(TeiRoutes):
         if outputs == {Output.DENSE} and Operation.EMBED in self.offer.capabilities.operations:
             dense, tokens = await self._dense(texts, deadline)
             return Encoding(token_count=tokens, dense=dense)
-        if outputs == {Output.SPARSE}:
+        if outputs == {Output.LEXICAL}:
             body: dict[str, object] = {"input": list(texts), "mapping": "tokenizer"}
             answer = await self.client.post("/v1/sparse-embeddings", body, deadline)
             sparse = decoded(answer, _SparseEmbeddings)
@@ -165,7 +167,7 @@ class PeerRemote(TeiRoutes):
             dense_rows = [base64_row(answer, row.dense) for row in hybrid_rows]
             vectors = dense_matrix(answer, dense_rows, len(texts))
         lexical = None
-        if Output.SPARSE in outputs:
+        if Output.LEXICAL in outputs:
             lexical = tuple(_weights(row.sparse) for row in hybrid_rows)
         return Encoding(token_count=tokens, dense=vectors, lexical=lexical, colbert=colbert)
 

@@ -90,7 +90,7 @@ class TeiRoutes(Remote):
         """``body`` posted to ``path``: the answer, or the transport's error."""
         return await self.client.post(path, body, deadline)
 
-    async def tokenize(self, texts: Sequence[str], deadline: Deadline) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str], deadline: Deadline) -> tuple[list[int], ...]:
         rows = await self.tokens(texts, True, deadline)
         return tuple([token.id for token in row] for row in rows)
 
@@ -138,8 +138,8 @@ class TeiRemote(TeiRoutes):
         missing: dict[Operation, str] = {}
         outputs: frozenset[Output] = frozenset()
         if model_type == "embedding" and details.get("pooling") == "splade":
-            models[Operation.SPARSE] = ModelInfo(info.model_id, info.max_input_length, 0)
-            outputs = frozenset({Output.SPARSE})
+            models[Operation.LEXICAL_COLBERT] = ModelInfo(info.model_id, info.max_input_length, 0)
+            outputs = frozenset({Output.LEXICAL})
             missing[Operation.EMBED] = f"{info.model_id} is a SPLADE model: no dense vectors"
         elif model_type == "embedding":
             dense, _ = await remote._embed([_PROBE_TEXT], deadline)
@@ -147,7 +147,7 @@ class TeiRemote(TeiRoutes):
                 info.model_id, info.max_input_length, 0, dimension=int(dense.shape[1])
             )
             outputs = frozenset({Output.DENSE})
-            missing[Operation.SPARSE] = (
+            missing[Operation.LEXICAL_COLBERT] = (
                 f"TEI computes sparse vectors for SPLADE models only, and {info.model_id} is "
                 "not one (its /embed_sparse answers 424); serve bge-m3 sparse from the flag "
                 "backend"
@@ -180,7 +180,7 @@ class TeiRemote(TeiRoutes):
         if outputs == {Output.DENSE}:
             dense, tokens = await self._embed(texts, deadline, options)
             return Encoding(token_count=tokens, dense=dense)
-        if outputs == {Output.SPARSE}:
+        if outputs == {Output.LEXICAL}:
             body = {"inputs": list(texts), "truncate": self._truncate, **_direction(options)}
             answer, tokens = await self._posted("/embed_sparse", body, texts, deadline)
             rows = decoded(answer, list[list[_SparseValue]])
@@ -234,7 +234,7 @@ class TeiRemote(TeiRoutes):
         Sent in requests of the remote's limit, together."""
         texts = [query, *documents]
         parts = await together(
-            self.tokenize(texts[start : start + self._limit], deadline)
+            self.token_ids(texts[start : start + self._limit], deadline)
             for start in range(0, len(texts), self._limit)
         )
         query_ids, *document_ids = [ids for part in parts for ids in part]
@@ -276,7 +276,7 @@ class TeiRemote(TeiRoutes):
         )
 
     async def _text_tokens(self, texts: Sequence[str], deadline: Deadline) -> int:
-        counts = [len(ids) for ids in await self.tokenize(texts, deadline)]
+        counts = [len(ids) for ids in await self.token_ids(texts, deadline)]
         if self._truncate and self._max_tokens:
             counts = [min(count, self._max_tokens) for count in counts]
         return sum(counts)

@@ -87,7 +87,7 @@ def mixed_server(models: ModelDirs) -> Iterator[Server]:
         models,
         {
             "EMBED_BACKENDS": "infinity,flag",
-            "SPARSE_BACKENDS": "flag",
+            "LEXICAL_COLBERT_BACKENDS": "flag",
             "RERANK_BACKENDS": "infinity",
         },
     )
@@ -98,10 +98,14 @@ def mixed_server(models: ModelDirs) -> Iterator[Server]:
 def test_chains_route_each_operation(mixed_server: Server, models: ModelDirs) -> None:
     health = httpx.get(f"{mixed_server.url}/health").json()
     assert health["status"] == "ok"
-    assert health["routes"] == {"embed": "infinity", "sparse": "flag", "rerank": "infinity"}
+    assert health["routes"] == {
+        "embed": "infinity",
+        "lexical_colbert": "flag",
+        "rerank": "infinity",
+    }
     assert health["chains"] == {
         "embed": ["infinity", "flag"],
-        "sparse": ["flag"],
+        "lexical_colbert": ["flag"],
         "rerank": ["infinity"],
     }
     # flag serves sparse only here: it loaded no reranker.
@@ -136,7 +140,7 @@ def test_tokenize_is_the_models_tokenizer_untruncated(
 
     from tests.texts import LONG_TEXT
 
-    rows = loop.run_until_complete(infinity.tokenize(["hello world", LONG_TEXT]))
+    rows = loop.run_until_complete(infinity.token_ids(["hello world", LONG_TEXT]))
     expected = AutoTokenizer.from_pretrained(models.m3)(["hello world", LONG_TEXT])["input_ids"]
     assert [list(r) for r in rows] == [list(e) for e in expected]
     assert len(rows[1]) > infinity.model_info(Operation.EMBED).max_tokens

@@ -79,7 +79,7 @@ def front(models: ModelDirs, infinity: Server) -> Iterator[Server]:
         {
             "EMBED_BACKENDS": "remote",
             "RERANK_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "flag",
+            "LEXICAL_COLBERT_BACKENDS": "flag",
             "REMOTE_URL": infinity.url,
             "REMOTE_API_KEY": API_KEY,
             "LOG_LEVEL": "info",
@@ -104,7 +104,7 @@ def infinity_post(infinity: Server, path: str, body: dict[str, Any]) -> dict[str
 def test_auto_finds_infinity_and_picks_each_operations_model(front: Server) -> None:
     health = httpx.get(f"{front.url}/health").json()
     assert health["status"] == "ok"
-    assert health["routes"] == {"embed": "remote", "sparse": "flag", "rerank": "remote"}
+    assert health["routes"] == {"embed": "remote", "lexical_colbert": "flag", "rerank": "remote"}
     detail = health["backends"]["remote"]["detail"]
     assert "Infinity serving embed (tiny-m3), rerank (tiny-reranker)" in detail
     log = front.log.read_text()
@@ -165,7 +165,7 @@ def test_a_wrong_api_key_leaves_the_remote_down_with_the_reason(
         models,
         {
             "EMBED_BACKENDS": "remote,flag",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
             "RERANK_BACKENDS": "none",
             "REMOTE_URL": infinity.url,
             "REMOTE_KIND": "infinity",
@@ -189,12 +189,12 @@ def test_asking_infinity_for_sparse_stops_start_up_and_says_why(
         models,
         {
             "PORT": str(free_port()),
-            "SPARSE_BACKENDS": "remote,flag",
+            "LEXICAL_COLBERT_BACKENDS": "remote,flag",
             "REMOTE_URL": infinity.url,
             "REMOTE_API_KEY": API_KEY,
         },
     )
     result = subprocess.run(serve_command(), env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "SPARSE_BACKENDS: the remote backend cannot serve sparse" in result.stderr
+    assert "LEXICAL_COLBERT_BACKENDS: the remote backend cannot serve sparse" in result.stderr
     assert "Infinity has no bge-m3 sparse or ColBERT output" in result.stderr

@@ -180,7 +180,7 @@ LIES: dict[str, tuple[str, Any, str]] = {
     "negative sparse ids": (
         "sparse",
         lambda v: encode_entry(
-            Output.SPARSE,
+            Output.LEXICAL,
             _tokens(v),
             TokenWeights(np.array([-7, 5]), np.array([0.5, 0.25], np.float32)),
         ),
@@ -189,7 +189,7 @@ LIES: dict[str, tuple[str, Any, str]] = {
     "sparse ids past the vocabulary": (
         "sparse",
         lambda v: encode_entry(
-            Output.SPARSE,
+            Output.LEXICAL,
             _tokens(v),
             TokenWeights(np.array([5, 10**6]), np.array([0.5, 0.25], np.float32)),
         ),
@@ -210,7 +210,7 @@ LIES: dict[str, tuple[str, Any, str]] = {
     "a sparse entry under a dense key": (
         "dense",
         lambda v: encode_entry(
-            Output.SPARSE, _tokens(v), TokenWeights(np.array([5]), np.array([0.5], np.float32))
+            Output.LEXICAL, _tokens(v), TokenWeights(np.array([5]), np.array([0.5], np.float32))
         ),
         "head",
     ),

@@ -124,7 +124,7 @@ def test_every_dialect_gets_its_own_503_body_when_cut(
             "SHUTDOWN_TIMEOUT_S": str(DEADLINE_S),
             "EMBED_BACKENDS": "remote",
             "RERANK_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
             "REMOTE_EMBED_URL": embed_url,
             "REMOTE_RERANK_URL": rerank_url,
             "REMOTE_TIMEOUT_S": str(SLOW_S),

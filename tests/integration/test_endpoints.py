@@ -33,8 +33,8 @@ def test_health_reports_models_routes_and_device(client: httpx.Client, models: M
         "BAAI/bge-m3",
         "BAAI/bge-reranker-v2-m3",
     )
-    assert body["routes"] == {"embed": "flag", "sparse": "flag", "rerank": "flag"}
-    assert body["chains"] == {"embed": ["flag"], "sparse": ["flag"], "rerank": ["flag"]}
+    assert body["routes"] == {"embed": "flag", "lexical_colbert": "flag", "rerank": "flag"}
+    assert body["chains"] == {"embed": ["flag"], "lexical_colbert": ["flag"], "rerank": ["flag"]}
     assert body["backends"]["flag"]["stats"]["embed.forward_passes"] >= 0
 
 

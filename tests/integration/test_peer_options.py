@@ -22,7 +22,7 @@ TEXTS = ["hello world", "the quick brown fox", LONG_TEXT]
 def through_remote(server: Server, outputs: frozenset[Output], options: EncodeOptions) -> Encoding:
     async def run() -> Encoding:
         settings = Settings(remote_url=server.url, remote_kind="self", remote_timeout_s=60)
-        backend = RemoteBackend(settings, frozenset({Operation.EMBED, Operation.SPARSE}))
+        backend = RemoteBackend(settings, frozenset({Operation.EMBED, Operation.LEXICAL_COLBERT}))
         await backend.start()
         try:
             return await backend.encode(TEXTS, outputs, options)
@@ -64,4 +64,4 @@ def test_left_dense_and_colbert_are_the_peers_left(server: Server) -> None:
 
 def test_left_sparse_is_refused_naming_why(server: Server) -> None:
     with pytest.raises(InvalidInput, match="dense or ColBERT vectors alone"):
-        through_remote(server, frozenset({Output.SPARSE}), EncodeOptions(truncate_left=True))
+        through_remote(server, frozenset({Output.LEXICAL}), EncodeOptions(truncate_left=True))

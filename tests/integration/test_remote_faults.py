@@ -27,7 +27,7 @@ from tests.reference import m3_reference
 HANG = 30
 PER_REQUEST = 4
 FAST_RECOVERY = {"REMOTE_PROBE_INTERVAL_S": "0.3", "BREAKER_COOLDOWN_S": "0.5"}
-DENSE_ONLY = {"SPARSE_BACKENDS": "none", "RERANK_BACKENDS": "none"}
+DENSE_ONLY = {"LEXICAL_COLBERT_BACKENDS": "none", "RERANK_BACKENDS": "none"}
 
 
 def health(server: Server) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def test_without_a_fallback_a_dead_remote_is_a_fast_clear_503(models: ModelDirs)
         {
             "EMBED_BACKENDS": "remote",
             "RERANK_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
             "REMOTE_URL": f"http://operator:hunter2@127.0.0.1:{port}",
             "REMOTE_API_KEY": "never-logged-key",
             "REMOTE_TIMEOUT_S": "2",

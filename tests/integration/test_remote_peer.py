@@ -26,7 +26,7 @@ def front(models: ModelDirs, server: Server) -> Iterator[Server]:
         models,
         {
             "EMBED_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "remote",
+            "LEXICAL_COLBERT_BACKENDS": "remote",
             "RERANK_BACKENDS": "remote",
             "REMOTE_URL": server.url,
             # Larger than the peer's 64: the front end must split to the peer's limit.
@@ -49,7 +49,7 @@ def post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
 def test_front_end_found_a_peer_and_routes_everything_to_it(front: Server) -> None:
     health = httpx.get(f"{front.url}/health").json()
     assert health["status"] == "ok"
-    assert health["routes"] == {"embed": "remote", "sparse": "remote", "rerank": "remote"}
+    assert health["routes"] == {"embed": "remote", "lexical_colbert": "remote", "rerank": "remote"}
     assert "bge-serve serving embed" in health["backends"]["remote"]["detail"]
     assert "flag" not in health["backends"]  # the front end loaded no model
 

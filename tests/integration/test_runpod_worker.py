@@ -396,7 +396,7 @@ def front(models: ModelDirs, sdk_worker: Server) -> Iterator[Server]:
         models,
         {
             "EMBED_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "remote",
+            "LEXICAL_COLBERT_BACKENDS": "remote",
             "RERANK_BACKENDS": "remote",
             "REMOTE_KIND": "runpod",
             "REMOTE_URL": sdk_worker.url,
@@ -458,7 +458,7 @@ def test_the_local_test_server_exits_zero_on_a_stop_signal(
 def test_a_front_end_finds_the_worker_and_routes_everything_to_it(front: Server) -> None:
     health = httpx.get(f"{front.url}/health").json()
     assert health["status"] == "ok"
-    assert health["routes"] == {"embed": "remote", "sparse": "remote", "rerank": "remote"}
+    assert health["routes"] == {"embed": "remote", "lexical_colbert": "remote", "rerank": "remote"}
     assert "bge-runpod-worker on RunPod serving embed" in health["backends"]["remote"]["detail"]
 
 
@@ -503,7 +503,7 @@ def test_a_front_end_halves_a_batch_whose_answer_is_over_the_workers_cap(
         models,
         {
             "EMBED_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "remote",
+            "LEXICAL_COLBERT_BACKENDS": "remote",
             "RERANK_BACKENDS": "remote",
             "REMOTE_KIND": "runpod",
             "REMOTE_URL": capped.url,
@@ -550,7 +550,7 @@ def tei_front(models: ModelDirs, tei: tuple[FakeTEI, str]) -> Iterator[Server]:
         models,
         {
             "EMBED_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
             "RERANK_BACKENDS": "none",
             "REMOTE_URL": tei_url,
             "REMOTE_RETRIES": "0",
@@ -560,7 +560,7 @@ def tei_front(models: ModelDirs, tei: tuple[FakeTEI, str]) -> Iterator[Server]:
         models,
         {
             "EMBED_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
             "RERANK_BACKENDS": "none",
             "REMOTE_KIND": "runpod",
             "REMOTE_URL": worker.url,

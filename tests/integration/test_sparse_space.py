@@ -54,7 +54,7 @@ def hash_front(models: ModelDirs, server: Server) -> Iterator[Server]:
         models,
         {
             "EMBED_BACKENDS": "remote",
-            "SPARSE_BACKENDS": "remote",
+            "LEXICAL_COLBERT_BACKENDS": "remote",
             "RERANK_BACKENDS": "remote",
             "REMOTE_URL": server.url,
             "SPARSE_TOKEN_MAPPING": "hash",

@@ -96,7 +96,7 @@ def test_a_remote_urls_credentials_are_in_no_start_up_error(models: ModelDirs) -
             models,
             {
                 "EMBED_BACKENDS": "remote",
-                "SPARSE_BACKENDS": "none",
+                "LEXICAL_COLBERT_BACKENDS": "none",
                 "RERANK_BACKENDS": "none",
                 "REMOTE_URL": credentialed(url),
                 "EMBEDDING_SIZE": "1024",
@@ -118,7 +118,7 @@ def test_a_remote_urls_credentials_are_in_no_log_line_or_health_detail(
         models,
         {
             "EMBED_BACKENDS": "remote,flag",
-            "SPARSE_BACKENDS": "none",
+            "LEXICAL_COLBERT_BACKENDS": "none",
             "RERANK_BACKENDS": "none",
             "REMOTE_URL": credentialed(down, "/base/"),
             "LOG_LEVEL": "info",

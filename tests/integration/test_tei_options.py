@@ -151,7 +151,7 @@ def test_a_folder_pooled_otherwise_is_served_and_described_as_it_says(
     settings = Settings(
         dtype="float32",
         embedding_model_name=str(folder),
-        sparse_backends=(),
+        lexical_colbert_backends=(),
         rerank_backends=(),
         device="cpu",
     )

@@ -26,7 +26,7 @@ from engine.errors import Unavailable
 from engine.types import Encoding, ModelInfo, Output, TokenWeights
 from tests.fake_backend import DIM, FakeBackend
 
-HYBRID = frozenset({Output.DENSE, Output.SPARSE, Output.COLBERT})
+HYBRID = frozenset({Output.DENSE, Output.LEXICAL, Output.COLBERT})
 
 
 class CountingTokens(FakeBackend):
@@ -78,8 +78,8 @@ def test_dense_only_entries_do_not_answer_a_hybrid_request() -> None:
     backend = CountingTokens()
     engine = engine_with(backend)
     asyncio.run(engine.embed_dense(["a b"]))
-    asyncio.run(engine.embed_hybrid(["a b"], frozenset({Output.DENSE, Output.SPARSE})))
-    asyncio.run(engine.embed_hybrid(["a b"], frozenset({Output.SPARSE})))
+    asyncio.run(engine.embed_hybrid(["a b"], frozenset({Output.DENSE, Output.LEXICAL})))
+    asyncio.run(engine.embed_hybrid(["a b"], frozenset({Output.LEXICAL})))
     assert backend.asked == [["a b"], ["a b"]]
 
 
@@ -125,13 +125,13 @@ def test_lru_evicts_the_least_recently_used_by_items_and_bytes() -> None:
     assert asyncio.run(over_bytes()) == [None, None, b"z" * 5]
 
 
-@pytest.mark.parametrize("head", [Output.DENSE, Output.SPARSE, Output.COLBERT])
+@pytest.mark.parametrize("head", [Output.DENSE, Output.LEXICAL, Output.COLBERT])
 def test_entries_round_trip_exactly(head: Output) -> None:
     rng = np.random.default_rng(0)
     value: object
     if head is Output.DENSE:
         value = rng.standard_normal(1024).astype(np.float32)
-    elif head is Output.SPARSE:
+    elif head is Output.LEXICAL:
         value = TokenWeights(
             np.array([5, 70_000, 250_001], dtype=np.int64),
             rng.random(3).astype(np.float32),
@@ -167,7 +167,7 @@ def test_an_entry_the_model_could_have_computed_passes() -> None:
     tokens, dense = checked(Output.DENSE, encode_entry(Output.DENSE, 5, UNIT))  # type: ignore[misc]
     assert tokens == 5 and dense.tolist() == UNIT.tolist()
     weights = TokenWeights(np.array([0, 99]), np.array([0.5, 1.5], np.float32))
-    checked(Output.SPARSE, encode_entry(Output.SPARSE, 16, weights))
+    checked(Output.LEXICAL, encode_entry(Output.LEXICAL, 16, weights))
     checked(Output.COLBERT, encode_entry(Output.COLBERT, 5, np.tile(UNIT, (4, 1))))
 
 
@@ -178,14 +178,14 @@ def test_an_entry_the_model_could_have_computed_passes() -> None:
         (Output.DENSE, b"\x05\x00\x00\x00\x07", "undecodable"),  # head 7 of 3
         (Output.DENSE, encode_entry(Output.DENSE, 5, UNIT)[:-1], "undecodable"),
         (
-            Output.SPARSE,
-            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([1]), np.ones(1)))[:-2],
+            Output.LEXICAL,
+            encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([1]), np.ones(1)))[:-2],
             "undecodable",
         ),
         (Output.COLBERT, encode_entry(Output.COLBERT, 5, np.ones((4, 4))) + b"\x00", "undecodable"),
         (
             Output.DENSE,
-            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([1]), np.ones(1))),
+            encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([1]), np.ones(1))),
             "head",
         ),
         (Output.DENSE, encode_entry(Output.DENSE, 0, UNIT), "token count"),
@@ -196,33 +196,33 @@ def test_an_entry_the_model_could_have_computed_passes() -> None:
         (Output.DENSE, encode_entry(Output.DENSE, 5, [0.5, np.nan, 0.5, 0.5]), "not finite"),
         (Output.DENSE, encode_entry(Output.DENSE, 5, [0.5, np.inf, 0.5, 0.5]), "not finite"),
         (
-            Output.SPARSE,
-            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([-1]), np.ones(1))),
+            Output.LEXICAL,
+            encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([-1]), np.ones(1))),
             "token id",
         ),
         (
-            Output.SPARSE,
-            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([100]), np.ones(1))),
+            Output.LEXICAL,
+            encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([100]), np.ones(1))),
             "token id",
         ),
         (
-            Output.SPARSE,
-            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([3, 3]), np.ones(2))),
+            Output.LEXICAL,
+            encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([3, 3]), np.ones(2))),
             "token id",
         ),
         (
-            Output.SPARSE,
-            encode_entry(Output.SPARSE, 2, TokenWeights(np.arange(3), np.ones(3))),
+            Output.LEXICAL,
+            encode_entry(Output.LEXICAL, 2, TokenWeights(np.arange(3), np.ones(3))),
             "token id",
         ),
         (
-            Output.SPARSE,
-            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([3]), np.zeros(1))),
+            Output.LEXICAL,
+            encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([3]), np.zeros(1))),
             "lexical weights",
         ),
         (
-            Output.SPARSE,
-            encode_entry(Output.SPARSE, 5, TokenWeights(np.array([3]), np.array([np.nan]))),
+            Output.LEXICAL,
+            encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([3]), np.array([np.nan]))),
             "lexical weights",
         ),
         (Output.COLBERT, encode_entry(Output.COLBERT, 5, np.ones((20_000, 4))), "ColBERT rows"),
@@ -243,7 +243,7 @@ def test_random_bytes_are_refused_never_raised_otherwise() -> None:
     rng = np.random.default_rng(7)
     valid = [
         encode_entry(Output.DENSE, 5, UNIT),
-        encode_entry(Output.SPARSE, 5, TokenWeights(np.array([1, 2]), np.ones(2))),
+        encode_entry(Output.LEXICAL, 5, TokenWeights(np.array([1, 2]), np.ones(2))),
         encode_entry(Output.COLBERT, 5, np.tile(UNIT, (4, 1))),
     ]
     for _ in range(3000):
@@ -252,7 +252,7 @@ def test_random_bytes_are_refused_never_raised_otherwise() -> None:
         for _ in range(int(rng.integers(3))):  # flip bytes, the sizes in the header too
             if data:
                 data[int(rng.integers(len(data)))] = int(rng.integers(256))
-        for head in (Output.DENSE, Output.SPARSE, Output.COLBERT):
+        for head in (Output.DENSE, Output.LEXICAL, Output.COLBERT):
             with contextlib.suppress(InvalidEntry):
                 checked(head, bytes(data))
 

@@ -136,7 +136,7 @@ def test_profile_adds_the_remote_engine_and_its_env_file_points_the_service_at_i
     # Dense and rerank go to the remote first, flag stays as the fallback; sparse stays local.
     assert settings["EMBED_BACKENDS"] == settings["RERANK_BACKENDS"] == "remote,flag"
     bge = all_services["bge"]["environment"]
-    assert bge["SPARSE_BACKENDS"] == "flag"
+    assert bge["LEXICAL_COLBERT_BACKENDS"] == "flag"
     for key in settings:  # each reaches the service through interpolation
         assert f"${{{key}" in bge[key], key
     for key, value in settings.items():

@@ -73,7 +73,7 @@ class Refusing(FakeBackend):
 
 
 def engine_of(*chain: Backend, **settings: object) -> InferenceEngine:
-    chains = {op: list(chain) for op in (Operation.EMBED, Operation.SPARSE)}
+    chains = {op: list(chain) for op in (Operation.EMBED, Operation.LEXICAL_COLBERT)}
     engine = InferenceEngine(Settings(**settings), chains)  # type: ignore[arg-type]
     asyncio.run(engine.start())
     return engine
@@ -160,8 +160,8 @@ def test_default_cache_keys_are_unchanged() -> None:
     key = entry_key("m", Output.DENSE, 512, "text")
     assert key == entry_key("m", Output.DENSE, 512, "text", DEFAULT_OPTIONS)
     raw = entry_key("m", Output.DENSE, 512, "text", EncodeOptions(normalize=False))
-    left = entry_key("m", Output.SPARSE, 512, "text", EncodeOptions(truncate_left=True))
-    assert len({key, raw, left, entry_key("m", Output.SPARSE, 512, "text")}) == 4
+    left = entry_key("m", Output.LEXICAL, 512, "text", EncodeOptions(truncate_left=True))
+    assert len({key, raw, left, entry_key("m", Output.LEXICAL, 512, "text")}) == 4
     # normalize changes nothing but dense vectors.
-    sparse = entry_key("m", Output.SPARSE, 512, "text", EncodeOptions(normalize=False))
-    assert sparse == entry_key("m", Output.SPARSE, 512, "text")
+    sparse = entry_key("m", Output.LEXICAL, 512, "text", EncodeOptions(normalize=False))
+    assert sparse == entry_key("m", Output.LEXICAL, 512, "text")

@@ -98,7 +98,7 @@ def test_only_the_asked_heads_are_served_with_sparse_indices_mapped() -> None:
     mappers = SparseMappers("tokenizer", 1000)
     mapper = mappers.get(None, lambda: 10)
     result = embeddings(
-        _encoding(), frozenset({Output.SPARSE}), dimensions=None, normalize=True, mapper=mapper
+        _encoding(), frozenset({Output.LEXICAL}), dimensions=None, normalize=True, mapper=mapper
     )
     assert result.dense is None and result.colbert is None
     assert result.prompt_tokens == 6

@@ -41,7 +41,7 @@ def test_requests_items_tokens_errors_and_fall_throughs_are_counted() -> None:
     fake = FakeBackend()
     chains = {
         Operation.EMBED: [fake],
-        Operation.SPARSE: [fake],
+        Operation.LEXICAL_COLBERT: [fake],
         Operation.RERANK: [Failing(), fake],
     }
     with TestClient(create_app(settings, InferenceEngine(settings, chains))) as client:

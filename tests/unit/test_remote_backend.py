@@ -35,10 +35,10 @@ def test_a_chain_naming_remote_needs_a_url() -> None:
 def test_operations_sharing_a_url_share_one_endpoint() -> None:
     backend = RemoteBackend(
         Settings(remote_url="http://one", remote_rerank_url="http://two"),
-        frozenset({Operation.EMBED, Operation.SPARSE, Operation.RERANK}),
+        frozenset({Operation.EMBED, Operation.LEXICAL_COLBERT, Operation.RERANK}),
     )
     assert [(e.url, sorted(e.operations)) for e in backend.endpoints] == [
-        ("http://one", [Operation.EMBED, Operation.SPARSE]),
+        ("http://one", [Operation.EMBED, Operation.LEXICAL_COLBERT]),
         ("http://two", [Operation.RERANK]),
     ]
 

@@ -54,7 +54,7 @@ def encoded(outputs: frozenset[Output], options: EncodeOptions) -> Encoding:
         )
         backend = RemoteBackend(
             settings,
-            frozenset({Operation.EMBED, Operation.SPARSE}),
+            frozenset({Operation.EMBED, Operation.LEXICAL_COLBERT}),
             transport=httpx.AsyncHTTPTransport,
         )
         await backend.start()
@@ -92,7 +92,7 @@ def test_tei_is_sent_left_for_dense_and_sparse(
 ) -> None:
     left = EncodeOptions(truncate_left=True)
     encoded(frozenset({Output.DENSE}), left)
-    encoded(frozenset({Output.SPARSE}), left)
+    encoded(frozenset({Output.LEXICAL}), left)
     dense_bodies = sent(embedder, "/embed")
     sparse_bodies = sent(splade, "/embed_sparse")
     for body in (*dense_bodies, *sparse_bodies):

@@ -210,7 +210,7 @@ def test_tokenize_tokens_and_decode_are_split_at_the_limit(
     texts = [f"word{n} and more" for n in range(10)]
 
     async def work(backend: RemoteBackend) -> Any:
-        ids = await backend.tokenize(texts)
+        ids = await backend.token_ids(texts)
         rows = await backend.tokens(texts, add_special_tokens=False)
         decoded = await backend.decode(ids, skip_special_tokens=True)
         return ids, rows, decoded
@@ -303,7 +303,7 @@ def test_tei_overloaded_is_retried_then_overloaded(
 
 
 def test_tokenize_uses_tei_tokenize(tei: respx.MockRouter, embedder: FakeTEI) -> None:
-    rows = with_backend(lambda b: b.tokenize(["hello world", "x"]))
+    rows = with_backend(lambda b: b.token_ids(["hello world", "x"]))
     assert rows == tuple([t["id"] for t in embedder.tokens(text)] for text in ["hello world", "x"])
 
 
@@ -311,9 +311,9 @@ def test_a_bge_m3_container_has_no_sparse_capability_and_is_never_asked(
     tei: respx.MockRouter, embedder: FakeTEI
 ) -> None:
     with pytest.raises(StartupError) as failure:
-        with_backend(dense, frozenset({Operation.SPARSE}), remote_sparse_url=EMBED_URL)
+        with_backend(dense, frozenset({Operation.LEXICAL_COLBERT}), remote_sparse_url=EMBED_URL)
     message = str(failure.value)
-    assert message.startswith("SPARSE_BACKENDS: the remote backend cannot serve sparse")
+    assert message.startswith("LEXICAL_COLBERT_BACKENDS: the remote backend cannot serve sparse")
     assert "SPLADE" in message and "flag" in message
     assert not any(r.path == "/embed_sparse" for r in embedder.requests)
 
@@ -325,11 +325,11 @@ def test_a_splade_container_serves_sparse_only() -> None:
 
         async def work(backend: RemoteBackend) -> Any:
             with pytest.raises(Unavailable, match="cannot compute dense"):
-                await backend.encode(["a"], frozenset({Output.DENSE, Output.SPARSE}))
-            return await backend.encode(["cat", "dog house"], frozenset({Output.SPARSE}))
+                await backend.encode(["a"], frozenset({Output.DENSE, Output.LEXICAL}))
+            return await backend.encode(["cat", "dog house"], frozenset({Output.LEXICAL}))
 
         encoding = with_backend(
-            work, frozenset({Operation.SPARSE}), remote_sparse_url="http://tei-splade"
+            work, frozenset({Operation.LEXICAL_COLBERT}), remote_sparse_url="http://tei-splade"
         )
     assert encoding.lexical is not None
     for weights, text in zip(encoding.lexical, ["cat", "dog house"], strict=True):

@@ -57,7 +57,7 @@ class Stub:
     async def score(self, query: str, documents: Sequence[str]) -> object:
         return await self.work()
 
-    async def tokenize(self, texts: Sequence[str]) -> tuple[list[int], ...]:
+    async def token_ids(self, texts: Sequence[str]) -> tuple[list[int], ...]:
         return ()
 
 
@@ -74,22 +74,24 @@ def call(router: Router, op: Operation = Operation.EMBED) -> object:
 
 def test_incapable_backend_is_a_startup_error_naming_the_operation() -> None:
     dense_only = Stub("infinity", {Operation.EMBED}, lambda: "ok")
-    with pytest.raises(StartupError, match=r"SPARSE_BACKENDS.*infinity.*sparse"):
-        Router({Operation.SPARSE: [dense_only]})  # type: ignore[list-item]
+    with pytest.raises(StartupError, match=r"LEXICAL_COLBERT_BACKENDS.*infinity.*sparse"):
+        Router({Operation.LEXICAL_COLBERT: [dense_only]})  # type: ignore[list-item]
 
 
 def test_infinity_in_the_sparse_chain_fails_at_start_up() -> None:
     from engine.inference import InferenceEngine
 
-    settings = Settings(sparse_backends=("infinity",), device="cpu")
-    with pytest.raises(StartupError, match="SPARSE_BACKENDS: the infinity backend cannot serve"):
+    settings = Settings(lexical_colbert_backends=("infinity",), device="cpu")
+    with pytest.raises(
+        StartupError, match="LEXICAL_COLBERT_BACKENDS: the infinity backend cannot serve"
+    ):
         InferenceEngine(settings, build_chains(settings))
 
 
 def test_each_backend_loads_only_what_its_chains_need() -> None:
     settings = Settings(
         embed_backends=("infinity", "flag"),
-        sparse_backends=("flag",),
+        lexical_colbert_backends=("flag",),
         rerank_backends=("flag",),
         device="cpu",
     )

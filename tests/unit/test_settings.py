@@ -99,3 +99,17 @@ def test_remote_urls_are_not_shown_in_the_settings_repr() -> None:
     shown = repr(load_settings([], env))
     assert "tok1" not in shown and "tok2" not in shown and "pw1" not in shown
     assert "remote_url='***'" in shown
+
+
+def test_sparse_backends_is_a_deprecated_alias_of_lexical_colbert_backends() -> None:
+    assert Settings().lexical_colbert_chain == ("flag",)
+    assert Settings().deprecations() == []
+    new = load_settings([], {"LEXICAL_COLBERT_BACKENDS": "remote,flag"})
+    assert new.lexical_colbert_chain == ("remote", "flag")
+    assert new.deprecations() == []
+    old = load_settings([], {"SPARSE_BACKENDS": "none", "LEXICAL_COLBERT_BACKENDS": "flag"})
+    assert old.lexical_colbert_chain == ()
+    (line,) = old.deprecations()
+    assert line.startswith("SPARSE_BACKENDS is deprecated")
+    assert "LEXICAL_COLBERT_BACKENDS=none" in line
+    assert load_settings(["--sparse-backends", "remote"]).lexical_colbert_chain == ("remote",)

@@ -58,8 +58,8 @@ def test_a_refusal_names_each_missing_option_by_the_backends_reason() -> None:
 
 def test_the_tokenizer_is_the_embedding_chains_else_the_sparse_ones() -> None:
     assert tokenizer_operation(frozenset(Operation)) is Operation.EMBED
-    sparse_only = frozenset({Operation.SPARSE, Operation.RERANK})
-    assert tokenizer_operation(sparse_only) is Operation.SPARSE
+    sparse_only = frozenset({Operation.LEXICAL_COLBERT, Operation.RERANK})
+    assert tokenizer_operation(sparse_only) is Operation.LEXICAL_COLBERT
 
 
 def test_dimensions_must_lie_between_one_and_the_models() -> None:

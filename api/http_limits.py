@@ -2,6 +2,14 @@
 request-read deadline, a send deadline, one request at a time per connection, and a
 cap on open connections.
 
+Ours to keep: it subclasses uvicorn's private ``HttpToolsProtocol`` (uvicorn 0.54 as
+pinned in constraints.txt), so a uvicorn upgrade may break it, and
+tests/integration/test_http_limits.py and test_slow_clients.py are what say so.
+Retire it when the server underneath offers these limits as settings: uvicorn with a
+bound on head size and header count, a send deadline and pipelining held back (or a
+server such as hypercorn or granian that has them), answering in our envelope; then
+delete this module and set those settings in ``api/cli.py``.
+
 uvicorn (httptools) has no limit on a request head: a client sending header lines
 for ever grows memory without bound (a probe took RSS from 506 MB to 8.7 GB in 15 s),
 and httptools re-copies a header value at every piece that arrives, so a value that

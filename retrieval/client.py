@@ -108,8 +108,8 @@ class ServiceClient:
         await self._http.aclose()
 
     async def served(self, *, wait_s: float = 600.0) -> set[str]:
-        """The operations the service serves (``embed``, ``sparse``, ``rerank``), once it
-        has loaded its models (waiting up to ``wait_s``)."""
+        """The operations the service serves (``embed``, ``lexical_colbert``, ``rerank``),
+        once it has loaded its models (waiting up to ``wait_s``)."""
         deadline = asyncio.get_running_loop().time() + wait_s
         while True:
             try:
@@ -135,7 +135,11 @@ class ServiceClient:
                     "a bge-serve health object: is the URL a bge-serve?"
                 )
             if health.get("status") != "loading":
-                return set(health.get("routes", {}))
+                routes = set(health.get("routes", {}))
+                # A service from before the rename calls its lexical and ColBERT chain "sparse".
+                if "sparse" in routes:
+                    routes = (routes - {"sparse"}) | {"lexical_colbert"}
+                return routes
             if asyncio.get_running_loop().time() > deadline:
                 raise ServiceError(f"the service was still loading its models after {wait_s:g} s")
             await asyncio.sleep(2)

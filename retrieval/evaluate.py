@@ -145,7 +145,7 @@ async def evaluate(
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     served = await service.served()
     if modes is None:
-        modes = _ALL_MODES if "sparse" in served else _DENSE_MODES
+        modes = _ALL_MODES if "lexical_colbert" in served else _DENSE_MODES
         modes = [m for m in modes if "rerank" not in m or "rerank" in served]
     pipelines = [Pipeline.parse(name) for name in modes]
     corpus = read_corpus(folder / "corpus.jsonl")

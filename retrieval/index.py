@@ -76,7 +76,7 @@ async def index_documents(
 ) -> IndexReport:
     """Embed and store every document; the collection is created to fit the service."""
     began = time.perf_counter()
-    sparse = "sparse" in await service.served()
+    sparse = "lexical_colbert" in await service.served()
     probe = (await service.embed(["dimension probe"], sparse=sparse, colbert=colbert))[0]
     space = SparseSpace.of(probe.sparse) if sparse else None
     qd.ensure_collection(

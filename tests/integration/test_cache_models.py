@@ -145,7 +145,7 @@ def keys_of(server: Server, text: str, store: RedisServer) -> dict[str, bytes]:
     hybrid(server, [text])
     added = set(client.scan_iter("bge:*")) - before
     by_head = {key.split(b":")[1].decode(): key for key in added}
-    assert sorted(by_head) == ["colbert", "dense", "sparse"], added
+    assert sorted(by_head) == ["colbert", "dense", "lexical"], added
     return by_head
 
 
@@ -178,7 +178,7 @@ LIES: dict[str, tuple[str, Any, str]] = {
         "not finite",
     ),
     "negative sparse ids": (
-        "sparse",
+        "lexical",
         lambda v: encode_entry(
             Output.LEXICAL,
             _tokens(v),
@@ -187,7 +187,7 @@ LIES: dict[str, tuple[str, Any, str]] = {
         "token id",
     ),
     "sparse ids past the vocabulary": (
-        "sparse",
+        "lexical",
         lambda v: encode_entry(
             Output.LEXICAL,
             _tokens(v),

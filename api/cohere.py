@@ -8,11 +8,14 @@ returns the logit itself, as bge_inference_service did.
 
 Embeddings are bge-m3's dense vectors, the same as ``/v1/embeddings`` answers.
 ``input_type`` is accepted and changes nothing: bge-m3 embeds queries and documents
-alike, with no prefix or instruction. ``embedding_types`` ``float`` and ``base64``
-(little-endian float32, as Cohere writes it) are served; the quantized types are
-refused 422. ``truncate``: ``END`` cuts the end of a text over the token limit,
-``START`` its start (422 where a backend of the chain cannot), ``NONE`` answers it
-413; absent means the service's ``TRUNCATE`` (on: ``END``, Cohere's default).
+alike, with no prefix or instruction. ``embedding_types``: ``float``, ``base64``
+(little-endian float32, as Cohere writes it), and the quantized ``int8``, ``uint8``,
+``binary`` and ``ubinary`` as plain integer lists in Cohere's shape (how they are
+computed: api/quantization.py; Cohere's answer has no place for int8's per-vector
+scale, which cosine ranking does not need). ``truncate``: ``END`` cuts the end of a
+text over the token limit, ``START`` its start (422 where a backend of the chain
+cannot), ``NONE`` answers it 413; absent means the service's ``TRUNCATE`` (on:
+``END``, Cohere's default).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Annotated, Any, Literal, cast
 import msgspec
 from litestar import Controller, Request, post
 
+from api import quantization
 from api.disconnect import unless_disconnected
 from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.fields import Text, Texts
 from api.usage import Usage
-from api.vectors import VectorFormat, vector_rows
+from api.vectors import vector_rows
 from engine.errors import InputTooLarge, InvalidInput
 from engine.inference import InferenceEngine
 from engine.settings import Settings
@@ -111,7 +115,6 @@ EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
 InputType = Literal["search_document", "search_query", "classification", "clustering", "image"]
 Truncate = Literal["NONE", "START", "END"]
 EmbeddingTypes = Annotated[list[EmbeddingType], msgspec.Meta(min_length=1)]
-_SERVED_TYPES: dict[str, VectorFormat] = {"float": "float", "base64": "base64"}
 # What a chain that cannot cut a text's start is told the client asked for.
 _OPTION_FIELDS = {"truncate_left": ("truncate", "START (a long text keeps its end)")}
 
@@ -191,6 +194,10 @@ class EmbeddingsByType(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Only the types asked for are present (Cohere's shape)."""
 
     float_: list[list[float]] | None = msgspec.field(default=None, name="float")
+    int8: list[list[int]] | None = None
+    uint8: list[list[int]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
     base64_: list[str] | None = msgspec.field(default=None, name="base64")
 
 
@@ -227,21 +234,6 @@ def _texts(texts: list[str] | None, images: list[str] | None) -> list[str]:
     if texts is None:
         raise InvalidInput("`texts` is required: the texts to embed", param="texts")
     return texts
-
-
-def _served_types(kinds: Sequence[EmbeddingType]) -> list[VectorFormat]:
-    served: list[VectorFormat] = []
-    for position, kind in enumerate(kinds):
-        encoding = _SERVED_TYPES.get(kind)
-        if encoding is None:
-            raise InvalidInput(
-                f"`embedding_types[{position}]`: `{kind}` is not served yet; ask for "
-                "`float` or `base64` (little-endian float32)",
-                param=f"embedding_types[{position}]",
-            )
-        if encoding not in served:
-            served.append(encoding)
-    return served
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,10 +314,19 @@ async def _dense(
     return await unless_disconnected(request, embedding)
 
 
-def _by_type(dense: DenseMatrix, encodings: Sequence[VectorFormat]) -> EmbeddingsByType:
-    floats: list[list[float]] | None = dense.tolist() if "float" in encodings else None
-    base64s = cast("list[str]", vector_rows(dense, "base64")) if "base64" in encodings else None
-    return EmbeddingsByType(float_=floats, base64_=base64s)
+def _by_type(dense: DenseMatrix, kinds: Sequence[EmbeddingType]) -> EmbeddingsByType:
+    """The types asked for, each computed once however often it was named."""
+    asked = set(kinds)
+    floats: list[list[float]] | None = dense.tolist() if "float" in asked else None
+    base64s = cast("list[str]", vector_rows(dense, "base64")) if "base64" in asked else None
+    return EmbeddingsByType(
+        float_=floats,
+        int8=quantization.int8(dense)[0].tolist() if "int8" in asked else None,
+        uint8=quantization.uint8(dense)[0].tolist() if "uint8" in asked else None,
+        binary=quantization.binary(dense).tolist() if "binary" in asked else None,
+        ubinary=quantization.ubinary(dense).tolist() if "ubinary" in asked else None,
+        base64_=base64s,
+    )
 
 
 def _meta(version: str, tokens: int) -> EmbedMeta:
@@ -504,7 +505,7 @@ class CohereController(Controller):
         settings: Settings,
     ) -> EmbedFloatsResponse | EmbedByTypeResponse:
         engine.served_model(Operation.EMBED, data.model)
-        encodings = _served_types(data.embedding_types or ["float"])
+        kinds = data.embedding_types or ["float"]
         truncation = _Truncation.of(data.truncate, settings)
         texts = _texts(data.texts, data.images)
         dense, tokens = await _dense(request, engine, texts, truncation, field="texts")
@@ -517,7 +518,7 @@ class CohereController(Controller):
             )
         return EmbedByTypeResponse(
             id=str(uuid.uuid4()),
-            embeddings=_by_type(dense, encodings),
+            embeddings=_by_type(dense, kinds),
             texts=texts,
             meta=_meta("1", tokens),
         )
@@ -542,7 +543,7 @@ class CohereController(Controller):
         settings: Settings,
     ) -> EmbedByTypeResponse:
         engine.served_model(Operation.EMBED, data.model)
-        encodings = _served_types(data.embedding_types or ["float"])
+        kinds = data.embedding_types or ["float"]
         truncation = _Truncation.of(data.truncate, settings)
         texts, field = data.texts_and_field()
         if data.output_dimension is not None:
@@ -560,7 +561,7 @@ class CohereController(Controller):
         )
         return EmbedByTypeResponse(
             id=str(uuid.uuid4()),
-            embeddings=_by_type(dense, encodings),
+            embeddings=_by_type(dense, kinds),
             texts=texts,  # as sent, as Cohere echoes them
             meta=_meta("2", tokens),
         )

@@ -3,6 +3,11 @@
 Sparse vectors come ready for Qdrant's ``SparseVector(indices, values)``, in
 SPARSE_TOKEN_MAPPING's space unless the request names a ``mapping``; each says which
 space it is in (``mapping``, ``index_space``), so a client can check before it stores.
+
+Hybrid answers write ``dense`` as ``encoding_format`` says (api/vectors.py): the
+quantized formats (int8, uint8, binary, ubinary) apply to the dense vector only, and
+int8/uint8 carry its ``dense_scale``; ColBERT rows are answered as float, base64 or
+float16, so a quantized format with ``return_colbert`` is refused 422.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.fields import Text, Texts
 from api.usage import Usage
-from api.vectors import VectorFormat, vector_rows
+from api.vectors import QUANTIZED, VectorFormat, VectorRow, vector_rows, vector_scales
+from engine.errors import InvalidInput
 from engine.inference import InferenceEngine
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapping
@@ -41,8 +47,19 @@ class SparseRequest(msgspec.Struct, kw_only=True):
 class HybridRequest(SparseRequest, kw_only=True):
     return_colbert: bool = False
     # As OpenAI's: "base64" writes dense and each ColBERT row as little-endian float32,
-    # a quarter the bytes, which keeps ColBERT answers under proxies' and RunPod's limits.
+    # a quarter the bytes, which keeps ColBERT answers under proxies' and RunPod's limits;
+    # "float16" halves that again. The quantized formats are for dense only (for now).
     encoding_format: VectorFormat = "float"
+
+    def check(self) -> None:
+        """Refuse what the answer could not write."""
+        if self.return_colbert and self.encoding_format in QUANTIZED:
+            raise InvalidInput(
+                f"`encoding_format`: `{self.encoding_format}` quantizes dense vectors only; "
+                "ColBERT vectors (`return_colbert`) are answered as `float`, `base64` or "
+                "`float16`",
+                param="encoding_format",
+            )
 
 
 class Sparse(msgspec.Struct, kw_only=True):
@@ -65,9 +82,11 @@ class SparseResponse(msgspec.Struct, kw_only=True):
 
 class HybridEmbedding(msgspec.Struct, kw_only=True, omit_defaults=True):
     index: int
-    dense: list[float] | str
+    dense: VectorRow
+    # int8 and uint8 only: dense is about `dense * dense_scale` (uint8: `- 128` first).
+    dense_scale: float | None = None
     sparse: Sparse
-    colbert: list[list[float] | str] | None = None
+    colbert: list[VectorRow] | None = None
 
 
 class HybridResponse(msgspec.Struct, kw_only=True):
@@ -145,6 +164,7 @@ class NativeController(Controller):
         settings: Settings,
     ) -> HybridResponse:
         model = engine.served_model(Operation.LEXICAL_COLBERT, data.model)
+        data.check()
         outputs = {Output.DENSE, Output.LEXICAL}
         if data.return_colbert:
             outputs.add(Output.COLBERT)
@@ -156,6 +176,7 @@ class NativeController(Controller):
         space = engine.sparse_index_space(mapping)
         encoding = data.encoding_format
         dense_rows = vector_rows(result.dense, encoding)
+        scales = vector_scales(result.dense, encoding)
         colbert = result.colbert
         return HybridResponse(
             model=model,
@@ -163,6 +184,7 @@ class NativeController(Controller):
                 HybridEmbedding(
                     index=i,
                     dense=dense,
+                    dense_scale=None if scales is None else scales[i],
                     sparse=_sparse(sparse, mapping, space),
                     colbert=vector_rows(colbert[i], encoding) if colbert is not None else None,
                 )

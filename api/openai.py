@@ -3,6 +3,11 @@
 Works with the official ``openai`` SDK, which asks for base64 by default and
 decodes it as little-endian float32, and with LangChain's ``OpenAIEmbeddings`` at its
 defaults, which sends token-id arrays (decoded to text: api/token_arrays.py).
+
+``encoding_format`` takes OpenAI's ``float`` and ``base64`` and, as this service's
+extension, ``float16`` (base64 of little-endian half floats), ``int8``, ``uint8``,
+``binary`` and ``ubinary`` (JSON integers, api/quantization.py); int8 and uint8 carry
+each vector's ``scale`` beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from api.errors import ERROR_RESPONSES
 from api.fields import Text
 from api.token_arrays import TokenArrays
 from api.usage import Usage
-from api.vectors import VectorFormat, vector_rows
+from api.vectors import VectorFormat, VectorRow, vector_rows, vector_scales
 from engine.errors import InvalidInput
 from engine.inference import InferenceEngine
 from engine.settings import Settings
@@ -56,7 +61,11 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
 class Embedding(msgspec.Struct, kw_only=True):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    # Numbers for `float`, integers for the quantized formats, base64 otherwise.
+    embedding: VectorRow
+    # Ours, int8 and uint8 only (absent otherwise, so OpenAI's answers stay as they are):
+    # the vector is about `embedding * scale` (uint8: `(embedding - 128) * scale`).
+    scale: float | msgspec.UnsetType = msgspec.UNSET
 
 
 class EmbeddingResponse(msgspec.Struct, kw_only=True):
@@ -97,8 +106,12 @@ async def create_embeddings(
         request, engine.embed_dense(texts, dimensions=dimensions)
     )
     rows = vector_rows(dense, data.encoding_format)
+    scales = vector_scales(dense, data.encoding_format)
     return EmbeddingResponse(
-        data=[Embedding(index=i, embedding=row) for i, row in enumerate(rows)],
+        data=[
+            Embedding(index=i, embedding=row, scale=msgspec.UNSET if scales is None else scales[i])
+            for i, row in enumerate(rows)
+        ],
         model=served,
         usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
     )

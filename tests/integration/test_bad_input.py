@@ -21,7 +21,7 @@ CASES = [
     ("/v1/embeddings", {"input": ["ok", None]}, 422, "input[1]"),
     ("/v1/embeddings", {"input": [[101, -1]]}, 422, "input[0][1]"),  # not a token id
     ("/v1/embeddings", {}, 422, None),
-    ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
+    ("/v1/embeddings", {"input": "a", "encoding_format": "int4"}, 422, "encoding_format"),
     ("/v1/embeddings", {"input": "a", "dimensions": 0}, 422, "dimensions"),
     ("/v1/embeddings", {"input": "a", "dimensions": 33}, 422, "dimensions"),
     ("/v1/embeddings", {"input": "a", "model": "text-embedding-3-small"}, 404, "model"),

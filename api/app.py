@@ -29,6 +29,7 @@ from api.errors import (
 from api.health import health, live, ready
 from api.http_limits import ConnectionStats
 from api.infinity import InfinityController
+from api.m3_score import m3_score
 from api.metrics import Metrics, metrics_route
 from api.native import NativeController
 from api.openai import OpenAIController
@@ -97,6 +98,7 @@ def create_app(
         route_handlers=[
             OpenAIController,
             NativeController,
+            m3_score,
             CohereController,
             TeiController,
             InfinityController,

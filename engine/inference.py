@@ -21,6 +21,7 @@ from engine.cache import CacheStats
 from engine.cached_encoding import CachedEncoder
 from engine.errors import InvalidInput, Unavailable
 from engine.health import EngineHealth, Readiness, check_models
+from engine.m3_score import DEFAULT_WEIGHTS, m3_scores
 from engine.model_names import ModelNames
 from engine.random_weights import random_weight_warnings
 from engine.router import Router
@@ -33,6 +34,7 @@ from engine.types import (
     DenseMatrix,
     EncodeOptions,
     HybridEmbeddings,
+    M3Scores,
     ModelInfo,
     Operation,
     Output,
@@ -291,6 +293,35 @@ class InferenceEngine:
         scores = await self._router.call(Operation.RERANK, lambda b: b.score(query, documents))
         self._count(Operation.RERANK, len(documents), scores.token_count)
         return finishing.ranking(scores, top_n)
+
+    async def m3_score(
+        self, query: str, documents: Sequence[str], *, weights: Sequence[float] | None = None
+    ) -> M3Scores:
+        """bge-m3's own scores of ``documents`` against ``query``, in input order: dense,
+        sparse, ColBERT and their weighted means, as FlagEmbedding's
+        ``BGEM3FlagModel.compute_score`` (``engine/m3_score.py``); ``weights`` (dense,
+        sparse, ColBERT) default to FlagEmbedding's README's 0.4, 0.2, 0.4."""
+        self._readiness.check(Operation.LEXICAL_COLBERT)
+        defaults = DEFAULT_WEIGHTS
+        checked = self._checks.m3_score(
+            query,
+            documents,
+            (defaults.dense, defaults.sparse, defaults.colbert) if weights is None else weights,
+        )
+        # Token-id space: the lexical score matches token ids, which hashing could merge.
+        asked, passages = await asyncio.gather(
+            self.embed_hybrid([query], frozenset(Output), mapping="tokenizer", field="query"),
+            self.embed_hybrid(documents, frozenset(Output), mapping="tokenizer", field="documents"),
+        )
+        assert asked.dense is not None and asked.sparse is not None and asked.colbert is not None
+        assert passages.dense is not None and passages.sparse is not None
+        assert passages.colbert is not None
+        return m3_scores(
+            (asked.dense[0], asked.sparse[0], asked.colbert[0]),
+            (passages.dense, passages.sparse, passages.colbert),
+            checked,
+            asked.prompt_tokens + passages.prompt_tokens,
+        )
 
     async def score_pairs(
         self, pairs: Sequence[tuple[str, str]], *, field: str | None = "pairs"

@@ -15,6 +15,8 @@ __all__ = [
     "EncodeOptions",
     "Encoding",
     "HybridEmbeddings",
+    "M3Scores",
+    "M3Weights",
     "ModelInfo",
     "Operation",
     "Output",
@@ -153,6 +155,32 @@ class HybridEmbeddings:
     dense: DenseMatrix | None = None
     sparse: tuple[SparseVector, ...] | None = None
     colbert: tuple[ColbertMatrix, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class M3Weights:
+    """bge-m3's weights of its three scores, in FlagEmbedding's order (dense, sparse,
+    ColBERT): each >= 0, not all zero."""
+
+    dense: float
+    sparse: float
+    colbert: float
+
+
+@dataclass(frozen=True, slots=True)
+class M3Scores:
+    """bge-m3's own scores of documents against one query, in input order, as
+    FlagEmbedding's ``BGEM3FlagModel.compute_score`` returns them: each head's score
+    and the two weighted means (``sparse_dense`` is NaN where the dense and sparse
+    weights are both zero, as FlagEmbedding's 0 / 0)."""
+
+    dense: NDArray[np.float64]
+    sparse: NDArray[np.float64]
+    colbert: NDArray[np.float64]
+    sparse_dense: NDArray[np.float64]
+    colbert_sparse_dense: NDArray[np.float64]
+    weights: M3Weights
+    prompt_tokens: int
 
 
 @dataclass(frozen=True, slots=True)

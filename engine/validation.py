@@ -14,6 +14,7 @@ asks, in order, and a request that passes is one no backend refuses as malformed
 from __future__ import annotations
 
 import functools
+import math
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -22,7 +23,7 @@ from engine.budget import Budget, answer_bytes, bounded_tokens, chunks, counted_
 from engine.errors import InputTooLarge, InvalidInput
 from engine.router import CHAIN_SETTING, Router
 from engine.settings import Settings
-from engine.types import DEFAULT_OPTIONS, EncodeOptions, ModelInfo, Operation, Output
+from engine.types import DEFAULT_OPTIONS, EncodeOptions, M3Weights, ModelInfo, Operation, Output
 
 __all__ = [
     "OPTION_FIELDS",
@@ -107,6 +108,22 @@ class Validator:
             raise InvalidInput(
                 "`max_tokens_per_doc` must be at least 1", param="max_tokens_per_doc"
             )
+
+    def m3_score(self, query: str, documents: Sequence[str], weights: Sequence[float]) -> M3Weights:
+        """The query and documents as rerank's; ``weights`` (dense, sparse, ColBERT) as
+        FlagEmbedding's ``weights_for_different_modes``, three, >= 0, their sum > 0."""
+        self.rerank(query, documents, None, None)
+        if len(weights) != 3:
+            raise InvalidInput(
+                f"`weights` must be 3 numbers (dense, sparse, colbert), got {len(weights)}",
+                param="weights",
+            )
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) == 0:
+            raise InvalidInput(
+                f"`weights` must be finite and non-negative, and not all zero; got {list(weights)}",
+                param="weights",
+            )
+        return M3Weights(dense=weights[0], sparse=weights[1], colbert=weights[2])
 
     def pairs(self, pairs: Sequence[tuple[str, str]], field: str | None) -> None:
         """``field`` names the pairs (``pairs[3].query``); None: one pair whose fields are

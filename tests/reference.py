@@ -10,6 +10,7 @@ values round-trip exactly). Where FlagEmbedding imports, it runs in-process.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,13 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["M3Reference", "m3_reference", "oracle_python", "rerank_reference"]
+__all__ = [
+    "M3Reference",
+    "m3_reference",
+    "m3_score_reference",
+    "oracle_python",
+    "rerank_reference",
+]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +67,34 @@ def rerank_reference(folder: Path, query: str, documents: Sequence[str]) -> list
     """``FlagReranker.compute_score``'s raw logits."""
     out = _answer("rerank", {"folder": str(folder), "query": query, "documents": list(documents)})
     return [float(s) for s in out["scores"]]
+
+
+def m3_score_reference(
+    folder: Path,
+    pairs: Sequence[tuple[str, str]],
+    weight_sets: Sequence[Sequence[float] | None],
+) -> list[dict[str, list[float]]]:
+    """``BGEM3FlagModel.compute_score`` of (query, document) pairs, once per weight set
+    (None: its own default), each answer its five lists keyed as it keys them. One pair a
+    batch: batched, its ColBERT maximum also sees a shorter document's padding (zero
+    vectors, a candidate 0), which one pair and ``colbert_score`` never do
+    (``engine/m3_score.py``)."""
+    out = _answer(
+        "m3-score",
+        {
+            "folder": str(folder),
+            "pairs": [list(pair) for pair in pairs],
+            "weight_sets": [None if w is None else list(w) for w in weight_sets],
+        },
+    )
+    return [
+        # JSON writes NaN (its 0 / 0 where the dense and sparse weights are both 0) as null.
+        {
+            mode: [math.nan if s is None else float(s) for s in scores]
+            for mode, scores in answer.items()
+        }
+        for answer in out["answers"]
+    ]
 
 
 def oracle_python() -> Path:
@@ -113,6 +148,17 @@ def _compute(kind: str, request: dict[str, Any]) -> dict[str, Any]:
     from FlagEmbedding import BGEM3FlagModel
 
     model = BGEM3FlagModel(request["folder"], use_fp16=False, devices="cpu")
+    if kind == "m3-score":
+        scored = [(query, passage) for query, passage in request["pairs"]]
+        answers = [
+            model.compute_score(scored, batch_size=1, weights_for_different_modes=weights)
+            for weights in request["weight_sets"]
+        ]
+        return {
+            "answers": [
+                {mode: [float(s) for s in v] for mode, v in answer.items()} for answer in answers
+            ]
+        }
     model.tokenizer.truncation_side = request["truncation_side"]
     out = model.encode(
         request["texts"],

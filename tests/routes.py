@@ -8,6 +8,7 @@ ENVELOPE_POST_ROUTES = [
     "/v1/embeddings",
     "/v1/sparse-embeddings",
     "/v1/hybrid-embeddings",
+    "/v1/m3-score",
     "/v1/rerank",
     "/v2/rerank",
     "/v1/embed",

@@ -4,10 +4,10 @@ Sparse vectors come ready for Qdrant's ``SparseVector(indices, values)``, in
 SPARSE_TOKEN_MAPPING's space unless the request names a ``mapping``; each says which
 space it is in (``mapping``, ``index_space``), so a client can check before it stores.
 
-Hybrid answers write ``dense`` as ``encoding_format`` says (api/vectors.py): the
-quantized formats (int8, uint8, binary, ubinary) apply to the dense vector only, and
-int8/uint8 carry its ``dense_scale``; ColBERT rows are answered as float, base64 or
-float16, so a quantized format with ``return_colbert`` is refused 422.
+Hybrid answers write ``dense`` and each ColBERT row as ``encoding_format`` says
+(api/vectors.py), every format for both: each ColBERT row is a vector of its own, quantized
+as a dense vector is (int8 and uint8 with a scale per row). int8/uint8 carry dense's
+``dense_scale`` and the ColBERT rows' ``colbert_scales``, one per row.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from api.docs import VECTOR, answers, sends
 from api.errors import ERROR_RESPONSES
 from api.fields import Text, Texts
 from api.usage import Usage
-from api.vectors import QUANTIZED, VectorFormat, VectorRow, vector_rows, vector_scales
-from engine.errors import InvalidInput
+from api.vectors import VectorFormat, VectorRow, vector_rows, vector_scales
 from engine.inference import InferenceEngine
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapping
@@ -48,18 +47,8 @@ class HybridRequest(SparseRequest, kw_only=True):
     return_colbert: bool = False
     # As OpenAI's: "base64" writes dense and each ColBERT row as little-endian float32,
     # a quarter the bytes, which keeps ColBERT answers under proxies' and RunPod's limits;
-    # "float16" halves that again. The quantized formats are for dense only (for now).
+    # "float16" halves that again; the quantized formats apply to ColBERT rows too, row by row.
     encoding_format: VectorFormat = "float"
-
-    def check(self) -> None:
-        """Refuse what the answer could not write."""
-        if self.return_colbert and self.encoding_format in QUANTIZED:
-            raise InvalidInput(
-                f"`encoding_format`: `{self.encoding_format}` quantizes dense vectors only; "
-                "ColBERT vectors (`return_colbert`) are answered as `float`, `base64` or "
-                "`float16`",
-                param="encoding_format",
-            )
 
 
 class Sparse(msgspec.Struct, kw_only=True):
@@ -87,6 +76,8 @@ class HybridEmbedding(msgspec.Struct, kw_only=True, omit_defaults=True):
     dense_scale: float | None = None
     sparse: Sparse
     colbert: list[VectorRow] | None = None
+    # int8 and uint8 with `return_colbert` only: one scale per ColBERT row, as dense_scale.
+    colbert_scales: list[float] | None = None
 
 
 class HybridResponse(msgspec.Struct, kw_only=True):
@@ -164,7 +155,6 @@ class NativeController(Controller):
         settings: Settings,
     ) -> HybridResponse:
         model = engine.served_model(Operation.LEXICAL_COLBERT, data.model)
-        data.check()
         outputs = {Output.DENSE, Output.LEXICAL}
         if data.return_colbert:
             outputs.add(Output.COLBERT)
@@ -187,6 +177,9 @@ class NativeController(Controller):
                     dense_scale=None if scales is None else scales[i],
                     sparse=_sparse(sparse, mapping, space),
                     colbert=vector_rows(colbert[i], encoding) if colbert is not None else None,
+                    colbert_scales=(
+                        vector_scales(colbert[i], encoding) if colbert is not None else None
+                    ),
                 )
                 for i, (dense, sparse) in enumerate(zip(dense_rows, result.sparse, strict=True))
             ],

@@ -1,4 +1,5 @@
-"""Dense vectors made smaller, per request: float16, int8, uint8, binary and ubinary.
+"""Dense vectors (and ColBERT rows, each a vector of its own) made smaller, per request:
+float16, int8, uint8, binary and ubinary.
 
 Pure numpy, one function per format; each takes a float32 matrix (one vector per row)
 and returns one row per vector. What is stored per vector of ``d`` dimensions:
@@ -42,10 +43,10 @@ does with the batch itself when given neither), was not chosen because:
 The scale is not needed to rank by cosine. Cohere's answer has no place for it and
 Cohere's clients expect plain integer lists, so Cohere's routes answer the integers
 only; this service's own answers carry it beside the vector (``scale`` on
-``/v1/embeddings``, ``dense_scale`` on ``/v1/hybrid-embeddings``) for a client that
-wants ``q * scale`` back. Rank int8 vectors by cosine (Qdrant's ``Cosine``), not by the
-raw dot product, which the per-vector scale changes; uint8's +128 offset moves every
-vector off its direction, so subtract 128 before comparing, or use int8.
+``/v1/embeddings``, ``dense_scale`` and ``colbert_scales`` on ``/v1/hybrid-embeddings``)
+for a client that wants ``q * scale`` back. Rank int8 vectors by cosine (Qdrant's
+``Cosine``), not by the raw dot product, which the per-vector scale changes; uint8's +128
+offset moves every vector off its direction, so subtract 128 before comparing, or use int8.
 """
 
 from __future__ import annotations

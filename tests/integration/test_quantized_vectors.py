@@ -1,6 +1,6 @@
 """Quantized dense vectors per request, on a live server: OpenAI's ``encoding_format``
-(and Infinity's, which shares its request), the hybrid route's, and Cohere's
-``embedding_types`` through the official ``cohere`` SDK.
+(and Infinity's, which shares its request), the hybrid route's (dense and ColBERT rows),
+and Cohere's ``embedding_types`` through the official ``cohere`` SDK.
 
 Every quantized answer is checked against the float answer of the same request (same
 texts, same batch), recomputed here: float16 with numpy, binary and ubinary with
@@ -164,14 +164,75 @@ def test_hybrid_dense_is_quantized(client: httpx.Client, encoding: str) -> None:
         assert all("dense_scale" not in row for row in rows)
 
 
-def test_hybrid_colbert_in_float16(client: httpx.Client) -> None:
-    body = {"input": SHORT[:2], "return_colbert": True}
-    plain = client.post("/v1/hybrid-embeddings", json=body).json()["data"]
-    half = client.post("/v1/hybrid-embeddings", json={**body, "encoding_format": "float16"})
-    assert half.status_code == 200, half.text
-    for want, got in zip(plain, half.json()["data"], strict=True):
-        colbert = np.array(want["colbert"], dtype=np.float32).astype(np.float16)
-        np.testing.assert_array_equal(decoded(got["colbert"], "float16"), colbert)
+def colbert_answer(client: httpx.Client, encoding: str) -> list[dict[str, Any]]:
+    response = client.post(
+        "/v1/hybrid-embeddings",
+        json={"input": SHORT[:3], "return_colbert": True, "encoding_format": encoding},
+    )
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+BYTES_PER_DIMENSION = {
+    "base64": 4,
+    "float16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "binary": 1 / 8,
+    "ubinary": 1 / 8,
+}
+
+
+@pytest.mark.parametrize("encoding", QUANTIZED)
+def test_hybrid_colbert_rows_are_quantized(client: httpx.Client, encoding: str) -> None:
+    """Each ColBERT row is quantized as a dense vector is, its own scale per row."""
+    plain = colbert_answer(client, "float")
+    rows = colbert_answer(client, encoding)
+    assert len(rows) == len(plain)
+    for want, got in zip(plain, rows, strict=True):
+        floats = np.array(want["colbert"], dtype=np.float64)
+        assert len(got["colbert"]) == len(floats)  # one row per token, as float answers
+        np.testing.assert_array_equal(decoded(got["colbert"], encoding), expected(floats, encoding))
+        width = int(np.ceil(floats.shape[1] * BYTES_PER_DIMENSION[encoding]))
+        for row in got["colbert"]:
+            stored = len(base64.b64decode(row)) if isinstance(row, str) else len(row)
+            assert stored == width
+        dense = np.array([want["dense"]], dtype=np.float64)
+        np.testing.assert_array_equal(decoded([got["dense"]], encoding), expected(dense, encoding))
+        assert got["sparse"] == want["sparse"]
+        if encoding in ("int8", "uint8"):
+            scales = int8_reference(floats)[1]
+            assert len(got["colbert_scales"]) == len(floats)
+            np.testing.assert_array_equal(got["colbert_scales"], scales)
+            assert got["dense_scale"] == int8_reference(dense)[1][0]
+            # The documented way back: q * scale (uint8: q - 128 first), within half a step.
+            ints = decoded(got["colbert"], encoding) - (128 if encoding == "uint8" else 0)
+            per_row = np.array(got["colbert_scales"])[:, None]
+            assert (np.abs(ints * per_row - floats) <= per_row / 2 + 1e-12).all()
+        else:
+            assert "colbert_scales" not in got and "dense_scale" not in got
+
+
+def test_hybrid_colbert_float_and_base64_are_unchanged(client: httpx.Client) -> None:
+    """The float answer has the fields it had; base64 rows are the float rows' float32 bytes."""
+    plain = colbert_answer(client, "float")
+    packed = colbert_answer(client, "base64")
+    for want, got in zip(plain, packed, strict=True):
+        assert set(want) == {"index", "dense", "sparse", "colbert"}
+        assert set(got) == {"index", "dense", "sparse", "colbert"}
+        for number_row, base64_row in zip(want["colbert"], got["colbert"], strict=True):
+            bytes_of_floats = np.array(number_row, dtype="<f4").tobytes()
+            assert base64.b64decode(base64_row) == bytes_of_floats
+        assert base64.b64decode(got["dense"]) == np.array(want["dense"], dtype="<f4").tobytes()
+
+
+def test_hybrid_without_colbert_has_no_colbert_scales(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/hybrid-embeddings", json={"input": SHORT[:2], "encoding_format": "int8"}
+    )
+    assert response.status_code == 200, response.text
+    assert all("colbert_scales" not in row for row in response.json()["data"])
 
 
 # --- Cohere, through the official SDK ------------------------------------------------------------
@@ -243,15 +304,6 @@ def test_unknown_encoding_format_is_422(client: httpx.Client, path: str, encodin
 def test_unknown_embedding_type_is_422(client: httpx.Client, path: str, kind: str) -> None:
     response = client.post(path, json={"texts": ["ok"], "embedding_types": ["float", kind]})
     assert_refused(response, "embedding_types[1]", kind)
-
-
-@pytest.mark.parametrize("encoding", ["int8", "uint8", "binary", "ubinary"])
-def test_quantized_colbert_is_refused(client: httpx.Client, encoding: str) -> None:
-    response = client.post(
-        "/v1/hybrid-embeddings",
-        json={"input": ["ok"], "return_colbert": True, "encoding_format": encoding},
-    )
-    assert_refused(response, "encoding_format", encoding, "ColBERT", "float16")
 
 
 def test_cohere_sdk_sees_a_refusal(server: Server) -> None:

@@ -21,7 +21,7 @@ from engine.cache import CacheStats
 from engine.cached_encoding import CachedEncoder
 from engine.errors import InvalidInput, Unavailable
 from engine.health import EngineHealth, Readiness, check_models
-from engine.m3_score import DEFAULT_WEIGHTS, m3_scores
+from engine.m3_score import m3_scores
 from engine.model_names import ModelNames
 from engine.random_weights import random_weight_warnings
 from engine.router import Router
@@ -302,12 +302,7 @@ class InferenceEngine:
         ``BGEM3FlagModel.compute_score`` (``engine/m3_score.py``); ``weights`` (dense,
         sparse, ColBERT) default to FlagEmbedding's README's 0.4, 0.2, 0.4."""
         self._readiness.check(Operation.LEXICAL_COLBERT)
-        defaults = DEFAULT_WEIGHTS
-        checked = self._checks.m3_score(
-            query,
-            documents,
-            (defaults.dense, defaults.sparse, defaults.colbert) if weights is None else weights,
-        )
+        checked = self._checks.m3_score(query, documents, weights)
         # Token-id space: the lexical score matches token ids, which hashing could merge.
         asked, passages = await asyncio.gather(
             self.embed_hybrid([query], frozenset(Output), mapping="tokenizer", field="query"),

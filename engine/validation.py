@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from engine.backend import Backend
 from engine.budget import Budget, answer_bytes, bounded_tokens, chunks, counted_prefix
 from engine.errors import InputTooLarge, InvalidInput
+from engine.m3_score import DEFAULT_WEIGHTS
 from engine.router import CHAIN_SETTING, Router
 from engine.settings import Settings
 from engine.types import DEFAULT_OPTIONS, EncodeOptions, M3Weights, ModelInfo, Operation, Output
@@ -109,10 +110,15 @@ class Validator:
                 "`max_tokens_per_doc` must be at least 1", param="max_tokens_per_doc"
             )
 
-    def m3_score(self, query: str, documents: Sequence[str], weights: Sequence[float]) -> M3Weights:
+    def m3_score(
+        self, query: str, documents: Sequence[str], weights: Sequence[float] | None
+    ) -> M3Weights:
         """The query and documents as rerank's; ``weights`` (dense, sparse, ColBERT) as
-        FlagEmbedding's ``weights_for_different_modes``, three, >= 0, their sum > 0."""
+        FlagEmbedding's ``weights_for_different_modes``, three, >= 0, their sum > 0
+        (None: the defaults)."""
         self.rerank(query, documents, None, None)
+        if weights is None:
+            return DEFAULT_WEIGHTS
         if len(weights) != 3:
             raise InvalidInput(
                 f"`weights` must be 3 numbers (dense, sparse, colbert), got {len(weights)}",

@@ -4,7 +4,10 @@ and ``POST /v2/rerank`` (Cohere's v2: ``cohere.ClientV2``); ``POST /v1/embed`` a
 haystack's Cohere embedders).
 
 Scores are the sigmoid of the cross-encoder logit, in [0, 1]; ``raw_scores``
-returns the logit itself, as bge_inference_service did.
+returns the logit itself, as bge_inference_service did. A request whose ``model``
+names the embedding model (``BAAI/bge-m3``) is ranked by bge-m3's own weighted sum of
+its dense, sparse and ColBERT scores instead (``/v1/m3-score``'s
+``colbert+sparse+dense``), with no cross-encoder.
 
 Embeddings are bge-m3's dense vectors, the same as ``/v1/embeddings`` answers.
 ``input_type`` is accepted and changes nothing: bge-m3 embeds queries and documents
@@ -426,10 +429,10 @@ class CohereController(Controller):
         data: Annotated[RerankRequest, _V1_ASKED],
         engine: InferenceEngine,
     ) -> RerankResponse:
-        model = engine.served_model(Operation.RERANK, data.model)
+        model, by = engine.ranker(data.model)
         texts = [doc if isinstance(doc, str) else doc.text for doc in data.documents]
         ranking = await unless_disconnected(
-            request, engine.rerank(data.query, texts, top_n=data.top_n)
+            request, engine.rerank(data.query, texts, top_n=data.top_n, by=by)
         )
         return RerankResponse(
             id=str(uuid.uuid4()),
@@ -458,7 +461,7 @@ class CohereController(Controller):
         data: Annotated[RerankV2Request, _V2_ASKED],
         engine: InferenceEngine,
     ) -> RerankV2Response:
-        engine.served_model(Operation.RERANK, data.model)
+        _, by = engine.ranker(data.model)
         ranking = await unless_disconnected(
             request,
             engine.rerank(
@@ -466,6 +469,7 @@ class CohereController(Controller):
                 data.documents,
                 top_n=data.top_n,
                 max_tokens_per_doc=data.max_tokens_per_doc,
+                by=by,
             ),
         )
         return RerankV2Response(

@@ -87,9 +87,9 @@ class InfinityModels(msgspec.Struct, kw_only=True):
 async def rerank(
     request: Request[Any, Any, Any], data: InfinityRerankRequest, engine: InferenceEngine
 ) -> InfinityRerankResponse:
-    model = engine.served_model(Operation.RERANK, _named(data.model))
+    model, by = engine.ranker(_named(data.model))
     ranking = await unless_disconnected(
-        request, engine.rerank(data.query, data.documents, top_n=data.top_n)
+        request, engine.rerank(data.query, data.documents, top_n=data.top_n, by=by)
     )
     return InfinityRerankResponse(
         results=[

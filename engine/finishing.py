@@ -22,6 +22,7 @@ from engine.types import (
     DenseMatrix,
     Encoding,
     HybridEmbeddings,
+    M3Scores,
     Output,
     PairScores,
     RankedDocument,
@@ -77,14 +78,25 @@ def ranking(scores: Scores, top_n: int | None) -> Ranking:
     """Documents best first, each with its logit and probability, cut to ``top_n``; the
     tokens are every document's, those cut by ``top_n`` included."""
     logits = scores.logits.astype(np.float64)
-    probabilities = sigmoid(logits)
-    # Stable sort on the negated logit: ties keep input order.
-    order = np.argsort(-logits, kind="stable")[: top_n or len(logits)]
+    return _ranked(logits, sigmoid(logits), top_n, scores.token_count)
+
+
+def m3_ranking(scores: M3Scores, top_n: int | None) -> Ranking:
+    """Documents best first by bge-m3's weighted sum of its three scores, cut to
+    ``top_n``: a similarity, not a logit, so it is both the raw and the served score."""
+    combined = scores.colbert_sparse_dense
+    return _ranked(combined, combined, top_n, scores.prompt_tokens)
+
+
+def _ranked(
+    raw: NDArray[np.float64], served: NDArray[np.float64], top_n: int | None, tokens: int
+) -> Ranking:
+    # Stable sort on the negated score: ties keep input order.
+    order = np.argsort(-raw, kind="stable")[: top_n or len(raw)]
     results = tuple(
-        RankedDocument(index=int(i), logit=float(logits[i]), score=float(probabilities[i]))
-        for i in order
+        RankedDocument(index=int(i), logit=float(raw[i]), score=float(served[i])) for i in order
     )
-    return Ranking(results=results, prompt_tokens=scores.token_count)
+    return Ranking(results=results, prompt_tokens=tokens)
 
 
 def pair_scores(

@@ -132,6 +132,25 @@ class InferenceEngine:
         another (the 404 lists the names it accepts)."""
         return self._names.check(self.model_name(operation), requested, str(operation))
 
+    def ranker(self, requested: str | None) -> tuple[str, Operation]:
+        """Which model answers a rerank request that names ``requested``, and its public
+        name: the reranker, or bge-m3 ranking by its own three-way score
+        (``Operation.LEXICAL_COLBERT``) where ``requested`` names the embedding model and
+        not the reranker (an alias both answer to stays the reranker's)."""
+        names = self._names
+        if (
+            requested
+            and requested in names.accepted(names.embedding)
+            and requested not in names.accepted(names.reranker)
+        ):
+            if Operation.LEXICAL_COLBERT not in self._router.operations:
+                raise Unavailable(
+                    f"ranking by `{requested}` needs its sparse and ColBERT heads "
+                    "(the lexical_colbert operation), which this deployment does not serve"
+                )
+            return names.embedding, Operation.LEXICAL_COLBERT
+        return self.served_model(Operation.RERANK, requested), Operation.RERANK
+
     def model_name(self, operation: Operation) -> str:
         """The public name (EMBEDDING_SERVED_NAME / RERANKER_SERVED_NAME), never a path."""
         if operation not in self._router.operations:
@@ -280,11 +299,21 @@ class InferenceEngine:
         *,
         top_n: int | None = None,
         max_tokens_per_doc: int | None = None,
+        by: Operation = Operation.RERANK,
     ) -> Ranking:
         """Documents scored against ``query``, best first, cut to ``top_n``; each document
-        first cut to ``max_tokens_per_doc`` tokens (Cohere v2's field)."""
-        self._readiness.check(Operation.RERANK)
+        first cut to ``max_tokens_per_doc`` tokens (Cohere v2's field). ``by``
+        LEXICAL_COLBERT (``ranker``): bge-m3's weighted sum of its three scores with
+        FlagEmbedding's default weights (``m3_score``'s ``colbert+sparse+dense``), no
+        cross-encoder pass."""
+        self._readiness.check(by)
         self._checks.rerank(query, documents, top_n, max_tokens_per_doc)
+        if by is Operation.LEXICAL_COLBERT:
+            if max_tokens_per_doc is not None:
+                documents = await self.cut_to_tokens(
+                    documents, max_tokens_per_doc, field="documents"
+                )
+            return finishing.m3_ranking(await self.m3_score(query, documents), top_n)
         if max_tokens_per_doc is not None:
             documents = await self._cut_documents(documents, max_tokens_per_doc)
         await self._checks.rerank_budget(

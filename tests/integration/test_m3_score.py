@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import cohere
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ModelDirs
+from tests.conftest import ModelDirs, Server
 from tests.reference import m3_score_reference
 from tests.texts import DOCUMENTS, LONG_TEXT, QUERY
 
@@ -78,3 +79,58 @@ def test_model_name_is_checked(client: httpx.Client) -> None:
     response = client.post("/v1/m3-score", json=body)
     assert response.status_code == 404, response.text
     assert response.json()["error"]["param"] == "model"
+
+
+RANKING_ROUTES = [
+    ("/v1/rerank", "BAAI/bge-m3"),  # Cohere v1
+    ("/v2/rerank", "bge-m3"),  # Cohere v2, by the name's last segment
+    ("/rerank", "BAAI/bge-m3"),  # Infinity
+]
+
+
+@pytest.mark.parametrize(("route", "model"), RANKING_ROUTES)
+def test_rerank_routes_rank_by_bge_m3_when_it_is_named(
+    client: httpx.Client, expected: list[dict[str, list[float]]], route: str, model: str
+) -> None:
+    """Naming the embedding model on a rerank route ranks by compute_score's weighted sum
+    at its default weights, best first, instead of the cross-encoder's probability."""
+    reference = expected[0]["colbert+sparse+dense"]
+    for position, query in enumerate(QUERIES):
+        body = {"query": query, "documents": DOCUMENTS, "model": model, "top_n": 5}
+        response = client.post(route, json=body)
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        theirs = reference[position * len(DOCUMENTS) : (position + 1) * len(DOCUMENTS)]
+        best_first = sorted(range(len(DOCUMENTS)), key=lambda i: -theirs[i])[:5]
+        assert [r["index"] for r in results] == best_first
+        np.testing.assert_allclose(
+            [r["relevance_score"] for r in results],
+            [theirs[i] for i in best_first],
+            rtol=RTOL,
+            atol=ATOL,
+        )
+
+
+def test_rerank_routes_keep_the_cross_encoder_by_default(
+    client: httpx.Client, expected: list[dict[str, list[float]]]
+) -> None:
+    body: dict[str, object] = {"query": QUERIES[1], "documents": DOCUMENTS}
+    m3 = client.post("/v1/rerank", json={**body, "model": "BAAI/bge-m3"}).json()
+    for named in ({}, {"model": "BAAI/bge-reranker-v2-m3"}):
+        answer = client.post("/v1/rerank", json={**body, **named}).json()
+        assert answer["model"] == "BAAI/bge-reranker-v2-m3"
+        # Probabilities of the cross-encoder: in [0, 1], and not bge-m3's scores.
+        scores = {r["index"]: r["relevance_score"] for r in answer["results"]}
+        assert all(0 <= s <= 1 for s in scores.values())
+        assert scores != {r["index"]: r["relevance_score"] for r in m3["results"]}
+    assert m3["model"] == "BAAI/bge-m3"
+
+
+def test_cohere_sdk_reranks_by_bge_m3(
+    server: Server, expected: list[dict[str, list[float]]]
+) -> None:
+    sdk = cohere.ClientV2(api_key="unused", base_url=server.url)
+    answer = sdk.rerank(model="BAAI/bge-m3", query=QUERIES[2], documents=DOCUMENTS, top_n=3)
+    reference = expected[0]["colbert+sparse+dense"][2 * len(DOCUMENTS) : 3 * len(DOCUMENTS)]
+    best_first = sorted(range(len(DOCUMENTS)), key=lambda i: -reference[i])[:3]
+    assert [r.index for r in answer.results] == best_first

@@ -137,6 +137,27 @@ def test_model_names_accept_full_name_and_basename_only() -> None:
     assert info.value.param == "model"
 
 
+def test_a_rerank_that_names_the_embedding_model_ranks_by_bge_m3() -> None:
+    engine = run(make_engine(embedding_model_name="BAAI/bge-m3", model_aliases=("shared",)))
+    reranker = engine.model_name(Operation.RERANK)
+    assert engine.ranker(None) == (reranker, Operation.RERANK)
+    assert engine.ranker(reranker) == (reranker, Operation.RERANK)
+    assert engine.ranker("bge-m3") == ("BAAI/bge-m3", Operation.LEXICAL_COLBERT)
+    # An alias both models answer to stays the reranker's, as before.
+    assert engine.ranker("shared") == (reranker, Operation.RERANK)
+    with pytest.raises(ModelNotFound):
+        engine.ranker("text-embedding-3-small")
+
+
+def test_ranking_by_bge_m3_needs_its_sparse_and_colbert_heads() -> None:
+    config = Settings(embedding_model_name="BAAI/bge-m3")
+    fake = FakeBackend()
+    chains = {op: [fake] for op in Operation if op is not Operation.LEXICAL_COLBERT}
+    engine = run(InferenceEngine(config, chains))
+    with pytest.raises(Unavailable, match="lexical_colbert"):
+        engine.ranker("BAAI/bge-m3")
+
+
 def test_truncate_off_refuses_texts_over_the_token_limit() -> None:
     engine = run(make_engine(truncate=False))
     words = " ".join(["w"] * 15)  # 17 tokens with specials; the fake limit is 16

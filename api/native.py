@@ -8,6 +8,10 @@ Hybrid answers write ``dense`` and each ColBERT row as ``encoding_format`` says
 (api/vectors.py), every format for both: each ColBERT row is a vector of its own, quantized
 as a dense vector is (int8 and uint8 with a scale per row). int8/uint8 carry dense's
 ``dense_scale`` and the ColBERT rows' ``colbert_scales``, one per row.
+
+``colbert_max_tokens`` (ours) prunes each text's ColBERT rows to the k of largest norm
+before the rows are L2-normalised, in their order; the backend computes it (the norms do
+not survive normalising), so a chain without a backend that can is a 422 naming it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from api.errors import ERROR_RESPONSES
 from api.fields import Text, Texts
 from api.usage import Usage
 from api.vectors import VectorFormat, VectorRow, vector_rows, vector_scales
+from engine.errors import InvalidInput
 from engine.inference import InferenceEngine
 from engine.settings import Settings
 from engine.sparse_mapping import SparseMapping
@@ -49,6 +54,20 @@ class HybridRequest(SparseRequest, kw_only=True):
     # a quarter the bytes, which keeps ColBERT answers under proxies' and RunPod's limits;
     # "float16" halves that again; the quantized formats apply to ColBERT rows too, row by row.
     encoding_format: VectorFormat = "float"
+    # Ours: each text's ColBERT rows pruned to the k of largest norm before normalising,
+    # kept in their order (a shorter text keeps every row): a smaller store for a small
+    # loss (docs/benchmarks.md). Only with return_colbert.
+    colbert_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+    def pruning(self) -> int | None:
+        """The ColBERT rows to keep per text; a bound without ColBERT rows to bound is a
+        mistake worth saying, not ignoring."""
+        if self.colbert_max_tokens is not None and not self.return_colbert:
+            raise InvalidInput(
+                "`colbert_max_tokens` prunes ColBERT rows: send it with `return_colbert: true`",
+                param="colbert_max_tokens",
+            )
+        return self.colbert_max_tokens
 
 
 class Sparse(msgspec.Struct, kw_only=True):
@@ -159,7 +178,13 @@ class NativeController(Controller):
         if data.return_colbert:
             outputs.add(Output.COLBERT)
         result = await unless_disconnected(
-            request, engine.embed_hybrid(data.texts(), frozenset(outputs), mapping=data.mapping)
+            request,
+            engine.embed_hybrid(
+                data.texts(),
+                frozenset(outputs),
+                mapping=data.mapping,
+                colbert_max_tokens=data.pruning(),
+            ),
         )
         assert result.dense is not None and result.sparse is not None
         mapping = data.mapping or settings.sparse_token_mapping

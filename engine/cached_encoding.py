@@ -113,7 +113,8 @@ class CachedEncoder:
         model yet (a remote not reached), nothing to key entries by, and the router's
         answer (a fallback, or 503 with Retry-After) is the one."""
         compute = routed_encoding(router, operation, outputs, options)
-        if info is None:
+        # Pruned ColBERT rows are not cached: the norms that chose them are not stored.
+        if info is None or options.colbert_max_tokens is not None:
             return await compute(texts)
         model = CachedModel.of(info, router.chain(operation), operation)
         return await self.encode(texts, outputs, options, model, compute)

@@ -247,11 +247,14 @@ class InferenceEngine:
         normalize: bool = True,
         truncate_left: bool = False,
         option_fields: OptionFields | None = None,
+        colbert_max_tokens: int | None = None,
     ) -> HybridEmbeddings:
         """Any subset of dense / sparse / ColBERT for ``texts`` from one forward pass;
         ``mapping`` overrides SPARSE_TOKEN_MAPPING and ``truncate`` TRUNCATE for this call.
         ``normalize`` off: dense vectors as the model pools them (TEI's normalize false);
         ``truncate_left``: a text over the token limit keeps its end (TEI's Left).
+        ``colbert_max_tokens``: each text's ColBERT rows pruned to the k of largest norm
+        before normalisation, in order (a backend option, as ``normalize``).
         ``option_fields``: how the request asked for an option, where not as TEI does
         (a 422 for one no backend honours names it so)."""
         if not outputs:
@@ -267,6 +270,7 @@ class InferenceEngine:
         options = EncodeOptions(
             normalize=normalize or Output.DENSE not in outputs,
             truncate_left=truncate_left and truncating,
+            colbert_max_tokens=colbert_max_tokens if Output.COLBERT in outputs else None,
         )
         checks.options(operation, options, option_fields)
         counts = None if truncating else await checks.token_counts(operation, texts, field)

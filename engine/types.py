@@ -69,6 +69,9 @@ class EncodeOptions:
 
     normalize: bool = True  # False: dense rows as pooled, before any L2 normalisation
     truncate_left: bool = False  # a text over the token limit keeps its end, not its start
+    # ColBERT rows kept per text: the k of largest norm before L2 normalisation, in their
+    # order (a cheaper store for a small loss); None keeps every row.
+    colbert_max_tokens: int | None = None
 
 
 DEFAULT_OPTIONS = EncodeOptions()

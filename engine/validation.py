@@ -43,6 +43,7 @@ and what asking means (``{"truncate_left": ("truncation_direction", "Left (…)"
 OPTION_FIELDS: OptionFields = {
     "normalize": ("normalize", "false (vectors as pooled, not L2-normalised)"),
     "truncate_left": ("truncation_direction", "Left (a long text keeps its end)"),
+    "colbert_max_tokens": ("colbert_max_tokens", "ColBERT rows pruned to those of largest norm"),
 }
 
 _INVISIBLE_TEXT = "is empty or whitespace (or only control and format characters)"

@@ -12,6 +12,7 @@ it, not after however many retries fit in a backoff schedule.
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 import msgspec
+import numpy as np
 
 __all__ = ["DEFAULT_TIMEOUT_S", "Embedded", "ServiceClient", "ServiceError", "SparseVector"]
 
@@ -44,12 +46,17 @@ class SparseVector(msgspec.Struct, frozen=True):
     index_space: int | None = None
 
 
+# A vector as the service writes it: numbers (integers for uint8), or base64 of
+# little-endian float32 (``base64``) or float16 (``float16``).
+_Row = list[float] | str
+
+
 class _Item(msgspec.Struct):
     index: int
-    dense: list[float] | None = None
-    embedding: list[float] | None = None
+    dense: _Row | None = None
+    embedding: _Row | None = None
     sparse: SparseVector | None = None
-    colbert: list[list[float]] | None = None
+    colbert: list[_Row] | None = None
 
 
 class _Items(msgspec.Struct):
@@ -63,6 +70,15 @@ class _Ranked(msgspec.Struct):
 
 class _Ranking(msgspec.Struct):
     results: list[_Ranked]
+
+
+class _M3Scored(msgspec.Struct):
+    index: int
+    combined: float = msgspec.field(name="colbert+sparse+dense")
+
+
+class _M3Scores(msgspec.Struct):
+    results: list[_M3Scored]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,25 +161,52 @@ class ServiceClient:
             await asyncio.sleep(2)
 
     async def embed(
-        self, texts: list[str], *, sparse: bool = True, colbert: bool = False
+        self,
+        texts: list[str],
+        *,
+        sparse: bool = True,
+        colbert: bool = False,
+        encoding_format: str = "float",
+        colbert_max_tokens: int | None = None,
     ) -> list[Embedded]:
-        """Dense vectors, plus sparse (and ColBERT) from the same forward pass."""
+        """Dense vectors, plus sparse (and ColBERT) from the same forward pass, written as
+        ``encoding_format`` asks (``float``, ``base64``, ``float16``, ``uint8``... as
+        numbers here); ``colbert_max_tokens`` prunes each text's ColBERT rows."""
+        body: dict[str, Any] = {"input": texts}
+        if encoding_format != "float":
+            body["encoding_format"] = encoding_format
         if sparse or colbert:
-            body: dict[str, Any] = {"input": texts, "return_colbert": colbert}
+            body["return_colbert"] = colbert
+            if colbert and colbert_max_tokens is not None:
+                body["colbert_max_tokens"] = colbert_max_tokens
             items = await self._post("/v1/hybrid-embeddings", body, _Items)
         else:
-            items = await self._post("/v1/embeddings", {"input": texts}, _Items)
+            items = await self._post("/v1/embeddings", body, _Items)
         rows = sorted(items.data, key=lambda item: item.index)
         if len(rows) != len(texts):
             raise ServiceError(f"the service answered {len(rows)} vectors for {len(texts)} texts")
         return [
             Embedded(
-                dense=row.dense if row.dense is not None else row.embedding or [],
+                dense=_numbers(
+                    row.dense if row.dense is not None else row.embedding or [], encoding_format
+                ),
                 sparse=row.sparse,
-                colbert=row.colbert,
+                colbert=[_numbers(r, encoding_format) for r in row.colbert]
+                if row.colbert is not None
+                else None,
             )
             for row in rows
         ]
+
+    async def m3_score(self, query: str, documents: list[str]) -> list[float]:
+        """Each document's bge-m3 three-way score (``colbert+sparse+dense``, the default
+        weights), in the documents' order."""
+        body = {"query": query, "documents": documents}
+        scored = await self._post("/v1/m3-score", body, _M3Scores)
+        scores = [0.0] * len(documents)
+        for result in scored.results:
+            scores[result.index] = result.combined
+        return scores
 
     async def rerank(self, query: str, documents: list[str]) -> list[float]:
         """Each document's cross-encoder score, in the documents' order."""
@@ -218,6 +261,16 @@ class ServiceClient:
             f"the service at {self._http.base_url} did not answer {route} within "
             f"{self._timeout_s:g} s (--service-timeout)"
         )
+
+
+def _numbers(row: _Row, encoding_format: str) -> list[float]:
+    """A row as numbers: base64 strings are float16 bytes when ``float16`` was asked,
+    float32 bytes otherwise."""
+    if not isinstance(row, str):
+        return row
+    kind = "<f2" if encoding_format == "float16" else "<f4"
+    values: list[float] = np.frombuffer(base64.b64decode(row), kind).tolist()
+    return values
 
 
 def _decoded(route: str, response: httpx.Response, kind: type[T]) -> T:

@@ -10,10 +10,19 @@ each, and nDCG@10, MRR@10 and Recall@100 are computed by ``ir-measures`` (over
 ``pytrec_eval``) for the queries that have judgements. The table is printed and
 written, with the settings, to ``eval.json`` and a bar chart to ``eval.png``.
 
-Modes: ``dense``, ``sparse``, ``hybrid``, each optionally followed by ``+colbert``
-and/or ``+rerank`` (``hybrid+colbert``, ``hybrid+rerank``, ``dense+rerank``...).
-The default is every mode the service can serve: without sparse (a dense-only
-model) only ``dense`` and ``dense+rerank``.
+Modes: ``dense``, ``sparse``, ``hybrid``, each optionally followed by ``+colbert``,
+``+m3`` and/or ``+rerank`` (``hybrid+colbert``, ``hybrid+m3``, ``dense+rerank``...):
+the stages of ``bge-search`` (``+m3`` reorders the best ``--rerank-top`` by bge-m3's
+three-way score, ``/v1/m3-score``). The default is every mode the service can serve:
+without sparse (a dense-only model) only ``dense`` and ``dense+rerank``.
+
+Each mode's size is the bytes of stored vectors it searches per document (``bytes/doc``:
+dense, sparse, both for hybrid, plus ColBERT for ``+colbert``; ``+m3`` and ``+rerank``
+store nothing), counted from the collection's points and the datatypes it records
+(``--dense-dtype``, ``--colbert-dtype``, ``--colbert-max-tokens`` as ``bge-index``
+takes them): what a Qdrant server keeps in memory or on disk for them before its own
+overhead and indexes. The embedded local mode stores every datatype as float32, so its
+folder's size would not tell float16 or uint8 apart.
 """
 
 from __future__ import annotations
@@ -31,19 +40,21 @@ from typing import Any
 import ir_measures
 from ir_measures import RR, R, nDCG
 
+from retrieval import store as qd
 from retrieval.client import ServiceClient
 from retrieval.command import EXIT_STATUSES, InputError, run_tool
 from retrieval.corpus import CorpusError, read_corpus, read_objects
-from retrieval.index import index_documents
-from retrieval.search import Mode, Searcher
+from retrieval.index import add_vector_type_flags, index_documents, vector_types_of
+from retrieval.search import STAGES, Mode, Searcher
 from retrieval.settings import Connections, add_connection_flags, connections
+from retrieval.vector_types import VectorTypes
 
 __all__ = ["MEASURES", "Pipeline", "evaluate_run", "main", "read_qrels", "read_queries"]
 
 MEASURES = (nDCG @ 10, RR @ 10, R @ 100)
 _NAMES = {str(nDCG @ 10): "nDCG@10", str(RR @ 10): "MRR@10", str(R @ 100): "Recall@100"}
 _DEPTH = 100
-_ALL_MODES = ("dense", "sparse", "hybrid", "hybrid+colbert", "hybrid+rerank")
+_ALL_MODES = ("dense", "sparse", "hybrid", "hybrid+colbert", "hybrid+m3", "hybrid+rerank")
 _DENSE_MODES = ("dense", "dense+rerank")
 
 
@@ -53,15 +64,29 @@ class Pipeline:
     mode: Mode
     colbert: bool
     rerank: bool
+    m3: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Pipeline:
         base, *stages = name.split("+")
-        if base not in ("dense", "sparse", "hybrid") or not set(stages) <= {"colbert", "rerank"}:
+        if base not in ("dense", "sparse", "hybrid") or not set(stages) <= set(STAGES):
             raise InputError(
-                f"unknown mode `{name}`: dense, sparse or hybrid, then +colbert and/or +rerank"
+                f"unknown mode `{name}`: dense, sparse or hybrid, then any of +colbert, +m3 "
+                "and +rerank"
             )
-        return cls(name, base, "colbert" in stages, "rerank" in stages)  # type: ignore[arg-type]
+        return cls(
+            name,
+            base,  # type: ignore[arg-type]
+            "colbert" in stages,
+            "rerank" in stages,
+            "m3" in stages,
+        )
+
+    def stored(self, sizes: dict[str, float]) -> float:
+        """Bytes of the stored vectors this pipeline searches, per document."""
+        names = {"dense": [qd.DENSE], "sparse": [qd.SPARSE], "hybrid": [qd.DENSE, qd.SPARSE]}
+        used = names[self.mode] + ([qd.COLBERT] if self.colbert else [])
+        return sum(sizes.get(name, 0.0) for name in used)
 
 
 def read_queries(path: Path) -> dict[str, str]:
@@ -126,6 +151,7 @@ async def _search_all(
             colbert=pipeline.colbert,
             rerank=pipeline.rerank,
             rerank_top=rerank_top,
+            m3=pipeline.m3,
         )
         # Ranks, not raw scores: a reranked head and the fused tail are not comparable.
         run[qid] = {hit.doc_id: float(len(hits) - rank) for rank, hit in enumerate(hits)}
@@ -142,6 +168,7 @@ async def evaluate(
     split: str,
     rerank_top: int,
     progress: bool,
+    types: VectorTypes | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     served = await service.served()
     if modes is None:
@@ -159,6 +186,7 @@ async def evaluate(
             colbert=any(p.colbert for p in pipelines),
             resume=True,
             progress=progress,
+            types=types,
         )
         queries = read_queries(folder / "queries.jsonl")
         qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
@@ -168,6 +196,7 @@ async def evaluate(
             p.name: evaluate_run(qrels, await _search_all(searcher, queries, p, rerank_top))
             for p in pipelines
         }
+        sizes = qd.vector_bytes(store, collection)
     finally:
         store.close()
     facts = {
@@ -176,15 +205,23 @@ async def evaluate(
         "documents": report.documents,
         "embedded_this_run": report.embedded,
         "rerank_top": rerank_top,
+        **report.types.metadata(),
+        "bytes_per_document": {p.name: round(p.stored(sizes), 1) for p in pipelines},
     }
     return table, facts
 
 
-def markdown(table: dict[str, dict[str, float]]) -> str:
+def markdown(table: dict[str, dict[str, float]], sizes: dict[str, float] | None = None) -> str:
+    """The metrics of each mode, and its stored bytes per document where ``sizes`` has them."""
     names = list(_NAMES.values())
-    lines = ["| mode | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    size_column = sizes is not None
+    head = "| mode | " + " | ".join(names) + (" | bytes/doc |" if size_column else " |")
+    lines = [head, "|---|" + "---:|" * (len(names) + size_column)]
     for mode, values in table.items():
-        lines.append(f"| {mode} | " + " | ".join(f"{values[n]:.3f}" for n in names) + " |")
+        cells = [f"{values[n]:.3f}" for n in names]
+        if sizes is not None:
+            cells.append(f"{sizes.get(mode, 0.0):,.0f}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -220,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--collection", help="Default: the folder's name.")
     parser.add_argument("--modes", help=f"Comma-separated (default: {','.join(_ALL_MODES)}).")
     parser.add_argument("--split", default="test", help="qrels/<split>.tsv")
-    parser.add_argument("--rerank-top", type=int, default=100)
+    parser.add_argument(
+        "--rerank-top", type=int, default=100, help="Candidates the +m3 and +rerank stages score."
+    )
+    add_vector_type_flags(parser)
     parser.add_argument("--out", type=Path, default=None, help="Default: the dataset folder.")
     parser.add_argument("--title", default=None, help="The chart's title, e.g. the model.")
     parser.add_argument("--no-progress", action="store_true")
@@ -237,7 +277,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     where = connections(args)
     out = args.out or args.dataset
     table, facts = asyncio.run(_run(args, where))
-    print(markdown(table))
+    print(markdown(table, facts["bytes_per_document"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps({**facts, "results": table}, indent=2) + "\n")
     chart(table, args.title or f"{facts['dataset']} ({facts['queries']} queries)", out / "eval.png")
@@ -259,6 +299,7 @@ async def _run(
             split=args.split,
             rerank_top=args.rerank_top,
             progress=not args.no_progress,
+            types=vector_types_of(args),
         )
 
 

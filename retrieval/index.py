@@ -20,6 +20,13 @@ The service's sparse index space (its SPARSE_TOKEN_MAPPING, as its answers say) 
 recorded in the collection's metadata when the collection is created; indexing into
 an existing collection recorded in another space is refused, as ``bge-search`` refuses
 to query one (``retrieval.space``).
+
+``--dense-dtype`` and ``--colbert-dtype`` (float32, float16, uint8) ask the service for
+the vectors in that format and store them as Qdrant's datatype of it
+(``retrieval.vector_types``); ``--colbert-max-tokens`` keeps each document's ColBERT rows
+of largest norm (the service's ``colbert_max_tokens``). All three are recorded with the
+collection, so its queries are embedded to match, and an existing collection is indexed
+into with what it records (asking for other datatypes is refused).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -39,11 +46,12 @@ from qdrant_client import QdrantClient
 from tqdm import tqdm
 
 from retrieval import store as qd
-from retrieval.client import ServiceClient
+from retrieval.client import Embedded, ServiceClient
 from retrieval.command import EXIT_STATUSES, run_tool
 from retrieval.corpus import ON_DUPLICATE, Document, read_corpus
 from retrieval.settings import Connections, add_connection_flags, connections
 from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
+from retrieval.vector_types import DTYPES, VectorTypes, embed
 
 __all__ = ["IndexReport", "index_documents", "main"]
 
@@ -54,6 +62,7 @@ class IndexReport:
     embedded: int  # sent to the service and stored on this run
     skipped: int  # already stored (--resume)
     seconds: float
+    types: VectorTypes = field(default_factory=VectorTypes)  # what the collection stores
 
     @property
     def docs_per_s(self) -> float:
@@ -73,11 +82,21 @@ async def index_documents(
     total: int | None = None,
     progress: bool = True,
     on_warning: Callable[[str], None] = warn,
+    types: VectorTypes | None = None,
 ) -> IndexReport:
-    """Embed and store every document; the collection is created to fit the service."""
+    """Embed and store every document; the collection is created to fit the service.
+    ``types``: the vectors' datatypes (and ColBERT pruning); None: what an existing
+    collection records, else float32 and every row."""
     began = time.perf_counter()
     sparse = "lexical_colbert" in await service.served()
-    probe = (await service.embed(["dimension probe"], sparse=sparse, colbert=colbert))[0]
+    if types is None:
+        types = qd.vector_types(store, collection) or VectorTypes()
+    stored = types
+
+    async def vectors_of(texts: list[str]) -> list[Embedded]:
+        return await embed(service, texts, stored, sparse=sparse, colbert=colbert, prune=True)
+
+    probe = (await vectors_of(["dimension probe"]))[0]
     space = SparseSpace.of(probe.sparse) if sparse else None
     qd.ensure_collection(
         store,
@@ -86,14 +105,15 @@ async def index_documents(
         sparse=sparse,
         colbert_dimension=len(probe.colbert[0]) if probe.colbert else None,
         space=space,
+        types=types,
     )
     if space is not None:
         _check_space(store, collection, space, on_warning)
-    read = embedded = skipped = 0
+    read = sent = skipped = 0
     bar = tqdm(total=total, unit="doc", disable=not progress, file=sys.stderr, smoothing=0.1)
 
     async def one_batch(batch: list[Document]) -> None:
-        vectors = await service.embed([d.text for d in batch], sparse=sparse, colbert=colbert)
+        vectors = await vectors_of([d.text for d in batch])
         qd.upsert(
             store,
             collection,
@@ -115,7 +135,7 @@ async def index_documents(
                 batch = todo
             if not batch:
                 continue
-            embedded += len(batch)
+            sent += len(batch)
             in_flight.add(asyncio.create_task(one_batch(batch)))
             if len(in_flight) >= concurrency:
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -128,7 +148,7 @@ async def index_documents(
         for task in in_flight:
             task.cancel()
         bar.close()
-    return IndexReport(read, embedded, skipped, time.perf_counter() - began)
+    return IndexReport(read, sent, skipped, time.perf_counter() - began, types)
 
 
 def _check_space(
@@ -171,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-collection", help="Re-embed this collection's texts instead.")
     parser.add_argument("--alias", help="Move this alias to the collection once it is complete.")
     parser.add_argument("--colbert", action="store_true", help="Store ColBERT multivectors too.")
+    add_vector_type_flags(parser)
     parser.add_argument("--resume", action="store_true", help="Skip documents already stored.")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--id-field", default=None, help="Default: id, _id, doc_id or docid.")
@@ -186,6 +207,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true")
     add_connection_flags(parser)
     return parser
+
+
+def add_vector_type_flags(parser: argparse.ArgumentParser) -> None:
+    """--dense-dtype, --colbert-dtype and --colbert-max-tokens (bge-index and bge-eval)."""
+    for side in ("dense", "colbert"):
+        parser.add_argument(
+            f"--{side}-dtype",
+            choices=DTYPES,
+            default=None,
+            help=f"Store {side} vectors as this Qdrant datatype, asked of the service in that "
+            "format (uint8: the service's int8 + 128, compared as stored; see "
+            "docs/retrieval.md). Default: what an existing collection records, else float32.",
+        )
+    parser.add_argument(
+        "--colbert-max-tokens",
+        type=_positive,
+        default=None,
+        help="Keep each document's ColBERT rows of largest norm, at most this many "
+        "(the service's colbert_max_tokens). Default: every row.",
+    )
+
+
+def vector_types_of(args: argparse.Namespace) -> VectorTypes | None:
+    """The datatypes the flags ask for; None where none was given (the collection's)."""
+    if args.dense_dtype is None and args.colbert_dtype is None and args.colbert_max_tokens is None:
+        return None
+    return VectorTypes(
+        args.dense_dtype or "float32", args.colbert_dtype or "float32", args.colbert_max_tokens
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of rows, at least 1, not `{text}`")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,6 +291,7 @@ def _index(args: argparse.Namespace) -> int:
             "skipped": report.skipped,
             "seconds": round(report.seconds, 2),
             "docs_per_s": round(report.docs_per_s, 1),
+            **report.types.metadata(),
         }
         if args.alias:
             line["alias"] = args.alias
@@ -260,6 +321,7 @@ async def _run(
             concurrency=args.concurrency,
             total=total,
             progress=not args.no_progress,
+            types=vector_types_of(args),
         )
 
 

@@ -1,15 +1,24 @@
 """``bge-search``: dense, sparse or hybrid search of a collection ``bge-index`` filled,
-then optionally a ColBERT stage and a cross-encoder stage.
+then optionally a ColBERT stage, bge-m3's three-way score and a cross-encoder stage.
 
-    bge-search "what is a panda?" --collection docs [--mode hybrid] [--colbert] [--rerank]
+    bge-search "what is a panda?" --collection docs [--mode hybrid] [--stage colbert]
+        [--stage m3] [--stage rerank]
 
 Hybrid fuses dense and sparse candidates (``--candidates`` of each) by reciprocal
 rank as Qdrant's Query API does (``RrfQuery``), ``score = sum 1 / (k + rank)`` over
 the lists a point is in, ranks counted from 0, ``k = 60``. ``--colbert`` re-scores
 the fused candidates by MAX_SIM of the query's and each document's ColBERT vectors
-(in Qdrant, one query: prefetch, RRF, then MAX_SIM); ``--rerank`` then scores the
-best ``--rerank-top`` with the service's cross-encoder (``/v1/rerank``). The JSON
-answer gives every hit's score at every stage it went through.
+(in Qdrant, one query: prefetch, RRF, then MAX_SIM); ``--stage m3`` reorders the best
+``--rerank-top`` by bge-m3's own dense + sparse + ColBERT score of each text
+(``/v1/m3-score``, FlagEmbedding's ``colbert+sparse+dense`` with its default weights: a
+reranking stage at bi-encoder cost); ``--rerank`` (``--stage rerank``) then scores the best
+``--rerank-top`` with the service's cross-encoder (``/v1/rerank``). Stages run in that
+order, whichever are asked. The JSON answer gives every hit's score at every stage it
+went through.
+
+Query vectors are embedded in the datatypes the collection records (``bge-index
+--dense-dtype``, ``--colbert-dtype``; ``retrieval.vector_types``), so a ``uint8``
+collection is queried with ``uint8`` vectors.
 
 A sparse or hybrid search is refused when the service's sparse vectors are in another
 index space than the one ``bge-index`` recorded for the collection (nothing would
@@ -33,11 +42,14 @@ from retrieval.client import ServiceClient
 from retrieval.command import EXIT_STATUSES, run_tool
 from retrieval.settings import Connections, add_connection_flags, connections
 from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
+from retrieval.vector_types import VectorTypes, embed
 
-__all__ = ["RRF_K", "Hit", "Mode", "Searcher", "main", "rrf"]
+__all__ = ["RRF_K", "STAGES", "Hit", "Mode", "Searcher", "main", "rrf"]
 
 Mode = Literal["dense", "sparse", "hybrid"]
 RRF_K = 60
+# The stages after retrieval, in the order they run.
+STAGES = ("colbert", "m3", "rerank")
 
 
 @dataclass(slots=True)
@@ -76,6 +88,7 @@ class Searcher:
         self._collection = collection
         self._on_warning = on_warning
         self._space_checked = False
+        self._types: VectorTypes | None = None
 
     async def search(
         self,
@@ -87,8 +100,17 @@ class Searcher:
         colbert: bool = False,
         rerank: bool = False,
         rerank_top: int = 50,
+        m3: bool = False,
     ) -> list[Hit]:
-        embedded = (await self._service.embed([query], sparse=mode != "dense", colbert=colbert))[0]
+        """``limit`` hits; ``m3`` and ``rerank`` score the best ``rerank_top`` candidates
+        of the stage before them."""
+        if self._types is None:
+            self._types = qd.vector_types(self._store, self._collection) or VectorTypes()
+        embedded = (
+            await embed(
+                self._service, [query], self._types, sparse=mode != "dense", colbert=colbert
+            )
+        )[0]
         dense = models.Prefetch(query=embedded.dense, using=qd.DENSE, limit=candidates)
         prefetches = []
         if mode in ("dense", "hybrid"):
@@ -142,6 +164,12 @@ class Searcher:
             ).points
             stages["colbert"] = {str(p.id): p.score for p in rescored}
             order = [str(p.id) for p in rescored]
+        if m3:
+            top = order[:rerank_top]
+            texts = [str(payloads[key].get("text", "")) for key in top]
+            scores = await self._service.m3_score(query, texts) if top else []
+            stages["m3"] = dict(zip(top, scores, strict=True))
+            order = sorted(top, key=lambda key: -stages["m3"][key])
         if rerank:
             top = order[:rerank_top]
             texts = [str(payloads[key].get("text", "")) for key in top]
@@ -187,9 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("dense", "sparse", "hybrid"), default="hybrid")
     parser.add_argument("--limit", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=100, help="Per candidate list.")
-    parser.add_argument("--colbert", action="store_true", help="Re-score with ColBERT vectors.")
-    parser.add_argument("--rerank", action="store_true", help="Re-score with the cross-encoder.")
-    parser.add_argument("--rerank-top", type=int, default=50)
+    parser.add_argument(
+        "--stage",
+        action="append",
+        choices=STAGES,
+        default=[],
+        help="A stage after retrieval (repeat for more; they run in the order colbert, m3, "
+        "rerank): colbert re-scores with ColBERT vectors, m3 reorders with bge-m3's "
+        "dense + sparse + ColBERT score (/v1/m3-score), rerank with the cross-encoder.",
+    )
+    parser.add_argument("--colbert", action="store_true", help="Same as --stage colbert.")
+    parser.add_argument("--rerank", action="store_true", help="Same as --stage rerank.")
+    parser.add_argument(
+        "--rerank-top", type=int, default=50, help="Candidates the m3 and rerank stages score."
+    )
     parser.add_argument("--no-text", action="store_true", help="Leave the text out of hits.")
     add_connection_flags(parser)
     return parser
@@ -229,9 +268,10 @@ async def _run(
                     mode=args.mode,
                     limit=args.limit,
                     candidates=args.candidates,
-                    colbert=args.colbert,
-                    rerank=args.rerank,
+                    colbert=args.colbert or "colbert" in args.stage,
+                    rerank=args.rerank or "rerank" in args.stage,
                     rerank_top=args.rerank_top,
+                    m3="m3" in args.stage,
                 ),
             )
             for query in args.query

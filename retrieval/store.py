@@ -1,7 +1,8 @@
 """The Qdrant side: a collection with named vectors ``dense`` (cosine), ``sparse`` and,
 optionally, ``colbert`` (a MAX_SIM multivector, kept for re-scoring only), points with
-stable ids, the alias that makes a re-indexed collection live in one step, and the
-sparse index space the collection's vectors are in, kept in its metadata."""
+stable ids, the alias that makes a re-indexed collection live in one step, and what the
+vectors are (the sparse index space, the dense and ColBERT datatypes), kept in its
+metadata."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from qdrant_client import QdrantClient, models
 
 from retrieval.client import Embedded
 from retrieval.space import SparseSpace
+from retrieval.vector_types import BYTES_PER_VALUE, VectorTypes
 
 __all__ = [
     "COLBERT",
@@ -26,6 +28,8 @@ __all__ = [
     "sparse_space",
     "switch_alias",
     "upsert",
+    "vector_bytes",
+    "vector_types",
 ]
 
 DENSE, SPARSE, COLBERT = "dense", "sparse", "colbert"
@@ -46,17 +50,30 @@ def ensure_collection(
     sparse: bool,
     colbert_dimension: int | None,
     space: SparseSpace | None = None,
+    types: VectorTypes | None = None,
 ) -> None:
-    """Create ``name`` (recording ``space``, its sparse vectors' index space, with it),
-    or check that the existing one has the same vectors."""
+    """Create ``name`` (recording ``space``, its sparse vectors' index space, and
+    ``types``, its vectors' datatypes, with it), or check that the existing one has the
+    same vectors."""
+    types = types or VectorTypes()
     if store.collection_exists(name):
         _check_existing(store, name, dimension, sparse, colbert_dimension)
+        _check_types(store, name, types, colbert=colbert_dimension is not None)
         return
-    vectors = {DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)}
+    # Cosine for every datatype: a uint8 collection's integers are compared as they are
+    # stored, against queries embedded as uint8 too (retrieval.vector_types).
+    vectors = {
+        DENSE: models.VectorParams(
+            size=dimension,
+            distance=models.Distance.COSINE,
+            datatype=types.datatype(types.dense),
+        )
+    }
     if colbert_dimension is not None:
         vectors[COLBERT] = models.VectorParams(
             size=colbert_dimension,
             distance=models.Distance.COSINE,
+            datatype=types.datatype(types.colbert),
             multivector_config=models.MultiVectorConfig(
                 comparator=models.MultiVectorComparator.MAX_SIM
             ),
@@ -68,8 +85,53 @@ def ensure_collection(
         vectors_config=vectors,
         sparse_vectors_config={SPARSE: models.SparseVectorParams()} if sparse else None,
         # Qdrant's collection metadata (1.16+): durable, and read back with the collection.
-        metadata=space.metadata() if sparse and space is not None else None,
+        metadata={
+            **(space.metadata() if sparse and space is not None else {}),
+            **types.metadata(),
+        },
     )
+
+
+def vector_types(store: QdrantClient, name: str) -> VectorTypes | None:
+    """The datatypes recorded for ``name`` (a collection or an alias); None for a
+    collection built before bge-index recorded them, which holds float32, or for none at
+    all (whose absence the first query that needs it reports, as before)."""
+    collection = _collection_of(store, name)
+    if not store.collection_exists(collection):
+        return None
+    return VectorTypes.from_metadata(store.get_collection(collection).config.metadata)
+
+
+def _check_types(store: QdrantClient, name: str, asked: VectorTypes, *, colbert: bool) -> None:
+    recorded = vector_types(store, name) or VectorTypes()
+    difference = recorded.differs(asked, colbert=colbert)
+    if difference is not None:
+        raise ValueError(
+            f"collection `{name}` {difference}: index into a new collection, or index with "
+            "the datatypes it records"
+        )
+
+
+def vector_bytes(store: QdrantClient, name: str, *, sample: int = 1000) -> dict[str, float]:
+    """Mean bytes per document of each named vector, as Qdrant stores the recorded
+    datatypes (dense and ColBERT: values x bytes per value; sparse: a 4-byte index and a
+    4-byte weight per entry), over the first ``sample`` points. Counted, not read from
+    disk: the embedded local mode keeps every datatype as float32 on disk."""
+    types = vector_types(store, name) or VectorTypes()
+    width = {DENSE: BYTES_PER_VALUE[types.dense], COLBERT: BYTES_PER_VALUE[types.colbert]}
+    points, _ = store.scroll(name, limit=sample, with_payload=False, with_vectors=True)
+    totals: dict[str, float] = {}
+    for point in points:
+        vectors = point.vector if isinstance(point.vector, dict) else {}
+        for key, vector in vectors.items():
+            if isinstance(vector, models.SparseVector):
+                size = 8 * len(vector.indices)
+            elif vector and isinstance(vector[0], list):  # a multivector: rows x width
+                size = width.get(key, 4) * sum(len(row) for row in vector)
+            else:
+                size = width.get(key, 4) * len(vector)
+            totals[key] = totals.get(key, 0.0) + size
+    return {key: total / len(points) for key, total in totals.items()} if points else {}
 
 
 def sparse_space(store: QdrantClient, name: str) -> SparseSpace | None:

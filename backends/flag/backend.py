@@ -71,7 +71,7 @@ class FlagBackend:
             embedding_model=settings.embedding_model_name if embeds else None,
             reranker_model=settings.reranker_model_name if Operation.RERANK in operations else None,
             max_batch_size=settings.max_batch_size,
-            options=frozenset({"normalize", "truncate_left"}),
+            options=frozenset({"normalize", "truncate_left", "colbert_max_tokens"}),
         )
         self._m3: M3Encoder | None = None
         self._reranker: CrossEncoder | None = None
@@ -244,7 +244,10 @@ class FlagBackend:
         batcher = self._require(self._m3_batcher, "embedding")
         tokenize = functools.partial(m3.tokenize, truncate=True, from_left=options.truncate_left)
         rows = await self._tokenize(tokenize, texts)
-        units = [Unit(M3Ask(row, outputs, options.normalize), len(row)) for row in rows]
+        units = [
+            Unit(M3Ask(row, outputs, options.normalize, options.colbert_max_tokens), len(row))
+            for row in rows
+        ]
         results = await batcher.submit(units)
         return m3.assemble(results, outputs, [len(row) for row in rows])
 

@@ -7,7 +7,8 @@ Same folder, same numbers as ``BGEM3FlagModel.encode`` (the tests assert it):
 - sparse: ``relu(sparse_linear(h))`` per token, the max weight per token id,
   special tokens (cls, eos, pad, unk) left out, weights > 0 only;
 - ColBERT: ``colbert_linear`` on every token after CLS (eos included, padding
-  not), each vector L2-normalised.
+  not), each vector L2-normalised; a request's ``colbert_max_tokens`` keeps only the
+  rows of largest norm before normalising, in their order.
 Doing it here rather than through ``encode()`` skips FlagEmbedding's per-call
 model moves and progress bars, and lets one pass return any subset of heads.
 """
@@ -56,6 +57,7 @@ class M3Ask:
     ids: list[int]
     outputs: frozenset[Output]
     normalize: bool = True  # False: the dense vector as pooled
+    colbert_max_tokens: int | None = None  # ColBERT rows kept: the k of largest raw norm
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,10 @@ class M3Encoder:
         results: list[M3Row | None] = [None] * len(rows)
         lengths = [len(row) for row in rows]
         for batch in length_sorted_batches(lengths, self._max_batch_tokens, self._max_batch_items):
-            asks = [M3Ask(rows[i], outputs, options.normalize) for i in batch]
+            asks = [
+                M3Ask(rows[i], outputs, options.normalize, options.colbert_max_tokens)
+                for i in batch
+            ]
             for position, result in zip(batch, self.run_batch(asks), strict=True):
                 results[position] = result
         return self.assemble(_complete(results), outputs, lengths)
@@ -197,7 +202,8 @@ class M3Encoder:
             if Output.DENSE in wanted:
                 states = pool(hidden, token_mask, self.pipeline.pooling)
             starts = [(row, 0) for row in range(len(rows))]
-        heads: list[torch.Tensor | None] = [None] * 4  # dense, pooled, weights, colbert
+        # dense, pooled, weights, colbert, and the ColBERT rows' norms before normalising
+        heads: list[torch.Tensor | None] = [None] * 5
         if states is not None:
             # The norm in float32 whatever the passes ran in: a bf16 sum of 1,024 squares
             # keeps 8 bits of it. In float32 this is FlagEmbedding's computation exactly.
@@ -219,7 +225,9 @@ class M3Encoder:
                     hidden.dtype
                 )
             heads[3] = F.normalize(vectors.float(), dim=-1)
-        dense, pooled, weights, colbert = to_host(heads)
+            if any(item.colbert_max_tokens is not None for item in items):
+                heads[4] = torch.linalg.vector_norm(vectors.float(), dim=-1)
+        dense, pooled, weights, colbert, norms = to_host(heads)
         # A padded pass's ColBERT head already starts after CLS; a packed one's does not.
         colbert_skip = 1 if token_mask is None else 0
         results = []
@@ -236,7 +244,13 @@ class M3Encoder:
                     )
                     if weights is not None and Output.LEXICAL in outputs
                     else None,
-                    colbert=colbert[at][offset + colbert_skip : offset + length - 1 + colbert_skip]
+                    colbert=_pruned(
+                        colbert[at][offset + colbert_skip : offset + length - 1 + colbert_skip],
+                        norms[at][offset + colbert_skip : offset + length - 1 + colbert_skip]
+                        if norms is not None
+                        else None,
+                        item.colbert_max_tokens,
+                    )
                     if colbert is not None and Output.COLBERT in outputs
                     else None,
                 )
@@ -296,6 +310,18 @@ def _present(item: T | None) -> T:
     if item is None:
         raise RuntimeError("a text is missing a head it asked for")
     return item
+
+
+def _pruned(
+    rows: ColbertMatrix, norms: NDArray[np.float32] | None, keep: int | None
+) -> ColbertMatrix:
+    """The ``keep`` rows of largest norm before normalising, in their order (ties: the
+    earlier row); every row where ``keep`` is None or not fewer than the rows."""
+    if keep is None or norms is None or len(rows) <= keep:
+        return rows
+    chosen = np.sort(np.argsort(-norms, kind="stable")[:keep])
+    pruned: ColbertMatrix = rows[chosen]
+    return pruned
 
 
 def _complete(items: Sequence[T | None]) -> list[T]:

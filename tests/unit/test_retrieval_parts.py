@@ -1,5 +1,6 @@
 """The retrieval tools' parts, each against a value worked out by hand: reciprocal-rank
-fusion (ours and Qdrant's), the metrics, the corpus readers."""
+fusion (ours and Qdrant's), the metrics, the corpus readers, the vector datatypes and
+what a collection's vectors weigh."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from qdrant_client import QdrantClient, models
 
+from retrieval import store as qd
 from retrieval.corpus import read_corpus
 from retrieval.evaluate import Pipeline, evaluate_run
 from retrieval.search import RRF_K, rrf
+from retrieval.vector_types import VectorTypes, converted
 
 # Dense order a, b, c (d far); sparse order c, a, d (b has no shared term).
 DENSE = {"a": [1.0, 0.0], "b": [0.9, 0.43], "c": [0.6, 0.8], "d": [-1.0, 0.0]}
@@ -94,8 +97,66 @@ def test_pipelines_parse_and_refuse_unknown_stages() -> None:
     assert Pipeline.parse("hybrid+colbert+rerank") == Pipeline(
         "hybrid+colbert+rerank", "hybrid", colbert=True, rerank=True
     )
+    assert Pipeline.parse("hybrid+m3") == Pipeline(
+        "hybrid+m3", "hybrid", colbert=False, rerank=False, m3=True
+    )
     with pytest.raises(ValueError, match="unknown mode `bm25`"):
         Pipeline.parse("bm25")
+    with pytest.raises(ValueError, match="unknown mode `hybrid\\+bm25`"):
+        Pipeline.parse("hybrid+bm25")
+
+
+def test_vectors_converted_as_the_service_writes_them() -> None:
+    # scale = 0.5 / 127: 0.5 -> 127, -0.25 -> -63.5 -> -64 (half to even), 0.001 -> 0.254 -> 0
+    assert converted([0.5, -0.25, 0.001], "uint8") == [255.0, 64.0, 128.0]
+    assert converted([0.0, 0.0], "uint8") == [128.0, 128.0]  # a zero vector stays zero
+    assert converted([0.1, 1 / 3], "float16") == [0.0999755859375, 0.333251953125]
+    assert converted([0.1], "float32") == [0.1]
+
+
+def test_vector_types_round_trip_through_metadata() -> None:
+    types = VectorTypes("float16", "uint8", 32)
+    assert VectorTypes.from_metadata(types.metadata()) == types
+    assert VectorTypes.from_metadata({"sparse_mapping": "tokenizer"}) is None  # not recorded
+    assert VectorTypes().differs(types, colbert=False) == "holds float32 dense vectors, not float16"
+    assert VectorTypes("float16").differs(types, colbert=False) is None  # ColBERT not asked
+    assert VectorTypes("float16", "uint8").differs(types, colbert=True) == (
+        "holds ColBERT rows pruned to no limit, not 32"
+    )
+
+
+def test_vector_bytes_per_document_follow_the_recorded_datatypes() -> None:
+    store = QdrantClient(":memory:")
+    qd.ensure_collection(
+        store,
+        "c",
+        dimension=4,
+        sparse=True,
+        colbert_dimension=2,
+        types=VectorTypes("float16", "uint8"),
+    )
+    store.upsert(
+        "c",
+        points=[
+            models.PointStruct(
+                id=i,
+                vector={
+                    "dense": [1.0, 2.0, 3.0, 4.0],
+                    "sparse": models.SparseVector(
+                        indices=list(range(i + 1)), values=[1.0] * (i + 1)
+                    ),
+                    "colbert": [[1.0, 2.0]] * (i + 1),
+                },
+            )
+            for i in range(2)
+        ],
+        wait=True,
+    )
+    # dense 4 x 2 bytes; sparse (1 + 2) / 2 entries x 8; ColBERT (1 + 2) / 2 rows x 2 x 1.
+    assert qd.vector_bytes(store, "c") == {"dense": 8.0, "sparse": 12.0, "colbert": 3.0}
+    hybrid = Pipeline.parse("hybrid+colbert+m3")
+    assert hybrid.stored(qd.vector_bytes(store, "c")) == 8.0 + 12.0 + 3.0
+    assert Pipeline.parse("sparse+rerank").stored({"dense": 8.0, "sparse": 12.0}) == 12.0
 
 
 def test_corpus_files_of_every_format(tmp_path: Path) -> None:

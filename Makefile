@@ -12,7 +12,7 @@ ARGS ?=
 
 .PHONY: install serve demo test check bench clean gpu-wheels vllm-env
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,redis,bench,retrieval,runpod]"
@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# langchain-cohere declares cohere<6; its embeddings run on the pinned cohere 7
 	# (tests/integration/test_cohere_embed.py); langchain-core comes with langchain-openai.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt langchain-cohere
+	# bge-client (client/): its httpx and msgspec are the service's own, pinned above.
+	$(BIN)/pip install --quiet --no-deps -e ./client
 	touch $@
 
 # The RAG frameworks' clients (tests/integration/test_frameworks.py) in a venv of their own:
@@ -30,9 +32,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 FRAMEWORKS_VENV := .venv-frameworks
 FRAMEWORKS_REQUIREMENTS := tests/frameworks/requirements.txt
 
-$(FRAMEWORKS_VENV)/.installed: $(FRAMEWORKS_REQUIREMENTS)
+$(FRAMEWORKS_VENV)/.installed: $(FRAMEWORKS_REQUIREMENTS) client/pyproject.toml
 	test -x $(FRAMEWORKS_VENV)/bin/python || $(PYTHON) -m venv $(FRAMEWORKS_VENV)
 	$(FRAMEWORKS_VENV)/bin/pip install --quiet --no-deps -r $(FRAMEWORKS_REQUIREMENTS)
+	# bge-client and its framework components (tests/integration/test_client_frameworks.py);
+	# its dependencies are locked in the requirements file.
+	$(FRAMEWORKS_VENV)/bin/pip install --quiet --no-deps -e ./client
 	$(FRAMEWORKS_VENV)/bin/pip check
 	touch $@
 
@@ -62,10 +67,14 @@ demo: install
 		DEVICE=cpu $(BIN)/bge-serve $(ARGS)
 
 check: install
-	$(BIN)/ruff check engine backends api retrieval worker tests bench
-	$(BIN)/ruff format --check engine backends api retrieval worker tests bench
+	$(BIN)/ruff check engine backends api retrieval worker client tests bench
+	$(BIN)/ruff format --check engine backends api retrieval worker client tests bench
 	$(BIN)/mypy
-	$(BIN)/codespell engine backends api retrieval worker tests bench deploy README.md docs
+	# bge-client's framework modules, against the frameworks they subclass (pyproject's
+	# [tool.mypy] says why they are not in the run above).
+	$(BIN)/mypy --python-executable $(FRAMEWORKS_VENV)/bin/python \
+		client/bge_client/langchain.py client/bge_client/llama_index.py client/bge_client/haystack.py
+	$(BIN)/codespell engine backends api retrieval worker client tests bench deploy README.md docs
 
 # Two sets, one per environment: the service's stack, then what needs infinity_emb.
 test: check

@@ -15,9 +15,10 @@ huggingface_hub>=1), so they live in ``.venv-frameworks`` (``make install``, fro
 ``tests/frameworks/clients.py``. Any address but the live server's is refused in those
 processes, so a client that reaches for a hub fails here as it would offline.
 
-LangChain's ``QdrantVectorStore`` is tested dense only: its hybrid mode takes a
-``SparseEmbeddings``, and the only one langchain-qdrant ships, ``FastEmbedSparse``, runs a
-local fastembed model; nothing it ships calls a sparse-embedding service.
+LangChain's ``QdrantVectorStore`` is tested dense only here, with what the frameworks
+ship: its hybrid mode takes a ``SparseEmbeddings``, and the only one langchain-qdrant
+ships, ``FastEmbedSparse``, runs a local fastembed model. bge-client's components (sparse
+and hybrid retrieval in each framework) are tested in ``test_client_frameworks.py``.
 """
 
 from __future__ import annotations

@@ -205,6 +205,10 @@ def opened(qdrant: Path) -> Iterator[QdrantClient]:
         client.close()
 
 
+# What bge-index records of the vectors it stores by default (retrieval/vector_types.py).
+FLOAT32_VECTORS = {"dense_dtype": "float32", "colbert_dtype": "float32", "colbert_max_tokens": None}
+
+
 def metadata(qdrant: Path, collection: str) -> dict[str, Any]:
     with opened(qdrant) as store:
         return dict(store.get_collection(collection).config.metadata or {})
@@ -232,6 +236,7 @@ def test_bge_index_records_the_services_space(
     assert metadata(qdrant, "docs_v1") == {
         "sparse_mapping": space.mapping,
         "sparse_index_space": space.index_space,
+        **FLOAT32_VECTORS,
     }
     # The same service searches it (through the alias) without a word on stderr.
     capsys.readouterr()
@@ -303,8 +308,15 @@ def test_a_collection_with_no_record_is_searched_with_a_warning(
 
     vectors = asyncio.run(embed([r["text"] for r in rows]))
     with opened(qdrant) as store:
-        qd.ensure_collection(
-            store, "old", dimension=len(vectors[0].dense), sparse=True, colbert_dimension=None
+        # Created as bge-index created collections then: float32 vectors, no metadata.
+        store.create_collection(
+            "old",
+            vectors_config={
+                qd.DENSE: models.VectorParams(
+                    size=len(vectors[0].dense), distance=models.Distance.COSINE
+                )
+            },
+            sparse_vectors_config={qd.SPARSE: models.SparseVectorParams()},
         )
         ids, texts = [r["id"] for r in rows], [r["text"] for r in rows]
         qd.upsert(store, "old", ids, texts, [{} for _ in rows], vectors)

@@ -15,15 +15,15 @@ ARGS ?=
 $(VENV)/.installed: pyproject.toml constraints.txt client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,redis,bench,retrieval,runpod]"
+	# bge-client (client/) in the same command: the retrieval extra requires it, and it is
+	# not on PyPI.
+	$(BIN)/pip install --quiet -c constraints.txt -e ./client -e ".[test,redis,bench,retrieval,runpod]"
 	# runpod declares fastapi[all], whose extras the worker never uses; pyproject's runpod
 	# extra holds the rest of its requirements.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt runpod
 	# langchain-cohere declares cohere<6; its embeddings run on the pinned cohere 7
 	# (tests/integration/test_cohere_embed.py); langchain-core comes with langchain-openai.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt langchain-cohere
-	# bge-client (client/): its httpx and msgspec are the service's own, pinned above.
-	$(BIN)/pip install --quiet --no-deps -e ./client
 	touch $@
 
 # The RAG frameworks' clients (tests/integration/test_frameworks.py) in a venv of their own:

@@ -50,7 +50,7 @@ from retrieval.client import Embedded, ServiceClient
 from retrieval.command import EXIT_STATUSES, run_tool
 from retrieval.corpus import ON_DUPLICATE, Document, read_corpus
 from retrieval.settings import Connections, add_connection_flags, connections
-from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
+from retrieval.space import SparseSpace, mismatch, unrecorded, warn
 from retrieval.vector_types import DTYPES, VectorTypes, embed
 
 __all__ = ["IndexReport", "index_documents", "main"]
@@ -97,7 +97,8 @@ async def index_documents(
         return await embed(service, texts, stored, sparse=sparse, colbert=colbert, prune=True)
 
     probe = (await vectors_of(["dimension probe"]))[0]
-    space = SparseSpace.of(probe.sparse) if sparse else None
+    # The space of the probe's sparse answer: every later answer is held to it.
+    space = await service.sparse_space() if sparse else None
     qd.ensure_collection(
         store,
         collection,
@@ -162,7 +163,7 @@ def _check_space(
         else:
             on_warning(unrecorded(collection, space))
     elif recorded != space:
-        raise SpaceMismatch(mismatch(collection, recorded, space))
+        raise mismatch(collection, recorded, space)
 
 
 def _batches(documents: Iterable[Document], size: int) -> Iterator[list[Document]]:

@@ -41,7 +41,7 @@ from retrieval import store as qd
 from retrieval.client import ServiceClient
 from retrieval.command import EXIT_STATUSES, run_tool
 from retrieval.settings import Connections, add_connection_flags, connections
-from retrieval.space import SpaceMismatch, SparseSpace, mismatch, unrecorded, warn
+from retrieval.space import SparseSpace, mismatch, unrecorded, warn
 from retrieval.vector_types import VectorTypes, embed
 
 __all__ = ["RRF_K", "STAGES", "Hit", "Mode", "Searcher", "main", "rrf"]
@@ -118,7 +118,7 @@ class Searcher:
         if mode in ("sparse", "hybrid"):
             if embedded.sparse is None:
                 raise ValueError("the service gave no sparse vector: it does not serve sparse")
-            self._check_space(SparseSpace.of(embedded.sparse))
+            self._check_space(await self._service.sparse_space())
             prefetches.append(
                 models.Prefetch(
                     query=models.SparseVector(
@@ -195,7 +195,7 @@ class Searcher:
         if stored is None:
             self._on_warning(unrecorded(self._collection, service))
         elif stored != service:
-            raise SpaceMismatch(mismatch(self._collection, stored, service))
+            raise mismatch(self._collection, stored, service)
         self._space_checked = True
 
     def _query(self, query: Any, using: str | None, *, limit: int) -> list[models.ScoredPoint]:

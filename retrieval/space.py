@@ -4,60 +4,32 @@ A sparse query matches a stored vector only where their indices mean the same
 token, so a collection built in one space (``tokenizer``: index = token id;
 ``hash``: sha256 of the id modulo SPARSE_INDEX_SPACE) and queried in another
 returns nothing, without an error. ``bge-index`` records the service's space in
-the collection's metadata; ``bge-search`` (and ``bge-eval``) compare it with the
-space of the service's answer for the query and refuse a mismatch.
+the collection's metadata (``SparseSpace.metadata``: ``sparse_mapping`` and
+``sparse_index_space``); ``bge-search`` (and ``bge-eval``) compare it with the
+space the service answers the query in and refuse a mismatch.
+
+The space is bge-client's ``SparseSpace``, and a mismatch its ``SparseSpaceMismatch``
+(a ``ValueError``), said here for a collection. Each tool's client holds to the
+service's space at its first answer (bge-client's guard), so a service restarted in
+another space mid-run is refused too. The client is not made with the collection's
+space: it would ask the service for that mapping by name, and a service answering in
+another space by default would be searched without a word; the tools refuse it instead.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-from retrieval.client import SparseVector
+from bge_client import SparseSpace, SparseSpaceMismatch
 
-__all__ = ["SpaceMismatch", "SparseSpace", "mismatch", "unrecorded", "warn"]
+__all__ = ["SparseSpace", "mismatch", "unrecorded", "warn"]
 
-# The collection metadata keys; the names /info and /health use for the same thing.
-_MAPPING, _INDEX_SPACE = "sparse_mapping", "sparse_index_space"
 # What the service's SPARSE_TOKEN_MAPPING defaulted to before it became tokenizer.
 _OLD_DEFAULT = "hash"
 
 
-class SpaceMismatch(ValueError):
-    """The collection's sparse vectors and the service's are in different spaces."""
-
-
-@dataclass(frozen=True, slots=True)
-class SparseSpace:
-    mapping: str
-    index_space: int
-
-    def __str__(self) -> str:
-        return f"{self.mapping} (index space {self.index_space})"
-
-    def metadata(self) -> dict[str, Any]:
-        return {_MAPPING: self.mapping, _INDEX_SPACE: self.index_space}
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any] | None) -> SparseSpace | None:
-        mapping = (metadata or {}).get(_MAPPING)
-        index_space = (metadata or {}).get(_INDEX_SPACE)
-        if not isinstance(mapping, str) or not isinstance(index_space, int):
-            return None
-        return cls(mapping, index_space)
-
-    @classmethod
-    def of(cls, vector: SparseVector | None) -> SparseSpace | None:
-        """The space a service's sparse answer says it is in."""
-        if vector is None or vector.mapping is None or vector.index_space is None:
-            return None
-        return cls(vector.mapping, vector.index_space)
-
-
-def mismatch(collection: str, stored: SparseSpace, service: SparseSpace) -> str:
-    """Why a query would match nothing, and the two ways out."""
+def mismatch(collection: str, stored: SparseSpace, service: SparseSpace) -> SparseSpaceMismatch:
+    """The refusal: why a query would match nothing, and the two ways out."""
     if stored.mapping != service.mapping:
         setting = f"SPARSE_TOKEN_MAPPING={stored.mapping}"
         if stored.mapping == "hash":
@@ -69,11 +41,13 @@ def mismatch(collection: str, stored: SparseSpace, service: SparseSpace) -> str:
         setting = (
             f"EMBEDDING_MODEL_NAME to the model it was built with ({stored.index_space} tokens)"
         )
-    return (
+    return SparseSpaceMismatch(
         f"collection `{collection}` holds sparse vectors in the {stored} space but the "
         f"service answers in the {service} space: no sparse query would match. Set "
         f"{setting} on the service, or re-index the collection with this service "
-        f"(bge-index --from-collection {collection} --collection <new name>)"
+        f"(bge-index --from-collection {collection} --collection <new name>)",
+        expected=stored,
+        got=service,
     )
 
 

@@ -25,19 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 from qdrant_client import models
 
-from retrieval.client import Embedded, ServiceClient
+from retrieval.client import Embedded, ServiceClient, VectorDtype
 
 __all__ = ["DTYPES", "VectorDtype", "VectorTypes", "embed"]
 
-VectorDtype = Literal["float32", "float16", "uint8"]
 DTYPES: tuple[VectorDtype, ...] = get_args(VectorDtype)
-# The service's encoding_format for each; float32 as JSON numbers, as the tools always asked.
-_ENCODING: dict[VectorDtype, str] = {"float32": "float", "float16": "float16", "uint8": "uint8"}
 _DATATYPE: dict[VectorDtype, models.Datatype] = {
     "float32": models.Datatype.FLOAT32,
     "float16": models.Datatype.FLOAT16,
@@ -102,12 +99,11 @@ async def embed(
     """``texts`` embedded as ``types`` stores them, in one request; ``prune``: with the
     collection's ColBERT pruning (documents; a query keeps every row)."""
     same = not colbert or types.dense == types.colbert
-    asked = _ENCODING[types.dense] if same else "float"
     vectors = await service.embed(
         texts,
         sparse=sparse,
         colbert=colbert,
-        encoding_format=asked,
+        dtype=types.dense if same else "float32",
         colbert_max_tokens=types.colbert_max_tokens if prune else None,
     )
     if same:

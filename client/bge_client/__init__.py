@@ -11,6 +11,10 @@ space per client kept for you.
 Framework components live in ``bge_client.langchain``, ``bge_client.llama_index`` and
 ``bge_client.haystack`` (extras of the same names). The errors are drawn in one tree in
 ``bge_client._errors``.
+
+It imports httpx, msgspec and itself only (the framework modules their framework too),
+never the server's packages (engine, backends, api, worker) nor the retrieval tools,
+which import it: it installs and runs where the server's stack is not.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from bge_client._types import (
     M3Scores,
     QuantizedEmbeddings,
     QuantizedFormat,
+    QuantizedHybridEmbeddings,
+    QuantizedHybridVector,
     Ranked,
     Ranking,
     SparseEmbeddings,
@@ -76,6 +82,8 @@ __all__ = [
     "ProtocolError",
     "QuantizedEmbeddings",
     "QuantizedFormat",
+    "QuantizedHybridEmbeddings",
+    "QuantizedHybridVector",
     "Ranked",
     "Ranking",
     "ServerError",

@@ -2,14 +2,16 @@
 native routes.
 
 Both read ``/health`` once, at their first call, for the server's batch limit and its
-sparse space; send each batch with the retries of ``bge_client._retries`` under one
-deadline per request (``timeout``); and join the answers as ``bge_client._plans``
-says. ``AsyncClient`` sends up to ``concurrency`` batches of one call at once.
+sparse space (unless made with ``read_health=False``); send each batch with the retries
+of ``bge_client._retries`` under one deadline per request (``timeout``); and join the
+answers as ``bge_client._plans`` says. ``AsyncClient`` sends up to ``concurrency``
+batches of one call at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -31,6 +33,7 @@ from bge_client._types import (
     M3Scores,
     QuantizedEmbeddings,
     QuantizedFormat,
+    QuantizedHybridEmbeddings,
     Ranking,
     SparseEmbeddings,
     SparseSpace,
@@ -47,6 +50,9 @@ R = TypeVar("R")
 # /health answers 503 with the same body while loading or degraded.
 _HEALTH_STATUSES = frozenset({200, 503})
 _JSON = {"content-type": "application/json"}
+# What a client that reads no /health knows of the server before an answer: no limit of
+# its own on the texts of a request, no model names.
+_UNREAD = Server(sys.maxsize, "", "")
 
 
 def _headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -76,6 +82,7 @@ class _Options:
         timeout: float,
         batch_size: int | None,
         sparse_space: SparseSpace | None,
+        read_health: bool,
     ) -> None:
         if timeout <= 0:
             raise ValueError("`timeout` must be > 0 seconds")
@@ -84,7 +91,16 @@ class _Options:
         self.timeout = timeout
         self.batch_size = batch_size
         self.guard = SpaceGuard(sparse_space)
+        self.read_health = read_health
         self.server: Server | None = None
+
+    def known(self, *, needs_health: bool) -> Server | None:
+        """What is known of the server, or None where ``/health`` must be read first: at
+        the first call, unless the client reads no /health and the call needs nothing
+        only /health says (a call of no texts does: its model name and sparse space)."""
+        if self.server is not None:
+            return self.server
+        return None if self.read_health or needs_health else _UNREAD
 
     def batch(self, server: Server) -> int:
         if self.batch_size is None:
@@ -106,9 +122,13 @@ class Client:
     and their waits included (429 and 503 are retried after their ``Retry-After``).
     ``batch_size``: texts per request, at most the server's ``max_batch_size``.
     ``sparse_space``: the sparse index space to hold to (e.g. what a collection
-    records); None takes the server's at first contact. ``transport``: an httpx
-    transport (a proxy's, or ``httpx.MockTransport`` in tests). Use it as a context
-    manager, or call ``close()``.
+    records); None takes the server's at first contact. ``read_health``: read
+    ``/health`` before the first call (default); False sends each call as its texts
+    come, cut at ``batch_size`` alone (None: one request per call, the server's 413 if
+    over its ``MAX_BATCH_SIZE``), and takes the sparse space from the first answer: for
+    a caller that batches for itself, whose first request is then its first call.
+    ``transport``: an httpx transport (a proxy's, or ``httpx.MockTransport`` in tests).
+    Use it as a context manager, or call ``close()``.
     """
 
     def __init__(
@@ -119,10 +139,11 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT_S,
         batch_size: int | None = None,
         sparse_space: SparseSpace | None = None,
+        read_health: bool = True,
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._options = _Options(timeout, batch_size, sparse_space)
+        self._options = _Options(timeout, batch_size, sparse_space, read_health)
         self._http = httpx.Client(
             base_url=url.rstrip("/"),
             headers=_headers(api_key, headers),
@@ -152,9 +173,11 @@ class Client:
 
     # --- The server ----------------------------------------------------------------------
 
-    def health(self) -> Health:
-        """``GET /health``, also while loading (``status`` says so)."""
-        return self._send("GET", "/health", None, Health, _HEALTH_STATUSES)
+    def health(self, *, retry: bool = True) -> Health:
+        """``GET /health``, also while loading (``status`` says so). ``retry=False`` tries
+        once, a probe of whether the server is up: one that cannot be reached raises
+        ``ConnectionFailedError`` at once, not at the deadline."""
+        return self._send("GET", "/health", None, Health, _HEALTH_STATUSES, retry=retry)
 
     def info(self) -> Info:
         """``GET /info``: the embedding model, its token limit, the sparse space."""
@@ -164,7 +187,7 @@ class Client:
         """The sparse space this client holds to: its ``sparse_space``, or the server's
         (read from ``/health`` if not yet known); raises ``SparseSpaceMismatch`` where the
         server reports the same mapping in another index space."""
-        self._server()
+        self._server(needs_health=self._options.guard.space is None)
         return self._options.guard.space
 
     # --- The model calls -----------------------------------------------------------------
@@ -182,7 +205,7 @@ class Client:
         ``float`` (JSON numbers, exact, four times the bytes) or ``float16`` (half the
         bytes of base64, each value rounded to half precision). ``dimensions``: the first
         N, renormalised."""
-        server = self._server()
+        server = self._server(needs_health=not texts)
         plan = _plans.dense(
             texts,
             server,
@@ -201,7 +224,7 @@ class Client:
     ) -> QuantizedEmbeddings:
         """Dense vectors as the server's integers: ``int8``, ``uint8`` (with each vector's
         scale), ``binary`` or ``ubinary`` (bits packed eight to a byte)."""
-        server = self._server()
+        server = self._server(needs_health=not texts)
         plan = _plans.quantized(
             texts,
             server,
@@ -214,7 +237,7 @@ class Client:
     def sparse(self, texts: Sequence[str]) -> SparseEmbeddings:
         """bge-m3 lexical weights as sparse vectors in the client's sparse space
         (``POST /v1/sparse-embeddings``)."""
-        server = self._server()
+        server = self._server(needs_health=not texts)
         guard = self._options.guard
         return self._run(
             _plans.sparse(texts, server, guard, batch_size=self._options.batch(server))
@@ -225,18 +248,46 @@ class Client:
         texts: Sequence[str],
         *,
         colbert: bool = False,
+        colbert_max_tokens: int | None = None,
         encoding_format: WireFormat = "base64",
     ) -> HybridEmbeddings:
         """Dense and sparse vectors (and ColBERT rows with ``colbert``) from one forward
-        pass per text (``POST /v1/hybrid-embeddings``)."""
-        server = self._server()
+        pass per text (``POST /v1/hybrid-embeddings``). ``colbert_max_tokens``: keep each
+        text's ColBERT rows of largest norm, at most that many, in their order (with
+        ``colbert`` only). ``encoding_format`` is how dense and ColBERT rows travel, as
+        for ``embed``."""
+        server = self._server(needs_health=not texts)
         plan = _plans.hybrid(
             texts,
             server,
             self._options.guard,
             batch_size=self._options.batch(server),
             colbert=colbert,
+            colbert_max_tokens=colbert_max_tokens,
             wire=encoding_format,
+        )
+        return self._run(plan)
+
+    def hybrid_quantized(
+        self,
+        texts: Sequence[str],
+        encoding_format: QuantizedFormat,
+        *,
+        colbert: bool = False,
+        colbert_max_tokens: int | None = None,
+    ) -> QuantizedHybridEmbeddings:
+        """``hybrid`` with the dense vectors and ColBERT rows as the server's integers
+        (``int8``, ``uint8`` with each vector's and row's scale, ``binary`` or
+        ``ubinary``), the sparse vectors as ever."""
+        server = self._server(needs_health=not texts)
+        plan = _plans.hybrid_quantized(
+            texts,
+            server,
+            self._options.guard,
+            batch_size=self._options.batch(server),
+            form=encoding_format,
+            colbert=colbert,
+            colbert_max_tokens=colbert_max_tokens,
         )
         return self._run(plan)
 
@@ -250,7 +301,7 @@ class Client:
     ) -> Ranking:
         """The documents best first by the cross-encoder (``POST /v1/rerank``), cut to
         ``top_n``; scores are the sigmoid of the logit, or the logit with ``raw_scores``."""
-        server = self._server()
+        server = self._server(needs_health=not documents)
         plan = _plans.rerank(
             query,
             documents,
@@ -271,7 +322,7 @@ class Client:
         """bge-m3's dense, sparse and ColBERT scores of each document against the query
         and their weighted means (``POST /v1/m3-score``); ``weights`` are ``(dense,
         sparse, colbert)``, the server's default ``(0.4, 0.2, 0.4)``."""
-        server = self._server()
+        server = self._server(needs_health=not documents)
         plan = _plans.m3_score(
             query, documents, server, batch_size=self._options.batch(server), weights=weights
         )
@@ -289,8 +340,8 @@ class Client:
 
     # --- Sending ---------------------------------------------------------------------------
 
-    def _server(self) -> Server:
-        known = self._options.server
+    def _server(self, *, needs_health: bool = False) -> Server:
+        known = self._options.known(needs_health=needs_health)
         return known or self._options.learn(self.health(), self.base_url)
 
     def _run(self, plan: Plan[A, R]) -> R:
@@ -303,8 +354,10 @@ class Client:
         body: dict[str, Any] | None,
         kind: type[A],
         ok: frozenset[int] = frozenset({200}),
+        *,
+        retry: bool = True,
     ) -> A:
-        attempts = Attempts(route, self._options.timeout, time.monotonic)
+        attempts = Attempts(route, self._options.timeout, time.monotonic, retry=retry)
         content = None if body is None else msgspec.json.encode(body)
         while True:
             try:
@@ -343,13 +396,14 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         batch_size: int | None = None,
         sparse_space: SparseSpace | None = None,
+        read_health: bool = True,
         concurrency: int = 4,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("`concurrency` must be at least 1")
-        self._options = _Options(timeout, batch_size, sparse_space)
+        self._options = _Options(timeout, batch_size, sparse_space, read_health)
         self._concurrency = concurrency
         self._url = url.rstrip("/")
         self._headers = _headers(api_key, headers)
@@ -378,9 +432,9 @@ class AsyncClient:
             await self._http.aclose()
         self._http = self._loop = None
 
-    async def health(self) -> Health:
-        """``GET /health``, also while loading (``status`` says so)."""
-        return await self._send("GET", "/health", None, Health, _HEALTH_STATUSES)
+    async def health(self, *, retry: bool = True) -> Health:
+        """As ``Client.health``."""
+        return await self._send("GET", "/health", None, Health, _HEALTH_STATUSES, retry=retry)
 
     async def info(self) -> Info:
         """``GET /info``: the embedding model, its token limit, the sparse space."""
@@ -388,7 +442,7 @@ class AsyncClient:
 
     async def sparse_space(self) -> SparseSpace | None:
         """As ``Client.sparse_space``."""
-        await self._server()
+        await self._server(needs_health=self._options.guard.space is None)
         return self._options.guard.space
 
     async def embed(
@@ -399,7 +453,7 @@ class AsyncClient:
         dimensions: int | None = None,
     ) -> DenseEmbeddings:
         """As ``Client.embed``."""
-        server = await self._server()
+        server = await self._server(needs_health=not texts)
         plan = _plans.dense(
             texts,
             server,
@@ -417,7 +471,7 @@ class AsyncClient:
         dimensions: int | None = None,
     ) -> QuantizedEmbeddings:
         """As ``Client.embed_quantized``."""
-        server = await self._server()
+        server = await self._server(needs_health=not texts)
         plan = _plans.quantized(
             texts,
             server,
@@ -429,7 +483,7 @@ class AsyncClient:
 
     async def sparse(self, texts: Sequence[str]) -> SparseEmbeddings:
         """As ``Client.sparse``."""
-        server = await self._server()
+        server = await self._server(needs_health=not texts)
         guard = self._options.guard
         return await self._run(
             _plans.sparse(texts, server, guard, batch_size=self._options.batch(server))
@@ -440,17 +494,40 @@ class AsyncClient:
         texts: Sequence[str],
         *,
         colbert: bool = False,
+        colbert_max_tokens: int | None = None,
         encoding_format: WireFormat = "base64",
     ) -> HybridEmbeddings:
         """As ``Client.hybrid``."""
-        server = await self._server()
+        server = await self._server(needs_health=not texts)
         plan = _plans.hybrid(
             texts,
             server,
             self._options.guard,
             batch_size=self._options.batch(server),
             colbert=colbert,
+            colbert_max_tokens=colbert_max_tokens,
             wire=encoding_format,
+        )
+        return await self._run(plan)
+
+    async def hybrid_quantized(
+        self,
+        texts: Sequence[str],
+        encoding_format: QuantizedFormat,
+        *,
+        colbert: bool = False,
+        colbert_max_tokens: int | None = None,
+    ) -> QuantizedHybridEmbeddings:
+        """As ``Client.hybrid_quantized``."""
+        server = await self._server(needs_health=not texts)
+        plan = _plans.hybrid_quantized(
+            texts,
+            server,
+            self._options.guard,
+            batch_size=self._options.batch(server),
+            form=encoding_format,
+            colbert=colbert,
+            colbert_max_tokens=colbert_max_tokens,
         )
         return await self._run(plan)
 
@@ -463,7 +540,7 @@ class AsyncClient:
         raw_scores: bool = False,
     ) -> Ranking:
         """As ``Client.rerank``."""
-        server = await self._server()
+        server = await self._server(needs_health=not documents)
         plan = _plans.rerank(
             query,
             documents,
@@ -482,7 +559,7 @@ class AsyncClient:
         weights: tuple[float, float, float] | None = None,
     ) -> M3Scores:
         """As ``Client.m3_score``."""
-        server = await self._server()
+        server = await self._server(needs_health=not documents)
         plan = _plans.m3_score(
             query, documents, server, batch_size=self._options.batch(server), weights=weights
         )
@@ -498,8 +575,8 @@ class AsyncClient:
         )
         return await self._run(plan)
 
-    async def _server(self) -> Server:
-        known = self._options.server
+    async def _server(self, *, needs_health: bool = False) -> Server:
+        known = self._options.known(needs_health=needs_health)
         return known or self._options.learn(await self.health(), self.base_url)
 
     async def _run(self, plan: Plan[A, R]) -> R:
@@ -532,10 +609,12 @@ class AsyncClient:
         body: dict[str, Any] | None,
         kind: type[A],
         ok: frozenset[int] = frozenset({200}),
+        *,
+        retry: bool = True,
     ) -> A:
         http = self._client()
         loop = asyncio.get_running_loop()
-        attempts = Attempts(route, self._options.timeout, loop.time)
+        attempts = Attempts(route, self._options.timeout, loop.time, retry=retry)
         content = None if body is None else msgspec.json.encode(body)
         while True:
             try:

@@ -9,8 +9,8 @@
     │   ├── OverloadedError           429: still refused when the deadline came
     │   ├── UnavailableError          503: still loading / not served when the deadline came
     │   └── ServerError               any other 5xx (a backend failed, a remote timed out)
-    ├── ConnectionFailedError     the server could not be reached until the deadline
-    ├── DeadlineExceededError     no answer within the deadline (also a TimeoutError)
+    ├── ConnectionFailedError     the server could not be reached until the deadline: .route
+    ├── DeadlineExceededError     no answer within the deadline (also a TimeoutError): .route
     ├── ProtocolError             a 2xx body that no bge-serve sends: is the URL a bge-serve?
     └── SparseSpaceMismatch       sparse vectors in another index space than the client's
                                   (also a ValueError)
@@ -97,11 +97,21 @@ class ServerError(ApiError):
 
 
 class ConnectionFailedError(BgeError):
-    """The server could not be reached (refused, dropped, DNS) until the deadline."""
+    """The server could not be reached (refused, dropped, DNS) until the deadline, or at
+    once by ``health(retry=False)``; ``route`` is the one tried, ``__cause__`` httpx's
+    error of the last try."""
+
+    def __init__(self, message: str, *, route: str) -> None:
+        super().__init__(message)
+        self.route = route
 
 
 class DeadlineExceededError(BgeError, TimeoutError):
-    """No answer came within the client's deadline."""
+    """No answer came on ``route`` within the client's deadline."""
+
+    def __init__(self, message: str, *, route: str) -> None:
+        super().__init__(message)
+        self.route = route
 
 
 class ProtocolError(BgeError):

@@ -29,6 +29,8 @@ from bge_client._types import (
     M3Scores,
     QuantizedEmbeddings,
     QuantizedFormat,
+    QuantizedHybridEmbeddings,
+    QuantizedHybridVector,
     Ranked,
     Ranking,
     SparseEmbeddings,
@@ -45,6 +47,7 @@ __all__ = [
     "Server",
     "dense",
     "hybrid",
+    "hybrid_quantized",
     "m3_score",
     "quantized",
     "rerank",
@@ -104,6 +107,21 @@ class _HybridItem(msgspec.Struct):
 class _HybridAnswer(msgspec.Struct):
     model: str
     data: list[_HybridItem]
+    usage: Usage
+
+
+class _QuantizedHybridItem(msgspec.Struct):
+    index: int
+    dense: list[int]
+    sparse: _Sparse
+    dense_scale: float | None = None
+    colbert: list[list[int]] | None = None
+    colbert_scales: list[float] | None = None
+
+
+class _QuantizedHybridAnswer(msgspec.Struct):
+    model: str
+    data: list[_QuantizedHybridItem]
     usage: Usage
 
 
@@ -291,6 +309,38 @@ def sparse(
     return Plan(route, bodies, _SparseAnswer, finish)
 
 
+def _pruning(colbert: bool, colbert_max_tokens: int | None) -> int | None:
+    # The server's 422s, said before anything is sent.
+    if colbert_max_tokens is None:
+        return None
+    if not colbert:
+        raise ValueError("`colbert_max_tokens` prunes ColBERT rows: pass `colbert=True` with it")
+    if colbert_max_tokens < 1:
+        raise ValueError("`colbert_max_tokens` must be at least 1")
+    return colbert_max_tokens
+
+
+def _hybrid_bodies(
+    batches: list[list[str]],
+    guard: SpaceGuard,
+    *,
+    colbert: bool,
+    colbert_max_tokens: int | None,
+    encoding_format: str,
+) -> list[dict[str, Any]]:
+    pruning = _pruning(colbert, colbert_max_tokens)
+    return [
+        _body(
+            input=b,
+            mapping=guard.mapping(),
+            return_colbert=colbert or None,
+            colbert_max_tokens=pruning,
+            encoding_format=encoding_format,
+        )
+        for b in batches
+    ]
+
+
 def hybrid(
     texts: Sequence[str],
     server: Server,
@@ -298,6 +348,7 @@ def hybrid(
     *,
     batch_size: int,
     colbert: bool,
+    colbert_max_tokens: int | None,
     wire: WireFormat,
 ) -> Plan[_HybridAnswer, HybridEmbeddings]:
     route = "/v1/hybrid-embeddings"
@@ -325,16 +376,59 @@ def hybrid(
             usage=_usage(answers),
         )
 
-    bodies = [
-        _body(
-            input=b,
-            mapping=guard.mapping(),
-            return_colbert=colbert or None,
-            encoding_format=wire,
-        )
-        for b in batches
-    ]
+    bodies = _hybrid_bodies(
+        batches, guard, colbert=colbert, colbert_max_tokens=colbert_max_tokens, encoding_format=wire
+    )
     return Plan(route, bodies, _HybridAnswer, finish)
+
+
+def hybrid_quantized(
+    texts: Sequence[str],
+    server: Server,
+    guard: SpaceGuard,
+    *,
+    batch_size: int,
+    form: QuantizedFormat,
+    colbert: bool,
+    colbert_max_tokens: int | None,
+) -> Plan[_QuantizedHybridAnswer, QuantizedHybridEmbeddings]:
+    route = "/v1/hybrid-embeddings"
+    batches = _batches(_texts(texts, "texts"), batch_size)
+    scaled = form in ("int8", "uint8")
+
+    def one(item: _QuantizedHybridItem) -> QuantizedHybridVector:
+        if colbert and item.colbert is None:
+            raise ProtocolError(f"{route} answered no ColBERT vectors, though asked for them")
+        if scaled and (
+            item.dense_scale is None
+            or (item.colbert is not None and len(item.colbert_scales or ()) != len(item.colbert))
+        ):
+            raise ProtocolError(f"{route} answered {form} without a scale for every vector")
+        return QuantizedHybridVector(
+            dense=item.dense,
+            sparse=_vector(item.sparse, guard, route),
+            dense_scale=item.dense_scale if scaled else None,
+            colbert=item.colbert,
+            colbert_scales=item.colbert_scales if scaled else None,
+        )
+
+    def finish(answers: list[_QuantizedHybridAnswer]) -> QuantizedHybridEmbeddings:
+        vectors: list[QuantizedHybridVector] = []
+        for batch, answer in zip(batches, answers, strict=True):
+            _in_order(route, len(batch), [item.index for item in answer.data])
+            vectors.extend(one(item) for item in sorted(answer.data, key=lambda i: i.index))
+        return QuantizedHybridEmbeddings(
+            model=answers[0].model if answers else server.embedding_model,
+            format=form,
+            vectors=vectors,
+            space=_space(guard, route),
+            usage=_usage(answers),
+        )
+
+    bodies = _hybrid_bodies(
+        batches, guard, colbert=colbert, colbert_max_tokens=colbert_max_tokens, encoding_format=form
+    )
+    return Plan(route, bodies, _QuantizedHybridAnswer, finish)
 
 
 def _documents(query: str, documents: Sequence[str]) -> list[str]:

@@ -27,6 +27,8 @@ _RESULTS = (
     _types.SparseEmbeddings,
     _types.HybridEmbeddings,
     _types.HybridVector,
+    _types.QuantizedHybridEmbeddings,
+    _types.QuantizedHybridVector,
     _types.SparseVector,
     _types.SparseSpace,
     _types.Ranking,
@@ -41,8 +43,9 @@ _RESULTS = (
 
 
 def _doc(thing: object) -> str:
-    # The object's own docstring: a Struct without one would show msgspec.Struct's.
-    own = thing.__dict__.get("__doc__") if hasattr(thing, "__dict__") else None
+    # A class's own docstring (a Struct without one would show msgspec.Struct's); a
+    # function's or module's is its __doc__ (a function's __dict__ holds no __doc__).
+    own = thing.__dict__.get("__doc__") if isinstance(thing, type) else thing.__doc__
     return inspect.cleandoc(own or "")
 
 

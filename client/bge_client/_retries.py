@@ -5,7 +5,8 @@ A 429 or 503 is retried after the ``Retry-After`` it carries (a busy or loading 
 asks for patience, not failure), a dropped or refused connection after a backoff with
 jitter; any other answer is final. Every try and every wait counts against one
 deadline: a wait that would end past it is not waited for in vain, and what is raised
-then is the last refusal, with the server's own message.
+then is the last refusal, with the server's own message. A request sent with
+``retry=False`` (a probe: ``health(retry=False)``) is tried once.
 """
 
 from __future__ import annotations
@@ -94,12 +95,16 @@ def _backoff(attempt: int) -> float:
 
 
 class Attempts:
-    """The tries of one request to ``route``, given up on ``timeout_s`` after it began."""
+    """The tries of one request to ``route``, given up on ``timeout_s`` after it began
+    (or after its first try, where ``retry`` is False)."""
 
-    def __init__(self, route: str, timeout_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, route: str, timeout_s: float, clock: Callable[[], float], *, retry: bool = True
+    ) -> None:
         self.route = route
         self._timeout_s = timeout_s
         self._clock = clock
+        self._retry = retry
         self._deadline = clock() + timeout_s
         self._attempt = 0
         # Why the last try failed: what is raised if the deadline then cuts the next.
@@ -119,15 +124,22 @@ class Attempts:
     def timed_out(self) -> NoReturn:
         """The deadline came during a try (or before it)."""
         raise self._failure or DeadlineExceededError(
-            f"{self.route} was not answered within the client's {self._timeout_s:g} s deadline"
+            f"{self.route} was not answered within the client's {self._timeout_s:g} s deadline",
+            route=self.route,
         )
 
     def unreachable(self, error: httpx.TransportError, base_url: str) -> float:
         """Seconds to wait after a refused or dropped connection; raises past the deadline."""
-        self._failure = ConnectionFailedError(
-            f"{base_url} could not be reached on {self.route}; gave up after the client's "
-            f"{self._timeout_s:g} s deadline: {error!r}"
+        given_up = (
+            f"gave up after the client's {self._timeout_s:g} s deadline"
+            if self._retry
+            else "not retried"
         )
+        self._failure = ConnectionFailedError(
+            f"{base_url} could not be reached on {self.route}; {given_up}: {error!r}",
+            route=self.route,
+        )
+        self._failure.__cause__ = error
         # The server may be restarting: tries go on until the deadline, the last one
         # just before it.
         left = self._deadline - self._clock() - _LAST_TRY_S
@@ -149,7 +161,7 @@ class Attempts:
 
     def _wait(self, wait: float) -> float:
         assert self._failure is not None
-        if wait <= 0 or self._clock() + wait >= self._deadline:
+        if not self._retry or wait <= 0 or self._clock() + wait >= self._deadline:
             raise self._failure
         self._attempt += 1
         return wait

@@ -17,6 +17,8 @@ __all__ = [
     "M3Scores",
     "QuantizedEmbeddings",
     "QuantizedFormat",
+    "QuantizedHybridEmbeddings",
+    "QuantizedHybridVector",
     "Ranked",
     "Ranking",
     "SparseEmbeddings",
@@ -125,6 +127,30 @@ class HybridEmbeddings(msgspec.Struct, frozen=True):
 
     model: str
     vectors: list[HybridVector]
+    space: SparseSpace
+    usage: Usage
+
+
+class QuantizedHybridVector(msgspec.Struct, frozen=True):
+    """One text's vectors from one forward pass, dense and ColBERT rows as the server's
+    integers; ``dense_scale`` and ``colbert_scales`` (one per row; int8 and uint8 only)
+    give their floats back as ``QuantizedEmbeddings.scales`` do. ``colbert`` only when
+    asked for."""
+
+    dense: list[int]
+    sparse: SparseVector
+    dense_scale: float | None = None
+    colbert: list[list[int]] | None = None
+    colbert_scales: list[float] | None = None
+
+
+class QuantizedHybridEmbeddings(msgspec.Struct, frozen=True):
+    """One ``QuantizedHybridVector`` per text, in the texts' order; sparse ones in
+    ``space``."""
+
+    model: str
+    format: QuantizedFormat
+    vectors: list[QuantizedHybridVector]
     space: SparseSpace
     usage: Usage
 

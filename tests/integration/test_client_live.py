@@ -1,11 +1,13 @@
 """bge-client against live bge-serve processes: each method's result is the route's own
-answer, batches follow the server's MAX_BATCH_SIZE, a 429 storm (MAX_QUEUED_REQUESTS=1)
-is ridden out on ``Retry-After``, the API key is sent, and a sparse space the server
-does not answer in is refused."""
+answer (hybrid's ColBERT pruning and integer formats included), batches follow the
+server's MAX_BATCH_SIZE, a 429 storm (MAX_QUEUED_REQUESTS=1) is ridden out on
+``Retry-After``, the API key is sent, and a sparse space the server does not answer in
+is refused."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections import Counter
 from collections.abc import Iterator
 
@@ -83,6 +85,44 @@ def test_sparse_and_hybrid_are_the_routes(bge: Client, server: Server) -> None:
         np.testing.assert_allclose(got.sparse.values, row["sparse"]["values"], rtol=1e-5)
         assert got.colbert is not None
         np.testing.assert_allclose(np.array(got.colbert), np.array(row["colbert"]), atol=1e-6)
+
+
+def test_pruned_and_half_precision_hybrid_is_the_routes(bge: Client, server: Server) -> None:
+    body = {"input": INPUTS, "return_colbert": True, "colbert_max_tokens": 3}
+    answer = post(server, "/v1/hybrid-embeddings", {**body, "encoding_format": "float16"})
+    data = answer["data"]  # type: ignore[index]
+    got = bge.hybrid(INPUTS, colbert=True, colbert_max_tokens=3, encoding_format="float16")
+
+    def half(row: str) -> list[float]:
+        values: list[float] = np.frombuffer(base64.b64decode(row), "<f2").tolist()
+        return values
+
+    for row, vector in zip(data, got.vectors, strict=True):
+        assert vector.dense == half(row["dense"])
+        assert vector.colbert == [half(r) for r in row["colbert"]]
+        assert vector.sparse.indices == row["sparse"]["indices"]
+        assert 0 < len(vector.colbert) <= 3
+    # A client that reads no /health gets the same, in one request.
+    with Client(server.url, read_health=False, timeout=120) as unread:
+        same = unread.hybrid(INPUTS, colbert=True, colbert_max_tokens=3, encoding_format="float16")
+        assert same.vectors == got.vectors and same.space == got.space
+
+
+@pytest.mark.parametrize("form", ["int8", "uint8", "binary"])
+def test_quantized_hybrid_is_the_routes(bge: Client, server: Server, form: str) -> None:
+    body = {"input": INPUTS, "return_colbert": True, "colbert_max_tokens": 4}
+    answer = post(server, "/v1/hybrid-embeddings", {**body, "encoding_format": form})
+    data = answer["data"]  # type: ignore[index]
+    got = bge.hybrid_quantized(INPUTS, form, colbert=True, colbert_max_tokens=4)  # type: ignore[arg-type]
+    assert got.format == form and got.space == bge.sparse_space()
+    for row, vector in zip(data, got.vectors, strict=True):
+        assert vector.dense == row["dense"]
+        assert vector.colbert == row["colbert"]
+        assert vector.dense_scale == row.get("dense_scale")
+        assert vector.colbert_scales == row.get("colbert_scales")
+        assert vector.sparse.indices == row["sparse"]["indices"]
+        assert (vector.dense_scale is None) == (form == "binary")
+    assert len(got.vectors) == len(INPUTS)
 
 
 def test_rerank_m3_score_and_tokenize_are_the_routes(bge: Client, server: Server) -> None:

@@ -1,7 +1,8 @@
 """bge-client's own logic through its real httpx stack, the server played by an
 ``httpx.MockTransport``: batches cut at the server's limit and joined in order, retries
 on 429/503 after ``Retry-After`` within one deadline, typed errors with the server's
-message, the API key, and the sparse space held to."""
+message, the API key, the sparse space held to, hybrid's ColBERT pruning and integer
+formats, and a client that reads no ``/health``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from bge_client import (
     InvalidRequestError,
     OverloadedError,
     ProtocolError,
+    QuantizedHybridVector,
     SparseSpace,
     SparseSpaceMismatch,
     UnavailableError,
@@ -62,6 +64,18 @@ def vector_of(text: str) -> list[float]:
 
 def sparse_of(text: str, mapping: str = "tokenizer", space: int = 1000) -> dict[str, Any]:
     return {"indices": [len(text)], "values": [1.0], "mapping": mapping, "index_space": space}
+
+
+def integers_of(text: str) -> list[int]:
+    """A text's made-up integer vector, in every quantized format's range."""
+    return [len(text) % 100, ord(text[0]) % 7, 1]
+
+
+def scale_of(text: str) -> float:
+    return len(text) / 1000
+
+
+QUANTIZED = ("int8", "uint8", "binary", "ubinary")
 
 
 def usage(n: int) -> dict[str, int]:
@@ -106,6 +120,14 @@ class FakeServer:
                 for i, t in enumerate(texts)
             ]
             return ok({"model": "BAAI/bge-m3", "data": data, "usage": usage(len(texts))})
+        if path == "/v1/hybrid-embeddings" and body.get("encoding_format") in QUANTIZED:
+            return ok(
+                {
+                    "model": "BAAI/bge-m3",
+                    "data": [self.quantized_hybrid(i, t, body) for i, t in enumerate(texts)],
+                    "usage": usage(len(texts)),
+                }
+            )
         if path == "/v1/hybrid-embeddings":
             wire = body.get("encoding_format", "float")
             data = [
@@ -163,6 +185,24 @@ class FakeServer:
             ]
             return ok(rows)
         raise AssertionError(f"unexpected {path}")
+
+    def quantized_hybrid(self, index: int, text: str, body: dict[str, Any]) -> dict[str, Any]:
+        scaled = body["encoding_format"] in ("int8", "uint8")
+        item: dict[str, Any] = {
+            "index": index,
+            "dense": integers_of(text),
+            "sparse": sparse_of(text, body.get("mapping") or "tokenizer", self.answer_space),
+        }
+        if scaled:
+            item["dense_scale"] = scale_of(text)
+        if body.get("return_colbert"):
+            # One row per letter, cut to colbert_max_tokens as the server prunes.
+            rows = [integers_of(text[i:]) for i in range(len(text))]
+            rows = rows[: body.get("colbert_max_tokens") or len(rows)]
+            item["colbert"] = rows
+            if scaled:
+                item["colbert_scales"] = [scale_of(text)] * len(rows)
+        return item
 
     def posted(self) -> list[dict[str, Any]]:
         return [body for path, body in self.sent if path != "/health" and body is not None]
@@ -462,3 +502,178 @@ def test_the_reference_page_is_the_docstrings() -> None:
         "docs/clients/python.md's reference is stale: "
         "python -m bge_client._reference docs/clients/python.md"
     )
+
+
+# --- Hybrid: ColBERT pruning and the integer formats ------------------------------------------
+
+
+def test_hybrid_sends_colbert_max_tokens(client: Client, fake: FakeServer) -> None:
+    hybrid = client.hybrid(TEXTS[:2], colbert=True, colbert_max_tokens=4, encoding_format="float16")
+    assert fake.posted()[-1] == {
+        "input": TEXTS[:2],
+        "mapping": "tokenizer",
+        "return_colbert": True,
+        "colbert_max_tokens": 4,
+        "encoding_format": "float16",
+    }
+    assert [v.colbert for v in hybrid.vectors] == [[vector_of(t)] for t in TEXTS[:2]]
+    # Left out where not given: the server keeps every row.
+    client.hybrid(TEXTS[:1], colbert=True)
+    assert "colbert_max_tokens" not in fake.posted()[-1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"colbert_max_tokens": 4}, "pass `colbert=True` with it"),
+        ({"colbert": True, "colbert_max_tokens": 0}, "at least 1"),
+    ],
+)
+def test_a_pruning_the_server_would_refuse_is_refused_before_sending(
+    client: Client, fake: FakeServer, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        client.hybrid(["a"], **options)
+    with pytest.raises(ValueError, match=message):
+        client.hybrid_quantized(["a"], "int8", **options)
+    assert fake.posted() == []
+
+
+@pytest.mark.parametrize("form", ["int8", "uint8"])
+def test_hybrid_quantized_keeps_every_vectors_scale(
+    client: Client, fake: FakeServer, form: Any
+) -> None:
+    result = client.hybrid_quantized(TEXTS, form, colbert=True, colbert_max_tokens=2)
+    assert [len(body["input"]) for body in fake.posted()] == [3, 3, 1]
+    assert fake.posted()[0]["encoding_format"] == form
+    assert fake.posted()[0]["colbert_max_tokens"] == 2
+    assert result.format == form
+    assert result.space == SparseSpace("tokenizer", 1000)
+    assert result.usage.prompt_tokens == len(TEXTS)
+    for text, vector in zip(TEXTS, result.vectors, strict=True):
+        rows = [integers_of(text[i:]) for i in range(len(text))][:2]
+        assert vector == QuantizedHybridVector(
+            dense=integers_of(text),
+            sparse=vector.sparse,
+            dense_scale=scale_of(text),
+            colbert=rows,
+            colbert_scales=[scale_of(text)] * len(rows),
+        )
+        assert vector.sparse.indices == [len(text)]
+
+
+def test_hybrid_quantized_bits_have_no_scales_and_colbert_only_when_asked(client: Client) -> None:
+    result = client.hybrid_quantized(TEXTS[:2], "ubinary")
+    assert [(v.dense, v.dense_scale, v.colbert, v.colbert_scales) for v in result.vectors] == [
+        (integers_of(t), None, None, None) for t in TEXTS[:2]
+    ]
+
+
+def test_hybrid_quantized_without_a_scale_is_a_protocol_error(
+    client: Client, fake: FakeServer
+) -> None:
+    def unscaled(request: httpx.Request) -> httpx.Response:
+        item = fake.quantized_hybrid(0, "a", json.loads(request.content))
+        del item["colbert_scales"]
+        return ok({"model": "BAAI/bge-m3", "data": [item], "usage": usage(1)})
+
+    fake.script = [unscaled]
+    with pytest.raises(ProtocolError, match="int8 without a scale for every vector"):
+        client.hybrid_quantized(["a"], "int8", colbert=True)
+
+
+def test_async_hybrid_quantized_and_pruning(fake: FakeServer) -> None:
+    async def run() -> Any:
+        async with AsyncClient(URL, transport=httpx.MockTransport(fake), concurrency=2) as bge:
+            pruned = await bge.hybrid(TEXTS, colbert=True, colbert_max_tokens=1)
+            return pruned, await bge.hybrid_quantized(TEXTS, "uint8", colbert=True)
+
+    pruned, quantized = asyncio.run(run())
+    assert [v.dense for v in pruned.vectors] == [vector_of(t) for t in TEXTS]
+    assert {body["colbert_max_tokens"] for body in fake.posted()[:3]} == {1}
+    assert [v.colbert for v in quantized.vectors] == [
+        [integers_of(t[i:]) for i in range(len(t))] for t in TEXTS
+    ]
+
+
+# --- A client that reads no /health --------------------------------------------------------
+
+
+def test_a_client_that_reads_no_health_sends_each_call_as_it_comes(fake: FakeServer) -> None:
+    transport = httpx.MockTransport(fake)
+    with Client(URL, read_health=False, transport=transport) as bge:
+        result = bge.hybrid(TEXTS)
+        # The space of the first answer, asked for by name from then on.
+        assert result.space == SparseSpace("tokenizer", 1000)
+        assert bge.sparse_space() == SparseSpace("tokenizer", 1000)
+        bge.sparse(TEXTS[:1])
+    assert [path for path, _ in fake.sent] == ["/v1/hybrid-embeddings", "/v1/sparse-embeddings"]
+    # One request of all seven texts, over the server's limit of 3: the caller's to cut.
+    assert [len(body["input"]) for body in fake.posted()] == [7, 1]
+    assert "mapping" not in fake.posted()[0]
+    assert fake.posted()[1]["mapping"] == "tokenizer"
+    with Client(URL, read_health=False, batch_size=2, transport=transport) as bge:
+        bge.embed(TEXTS)
+    assert [len(body["input"]) for body in fake.posted()[2:]] == [2, 2, 2, 1]
+
+
+def test_a_client_that_reads_no_health_refuses_another_space(fake: FakeServer) -> None:
+    with Client(URL, read_health=False, transport=httpx.MockTransport(fake)) as bge:
+        bge.sparse(["a"])
+        fake.answer_space = 2000
+        with pytest.raises(SparseSpaceMismatch, match="/v1/sparse-embeddings answered"):
+            bge.sparse(["a"])
+
+
+def test_a_client_that_reads_no_health_reads_it_for_what_only_it_says(fake: FakeServer) -> None:
+    with Client(URL, read_health=False, transport=httpx.MockTransport(fake)) as bge:
+        # No texts: the model's name and the space come from /health.
+        empty = bge.hybrid([])
+        assert (empty.model, empty.space, empty.vectors) == (
+            "BAAI/bge-m3",
+            SparseSpace("tokenizer", 1000),
+            [],
+        )
+    with Client(URL, read_health=False, transport=httpx.MockTransport(fake)) as bge:
+        assert bge.sparse_space() == SparseSpace("tokenizer", 1000)
+    assert [path for path, _ in fake.sent] == ["/health", "/health"]
+
+
+def test_a_hung_call_is_named_by_its_route() -> None:
+    def hang(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with (
+        Client(URL, read_health=False, transport=httpx.MockTransport(hang), timeout=0.3) as bge,
+        pytest.raises(DeadlineExceededError) as raised,
+    ):
+        bge.hybrid(["a"])
+    assert raised.value.route == "/v1/hybrid-embeddings"
+
+
+# --- /health as a probe --------------------------------------------------------------------
+
+
+def test_health_without_retries_says_an_unreachable_server_at_once() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    began = time.monotonic()
+    with (
+        Client(URL, transport=httpx.MockTransport(refuse), timeout=5) as bge,
+        pytest.raises(ConnectionFailedError, match="not retried") as raised,
+    ):
+        bge.health(retry=False)
+    assert time.monotonic() - began < 1
+    assert raised.value.route == "/health"
+    assert isinstance(raised.value.__cause__, httpx.ConnectError)
+
+
+def test_health_without_retries_answers_a_loading_server(fake: FakeServer) -> None:
+    fake.health = health(status="loading")
+
+    async def run() -> Any:
+        async with AsyncClient(URL, transport=httpx.MockTransport(fake)) as bge:
+            return await bge.health(retry=False)
+
+    assert asyncio.run(run()).status == "loading"

@@ -76,8 +76,9 @@ check: install
 		client/bge_client/langchain.py client/bge_client/llama_index.py client/bge_client/haystack.py
 	$(BIN)/codespell engine backends api retrieval worker client tests bench deploy README.md docs
 
-# Two sets, one per environment: the service's stack, then what needs infinity_emb.
-test: check
+# Two sets, one per environment: the service's stack, then what needs infinity_emb. The
+# first set starts vLLM servers from .venv-vllm (tests/integration/test_remote_vllm_live.py).
+test: check vllm-env
 	$(BIN)/python -m pytest -m "not infinity" $(PYTEST_ARGS)
 	$(INFINITY_VENV)/bin/python -m pytest -m infinity tests/infinity $(PYTEST_ARGS)
 

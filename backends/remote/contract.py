@@ -25,7 +25,7 @@ from engine.types import EncodeOptions, Encoding, ModelInfo, Operation, Output, 
 
 __all__ = ["PASSED_ON", "Kind", "Offer", "ProbeFailed", "Remote", "RemoteChanged"]
 
-Kind = Literal["tei", "infinity", "self", "runpod"]
+Kind = Literal["tei", "infinity", "self", "runpod", "vllm"]
 # The options a remote that takes TEI's request fields is sent as asked.
 PASSED_ON = frozenset({"normalize", "truncate_left"})
 # Each option as the request named it, for the error that refuses it.

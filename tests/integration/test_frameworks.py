@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from hashlib import sha1
 from pathlib import Path
@@ -88,34 +88,32 @@ def client_env(tiktoken_cache: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def frameworks(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Answers]:
-    """Every framework's cases run at once, one process each (their imports take seconds)."""
+def run_cases(
+    runner: Path, frameworks: Sequence[str], url: str, inputs: dict[str, Any], root: Path
+) -> dict[str, Answers]:
+    """``runner``'s cases for each framework, run at once in ``.venv-frameworks``, one
+    process each (their imports take seconds), against the server at ``url``, each
+    given ``inputs`` on stdin; what each case returned."""
     assert PYTHON.exists(), f"{PYTHON} is missing: `make install` builds it"
-    root = tmp_path_factory.mktemp("frameworks")
+    # LangChain's OpenAIEmbeddings and LlamaIndex's default node parser count tokens with
+    # tiktoken's cl100k_base, which tiktoken downloads unless its cache holds it (named by
+    # the SHA-1 of its URL).
     tiktoken_cache = root / "tiktoken"
     tiktoken_cache.mkdir()
     shutil.copyfile(
         bundled_cl100k(),
         tiktoken_cache / sha1(CL100K_URL.encode(), usedforsecurity=False).hexdigest(),
     )
-    inputs = {
-        "texts": EMBED_TEXTS,
-        "query": QUERY,
-        "documents": RERANK_DOCUMENTS,
-        "embedder": EMBEDDER,
-        "reranker": RERANKER,
-    }
     (root / "inputs.json").write_text(json.dumps(inputs))
     env = client_env(tiktoken_cache)
     running: dict[str, subprocess.Popen[bytes]] = {}
-    for framework in FRAMEWORKS:
+    for framework in frameworks:
         with (
             (root / "inputs.json").open("rb") as stdin,
             (root / f"{framework}.log").open("wb") as log,
         ):
             running[framework] = subprocess.Popen(
-                [str(PYTHON), str(RUNNER), framework, server.url, str(root / f"{framework}.json")],
+                [str(PYTHON), str(runner), framework, url, str(root / f"{framework}.json")],
                 stdin=stdin,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -127,7 +125,7 @@ def frameworks(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict
         for framework, process in running.items():
             code = process.wait(timeout=RUN_TIMEOUT)
             output = (root / f"{framework}.log").read_text(errors="replace")
-            assert code == 0, f"{framework}'s clients exited {code}:\n{output[-4000:]}"
+            assert code == 0, f"{framework}'s cases exited {code}:\n{output[-4000:]}"
             result = json.loads((root / f"{framework}.json").read_text())
             answers[framework] = Answers(framework, result["versions"], result["cases"])
     finally:
@@ -135,6 +133,19 @@ def frameworks(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict
             if process.poll() is None:
                 process.kill()
     return answers
+
+
+@pytest.fixture(scope="module")
+def frameworks(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Answers]:
+    inputs = {
+        "texts": EMBED_TEXTS,
+        "query": QUERY,
+        "documents": RERANK_DOCUMENTS,
+        "embedder": EMBEDDER,
+        "reranker": RERANKER,
+    }
+    root = tmp_path_factory.mktemp("frameworks")
+    return run_cases(RUNNER, FRAMEWORKS, server.url, inputs, root)
 
 
 # --- The service's own answers -----------------------------------------------------------

@@ -14,15 +14,10 @@ project's but bge_client, installed there from client/.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-import traceback
 from collections.abc import Callable
-from importlib.metadata import version
 from typing import Any
 
-Inputs = dict[str, Any]
-Case = Callable[[str, Inputs], Any]
+from harness import Cases, Inputs
 
 DISTRIBUTIONS = {
     "langchain": ["bge-client", "langchain-core", "langchain-qdrant", "qdrant-client"],
@@ -34,15 +29,8 @@ DISTRIBUTIONS = {
     ],
     "haystack": ["bge-client", "haystack-ai", "qdrant-haystack", "qdrant-client"],
 }
-CASES: dict[str, dict[str, Case]] = {name: {} for name in DISTRIBUTIONS}
-
-
-def case(framework: str, name: str) -> Callable[[Case], Case]:
-    def register(run: Case) -> Case:
-        CASES[framework][name] = run
-        return run
-
-    return register
+CASES = Cases(DISTRIBUTIONS)
+case = CASES.case
 
 
 def mismatch(run: Callable[[], Any]) -> dict[str, Any]:
@@ -357,24 +345,5 @@ def haystack_mismatch(url: str, inputs: Inputs) -> Any:
     return mismatch(lambda: embedder.run("x"))
 
 
-def run(framework: str, url: str, inputs: Inputs) -> dict[str, Any]:
-    cases: dict[str, Any] = {}
-    for name, call in CASES[framework].items():
-        try:
-            cases[name] = {"value": call(url, inputs)}
-        except Exception as error:  # noqa: BLE001 - every failure is reported, as it is
-            trace = traceback.format_exception(error)
-            cases[name] = {"error": f"{type(error).__name__}: {error}", "trace": trace[-6:]}
-    versions = {name: version(name) for name in DISTRIBUTIONS[framework]}
-    return {"versions": versions, "cases": cases}
-
-
-def main() -> None:
-    framework, url, out = sys.argv[1:]
-    answers = run(framework, url.rstrip("/"), json.load(sys.stdin))
-    with open(out, "w", encoding="utf-8") as sink:
-        json.dump(answers, sink)
-
-
 if __name__ == "__main__":
-    main()
+    CASES.main()

@@ -13,15 +13,9 @@ service's: cohere<6, huggingface_hub>=1), so it imports nothing of the project's
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
-from collections.abc import Callable
-from importlib.metadata import version
 from typing import Any
 
-Inputs = dict[str, Any]
-Case = Callable[[str, Inputs], Any]
+from harness import Cases, Inputs
 
 # The distributions each framework's cases use, for the report of what was tested.
 DISTRIBUTIONS = {
@@ -35,15 +29,8 @@ DISTRIBUTIONS = {
     "haystack": ["haystack-ai", "huggingface-api-haystack"],
     "litellm": ["litellm"],
 }
-CASES: dict[str, dict[str, Case]] = {name: {} for name in DISTRIBUTIONS}
-
-
-def case(framework: str, name: str) -> Callable[[Case], Case]:
-    def register(run: Case) -> Case:
-        CASES[framework][name] = run
-        return run
-
-    return register
+CASES = Cases(DISTRIBUTIONS)
+case = CASES.case
 
 
 # --- LangChain ----------------------------------------------------------------------------
@@ -316,24 +303,5 @@ def litellm_infinity_rerank(url: str, inputs: Inputs) -> Any:
     return litellm_rerank(url, inputs, "infinity")
 
 
-def run(framework: str, url: str, inputs: Inputs) -> dict[str, Any]:
-    cases: dict[str, Any] = {}
-    for name, call in CASES[framework].items():
-        try:
-            cases[name] = {"value": call(url, inputs)}
-        except Exception as error:  # noqa: BLE001 - every failure is reported, as it is
-            trace = traceback.format_exception(error)
-            cases[name] = {"error": f"{type(error).__name__}: {error}", "trace": trace[-6:]}
-    versions = {name: version(name) for name in DISTRIBUTIONS[framework]}
-    return {"versions": versions, "cases": cases}
-
-
-def main() -> None:
-    framework, url, out = sys.argv[1:]
-    answers = run(framework, url.rstrip("/"), json.load(sys.stdin))
-    with open(out, "w", encoding="utf-8") as sink:
-        json.dump(answers, sink)
-
-
 if __name__ == "__main__":
-    main()
+    CASES.main()
